@@ -1,0 +1,1 @@
+"""gan: pure-PyTorch GAN library (config, data, models, losses, metrics, training loop)."""

@@ -1,0 +1,218 @@
+"""The one typed, validated run configuration.
+
+A `RunConfig` is built once at the edge (YAML file, CLI flags, a Tune sample) by
+`make_config`; every bad value raises `ConfigError` with one line naming the field,
+the value and what is allowed. Code past the edge trusts the object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ARCHS = ("mlp", "dcgan")
+LOSSES = ("bce", "hinge")
+BACKBONES = ("classifier", "inception")
+BUILTIN_DATASETS = ("mnist-5k", "mnist", "fashion-mnist", "cifar10", "svhn")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines a training run; it alone reproduces one."""
+
+    # data
+    dataset: str = "mnist-5k"
+    data_dir: str = "./data"
+    image_size: int = 0  # 0: the dataset's native size (folder datasets: 32)
+    # architecture
+    arch: str = "dcgan"
+    latent_dim: int = 100
+    dcgan_width: int = 64  # feature maps of the widest DCGAN layer / 2
+    mlp_width: int = 128  # first hidden layer of the MLP G (128-256-512-1024)
+    spectral_norm: bool = False
+    # optimisation
+    epochs: int = 5
+    batch_size: int = 64
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    label_smoothing: float = 0.0
+    loss: str = "bce"
+    n_dis: int = 1
+    ema: float = 0.0  # EMA decay of G's weights; 0 disables the EMA copy
+    seed: int = 0
+    # cadence
+    eval_every: int = 1  # epochs between sample grids / metrics
+    checkpoint_every: int = 1  # epochs between full-state checkpoints
+    log_every: int = 10  # steps between batched metric flushes
+    # evaluation
+    backbone: str = "classifier"
+    eval_samples: int = 1000
+    # hardware
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16); CPU stays fp32
+    sync_bn: bool = False  # SyncBatchNorm across DDP ranks instead of per-rank statistics
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+FIELD_NAMES = tuple(f.name for f in fields(RunConfig))
+
+
+def _positive_int(v: Any) -> str | None:
+    return None if isinstance(v, int) and not isinstance(v, bool) and v > 0 else "a positive integer"
+
+
+def _non_negative_int(v: Any) -> str | None:
+    ok = isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    return None if ok else "an integer >= 0"
+
+
+def _positive_float(v: Any) -> str | None:
+    ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+    return None if ok else "a finite number > 0"
+
+
+def _unit_interval_open(v: Any) -> str | None:
+    ok = isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < 1
+    return None if ok else "a number in [0, 1)"
+
+
+def _smoothing(v: Any) -> str | None:
+    ok = isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < 0.5
+    return None if ok else "a number in [0, 0.5)"
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        return None if v in choices else "one of " + ", ".join(choices)
+
+    return check
+
+
+def _dataset(v: Any) -> str | None:
+    if isinstance(v, str) and (v in BUILTIN_DATASETS or (v.startswith("folder:") and len(v) > 7)):
+        return None
+    return "one of " + ", ".join(BUILTIN_DATASETS) + ", folder:PATH"
+
+
+def _image_size(v: Any) -> str | None:
+    ok = isinstance(v, int) and not isinstance(v, bool) and (v == 0 or 8 <= v <= 256)
+    return None if ok else "0 (the dataset's size) or an integer in [8, 256]"
+
+
+def _device(v: Any) -> str | None:
+    ok = isinstance(v, str) and (v in ("auto", "cpu", "cuda") or v.startswith("cuda:"))
+    return None if ok else "auto, cpu, cuda or cuda:N"
+
+
+def _string(v: Any) -> str | None:
+    return None if isinstance(v, str) and v else "a non-empty string"
+
+
+def _bool(v: Any) -> str | None:
+    return None if isinstance(v, bool) else "true or false"
+
+
+def _eval_samples(v: Any) -> str | None:
+    ok = isinstance(v, int) and not isinstance(v, bool) and v >= 10
+    return None if ok else "an integer >= 10"
+
+
+CHECKS: dict[str, Callable[[Any], str | None]] = {
+    "dataset": _dataset,
+    "data_dir": _string,
+    "image_size": _image_size,
+    "arch": _one_of(ARCHS),
+    "latent_dim": _positive_int,
+    "dcgan_width": _positive_int,
+    "mlp_width": _positive_int,
+    "spectral_norm": _bool,
+    "epochs": _positive_int,
+    "batch_size": _positive_int,
+    "lr_g": _positive_float,
+    "lr_d": _positive_float,
+    "beta1": _unit_interval_open,
+    "beta2": _unit_interval_open,
+    "label_smoothing": _smoothing,
+    "loss": _one_of(LOSSES),
+    "n_dis": _positive_int,
+    "ema": _unit_interval_open,
+    "seed": _non_negative_int,
+    "eval_every": _positive_int,
+    "checkpoint_every": _positive_int,
+    "log_every": _positive_int,
+    "backbone": _one_of(BACKBONES),
+    "eval_samples": _eval_samples,
+    "device": _device,
+    "amp": _bool,
+    "sync_bn": _bool,
+}
+assert set(CHECKS) == set(FIELD_NAMES), "every RunConfig field needs a check"
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Accept ints for float fields (YAML writes 1 for 1.0) and nothing looser."""
+    default = getattr(RunConfig, name)
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def make_config(values: Mapping[str, Any] | None = None) -> RunConfig:
+    """Validate `values` (only differences from the defaults) into a RunConfig."""
+    values = dict(values or {})
+    unknown = sorted(set(values) - set(FIELD_NAMES))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key {unknown[0]!r}: allowed keys are " + ", ".join(FIELD_NAMES)
+        )
+    clean = {k: _coerce(k, v) for k, v in values.items()}
+    for name, value in clean.items():
+        allowed = CHECKS[name](value)
+        if allowed is not None:
+            raise ConfigError(f"{name}={value!r} is invalid: must be {allowed}")
+    return RunConfig(**clean)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file into a dict of overrides, with one-line errors."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(f"config file {str(p)!r} cannot be read: {e.strerror or e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        first = str(e).splitlines()[0] if str(e) else "parse error"
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {first}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(p)!r} must hold a mapping of key: value")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def config_from_sources(
+    path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> RunConfig:
+    """Defaults, then the YAML file, then explicit overrides (CLI flags win)."""
+    values: dict[str, Any] = load_yaml(path) if path else {}
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return make_config(values)

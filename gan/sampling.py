@@ -1,0 +1,55 @@
+"""Sample grids from fixed latents and the progress GIF assembled from them."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision.utils import make_grid
+
+from gan.data import to_uint8
+
+GRID_SAMPLES = 64
+
+
+def fixed_latents(latent_dim: int, seed: int, n: int = GRID_SAMPLES) -> torch.Tensor:
+    """The same z for every eval of a run (and of runs with the same seed), so grids compare."""
+    return torch.randn(n, latent_dim, generator=torch.Generator().manual_seed(seed + 7919))
+
+
+@torch.no_grad()
+def generate(generator: nn.Module, z: torch.Tensor, batch: int = 512) -> torch.Tensor:
+    """G(z) in eval mode as uint8 [N, C, H, W] on the CPU; restores G's mode."""
+    was_training = generator.training
+    generator.eval()
+    try:
+        out = [to_uint8(generator(part)).cpu() for part in z.split(batch)]
+    finally:
+        generator.train(was_training)
+    return torch.cat(out)
+
+
+def image_grid(images: torch.Tensor, nrow: int | None = None) -> np.ndarray:
+    """uint8 [N, C, H, W] -> one uint8 HxWx3 (or HxW for gray) array with 2px padding."""
+    nrow = nrow or max(1, int(math.sqrt(images.shape[0])))
+    grid = make_grid(images, nrow=nrow, padding=2, pad_value=0)  # always 3 channels
+    if images.shape[1] == 1:
+        return grid[0].numpy()
+    return grid.permute(1, 2, 0).contiguous().numpy()
+
+
+def save_gif(frames: Sequence[np.ndarray], path: str | Path, ms_per_frame: int = 400) -> Path:
+    """Write grids as an animated GIF that loops, holding the last frame a little longer."""
+    from PIL import Image
+
+    if not frames:
+        raise ValueError("no frames to write")
+    images = [Image.fromarray(f) for f in frames]
+    durations = [ms_per_frame] * (len(images) - 1) + [ms_per_frame * 4]
+    path = Path(path)
+    images[0].save(path, save_all=True, append_images=images[1:], duration=durations, loop=0)
+    return path

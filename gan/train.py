@@ -1,0 +1,278 @@
+"""The one training loop. Every mode calls `train`: a local run in-process, each Ray
+Train worker (DDP over a torch.distributed group it finds running), a Tune trial.
+
+Where the numbers go is the caller's business: the loop hands per-step losses (in
+batches), eval results with the fixed-latent sample grid, and full-state checkpoints
+to a `Callbacks` object. It calls every method on every rank (so a callback can be a
+barrier such as ray.train.report); only rank 0's values are meant to be logged, and
+the loop has already averaged the losses across ranks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from gan import distributed as dist
+from gan.checkpoint import FORMAT_VERSION
+from gan.config import ConfigError, RunConfig
+from gan.data import ImageData, rank_batch_indices, to_unit_range
+from gan.losses import LOSSES
+from gan.models import build_models
+from gan.precision import Precision, amp_dtype
+from gan.sampling import fixed_latents, generate, image_grid
+
+STEP_METRICS = ("d_loss", "g_loss", "D_x", "D_G_z")
+LOWER_IS_BETTER = ("fid", "kid")
+
+Evaluator = Callable[[nn.Module, int], dict[str, float]]
+
+
+class StopTraining(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Raised by a callback to end the run early; the reason is kept in the result."""
+
+
+class Callbacks:
+    """Where the loop's numbers go. The default does nothing; pipelines subclass it."""
+
+    def on_metrics(self, rows: list[tuple[int, dict[str, float]]]) -> None:
+        """Per-step losses [(step, {d_loss, g_loss, D_x, D_G_z})], averaged over ranks."""
+
+    def on_eval(self, epoch: int, step: int, grid: np.ndarray, metrics: dict[str, float]) -> None:
+        """After `epoch` epochs: the fixed-latent sample grid and the eval metrics."""
+
+    def on_checkpoint(self, epoch: int, step: int, state: dict[str, Any]) -> None:
+        """A full-state checkpoint after `epoch` epochs (see gan.checkpoint)."""
+
+
+@dataclass
+class TrainResult:
+    epochs_done: int
+    step: int
+    generator: nn.Module  # the sampling generator (EMA copy if enabled), unwrapped, on CPU
+    eval_history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    stopped: str | None = None
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda when available else cpu; an explicit cuda without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r} is invalid here: no CUDA GPU is visible (use cpu or auto)")
+    return torch.device(name)
+
+
+def check_batch(cfg: RunConfig, n_images: int, world_size: int = 1) -> None:
+    """The batch must fit the dataset and split evenly over the ranks."""
+    if cfg.batch_size * cfg.n_dis > n_images:
+        raise ConfigError(
+            f"batch_size={cfg.batch_size} is invalid: with n_dis={cfg.n_dis} one step needs "
+            f"{cfg.batch_size * cfg.n_dis} images but the dataset has {n_images}"
+        )
+    if cfg.batch_size % world_size:
+        raise ConfigError(
+            f"batch_size={cfg.batch_size} is invalid for {world_size} workers: must be a multiple of it"
+        )
+
+
+def steps_per_epoch(cfg: RunConfig, n_images: int) -> int:
+    """G steps in one pass over the data (each takes n_dis batches)."""
+    return (n_images // cfg.batch_size) // cfg.n_dis
+
+
+class _StepMetrics:
+    """Per-step scalars kept on the device and read back in one transfer per flush."""
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+        self.rows: list[torch.Tensor] = []
+
+    def add(self, step: int, *values: torch.Tensor) -> None:
+        self.steps.append(step)
+        self.rows.append(torch.stack([v.detach().float() for v in values]))
+
+    def flush(self) -> list[tuple[int, dict[str, float]]]:
+        if not self.rows:
+            return []
+        table = dist.mean_across_ranks(torch.stack(self.rows)).cpu().tolist()
+        out = [(s, dict(zip(STEP_METRICS, r, strict=True))) for s, r in zip(self.steps, table, strict=True)]
+        self.steps, self.rows = [], []
+        return out
+
+
+@torch.no_grad()
+def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    ema_p = list(ema.parameters())
+    torch._foreach_lerp_(ema_p, list(model.parameters()), 1.0 - decay)
+    for b_ema, b in zip(ema.buffers(), model.buffers(), strict=True):
+        b_ema.copy_(b)
+
+
+def train(
+    cfg: RunConfig,
+    data: ImageData,
+    callbacks: Callbacks | None = None,
+    *,
+    evaluator: Evaluator | None = None,
+    resume: dict[str, Any] | None = None,
+    device: torch.device | None = None,
+    progress: bool = False,
+) -> TrainResult:
+    """Train a GAN on `data` as `cfg` says; resume from a checkpoint dict if given."""
+    cb = callbacks or Callbacks()
+    device = device or resolve_device(cfg.device)
+    rank, world = dist.rank(), dist.world_size()
+    check_batch(cfg, len(data), world)
+
+    # ---- models, optimisers, precision: identical init on every rank (same seed)
+    torch.manual_seed(cfg.seed)
+    G, D = (m.to(device) for m in build_models(cfg, data.shape))
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False) if cfg.ema > 0 else None
+    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
+    prec = Precision(device, amp_dtype(device, cfg.amp))
+    noise = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    start_epoch, step = 0, 0
+    best: dict[str, float] = {}
+    if resume is not None:
+        G.load_state_dict(resume["G"])
+        D.load_state_dict(resume["D"])
+        if G_ema is not None and resume.get("G_ema"):
+            G_ema.load_state_dict(resume["G_ema"])
+        opt_g.load_state_dict(resume["opt_g"])
+        opt_d.load_state_dict(resume["opt_d"])
+        prec.load_state_dict(resume.get("scalers", {}))
+        noise.set_state(resume["rng"]["noise"])
+        torch.set_rng_state(resume["rng"]["torch"])
+        start_epoch, step = int(resume["epoch"]), int(resume["step"])
+        best = dict(resume.get("best", {}))
+    G, D = dist.wrap_ddp(G, device, cfg.sync_bn), dist.wrap_ddp(D, device, cfg.sync_bn)
+    ddp = dist.is_distributed()
+    d_params = list(D.parameters())
+
+    images = data.images.to(device)  # uint8 on the device; normalised per batch
+    z_fixed = fixed_latents(cfg.latent_dim, cfg.seed).to(device)
+    d_loss_fn, g_loss_fn = LOSSES[cfg.loss]
+    per_rank = cfg.batch_size // world
+    iters = steps_per_epoch(cfg, len(data))
+    metrics = _StepMetrics()
+    history: list[tuple[int, dict[str, float]]] = []
+
+    def sample_z() -> torch.Tensor:
+        # Draw the whole global batch on every rank and keep this rank's slice, so N
+        # workers see exactly the latents one worker at the same global batch sees.
+        z = torch.randn(cfg.batch_size, cfg.latent_dim, device=device, generator=noise)
+        return z[rank * per_rank : (rank + 1) * per_rank]
+
+    bar = tqdm(
+        total=cfg.epochs * iters, initial=step, disable=not progress or rank != 0,
+        unit="step", dynamic_ncols=True, desc="train",
+    )
+    stopped: str | None = None
+    epochs_done = start_epoch
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            G.train()
+            D.train()
+            batches = rank_batch_indices(len(data), cfg.batch_size, cfg.seed, epoch, rank, world)
+            for _ in range(iters):
+                # ---- D: n_dis steps; the last one's fakes keep their graph for the G step
+                for i in range(cfg.n_dis):
+                    real = to_unit_range(images[next(batches).to(device)])
+                    last = i == cfg.n_dis - 1
+                    with prec.autocast(), torch.set_grad_enabled(last):
+                        fake = G(sample_z())
+                    with prec.autocast():
+                        real_logits = D(real)
+                        fake_logits = D(fake.detach())
+                        d_loss = d_loss_fn(real_logits.float(), fake_logits.float(), cfg.label_smoothing)
+                    opt_d.zero_grad(set_to_none=True)
+                    prec.scaler_d.scale(d_loss).backward()
+                    prec.scaler_d.step(opt_d)
+                    prec.scaler_d.update()
+
+                # ---- G: one step against the updated D; D's weights need no gradient
+                for p in d_params:
+                    p.requires_grad_(False)
+                with prec.autocast(), (D.no_sync() if ddp else contextlib.nullcontext()):
+                    g_loss = g_loss_fn(D(fake).float())
+                opt_g.zero_grad(set_to_none=True)
+                prec.scaler_g.scale(g_loss).backward()
+                prec.scaler_g.step(opt_g)
+                prec.scaler_g.update()
+                for p in d_params:
+                    p.requires_grad_(True)
+                if G_ema is not None:
+                    _ema_update(G_ema, dist.unwrap(G), cfg.ema)
+
+                step += 1
+                metrics.add(
+                    step, d_loss, g_loss,
+                    torch.sigmoid(real_logits.detach().float()).mean(),
+                    torch.sigmoid(fake_logits.detach().float()).mean(),
+                )
+                if len(metrics.steps) >= cfg.log_every:
+                    rows = metrics.flush()
+                    bar.set_postfix(d=f"{rows[-1][1]['d_loss']:.3f}", g=f"{rows[-1][1]['g_loss']:.3f}")
+                    cb.on_metrics(rows)
+                bar.update(1)
+            cb.on_metrics(metrics.flush())
+
+            done = epochs_done = epoch + 1
+            if done % cfg.eval_every == 0 or done == cfg.epochs:
+                sampler = G_ema if G_ema is not None else dist.unwrap(G)
+                grid = image_grid(generate(sampler, z_fixed))
+                scores = dict(evaluator(sampler, cfg.latent_dim)) if evaluator else {}
+                for k in LOWER_IS_BETTER:
+                    if k in scores and math.isfinite(scores[k]):
+                        best[k] = min(best.get(k, math.inf), scores[k])
+                        scores[f"best_{k}"] = best[k]
+                history.append((step, scores))
+                cb.on_eval(done, step, grid, scores)
+            if done % cfg.checkpoint_every == 0 or done == cfg.epochs:
+                cb.on_checkpoint(done, step, _state(cfg, G, D, G_ema, opt_g, opt_d, prec, noise, done, step, best))
+    except StopTraining as stop:
+        stopped = str(stop) or "stopped"
+    finally:
+        bar.close()
+
+    final = G_ema if G_ema is not None else dist.unwrap(G)
+    return TrainResult(
+        epochs_done=epochs_done,
+        step=step,
+        generator=copy.deepcopy(final).cpu().eval(),
+        eval_history=history,
+        stopped=stopped,
+    )
+
+
+def _state(
+    cfg: RunConfig, G: nn.Module, D: nn.Module, G_ema: nn.Module | None,  # noqa: N803
+    opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, prec: Precision,
+    noise: torch.Generator, epoch: int, step: int, best: dict[str, float],
+) -> dict[str, Any]:
+    """Everything needed to continue exactly where this epoch ended."""
+    return {
+        "format": FORMAT_VERSION,
+        "epoch": epoch,
+        "step": step,
+        "config": cfg.to_dict(),
+        "G": dist.unwrap(G).state_dict(),
+        "D": dist.unwrap(D).state_dict(),
+        "G_ema": G_ema.state_dict() if G_ema is not None else {},
+        "opt_g": opt_g.state_dict(),
+        "opt_d": opt_d.state_dict(),
+        "scalers": prec.state_dict(),
+        "rng": {"torch": torch.get_rng_state(), "noise": noise.get_state()},
+        "best": dict(best),
+    }

@@ -1,0 +1,1 @@
+"""pipelines: orchestration glue (MLflow tracking, Ray Train, Ray Tune, registry, CLI)."""

@@ -1,0 +1,164 @@
+"""One tracked training run, in-process (world size 1, no Ray start).
+
+Order matters: everything a user can get wrong (config, data, store, model size) is
+checked before the MLflow run exists, so bad input never leaves a half-created run;
+after that, any failure marks the run FAILED with the error and keeps what was logged.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+from gan.config import RunConfig, make_config
+from gan.data import ImageData, load_dataset
+from gan.models import build_models
+from gan.train import TrainResult, check_batch, resolve_device, train
+from pipelines.tracking import (
+    MlflowCallbacks,
+    TrackingError,
+    check_writable,
+    client_for,
+    config_params,
+    ensure_experiment,
+    environment_tags,
+    last_logged_step,
+    latest_checkpoint,
+    log_generator,
+    logged_grids,
+    tracking_uri,
+)
+
+DEFAULT_EXPERIMENT = "gan-pipelines"
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    experiment_id: str
+    result: TrainResult
+    model_uri: str
+
+
+def prepare(cfg: RunConfig, world_size: int = 1) -> ImageData:
+    """Load the data and dry-build the models: every user error surfaces here."""
+    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.image_size)
+    check_batch(cfg, len(data), world_size)
+    build_models(cfg, data.shape)
+    resolve_device(cfg.device)
+    return data
+
+
+def find_resumable(client: Any, experiment_id: str, run_id: str | None) -> str:
+    """`run_id` if given, else the newest unfinished run of the experiment."""
+    if run_id and run_id != "latest":
+        try:
+            run = client.get_run(run_id)
+        except Exception:  # noqa: BLE001 - MlflowException for an unknown id
+            raise TrackingError(f"--resume {run_id}: no such MLflow run in this store") from None
+        return run.info.run_id
+    runs = client.search_runs(
+        [experiment_id], "attributes.status != 'FINISHED'", order_by=["attributes.start_time DESC"], max_results=1
+    )
+    if not runs:
+        raise TrackingError("--resume: no unfinished run in this experiment to continue")
+    return runs[0].info.run_id
+
+
+def run_local(
+    cfg: RunConfig,
+    experiment: str = DEFAULT_EXPERIMENT,
+    run_name: str | None = None,
+    resume: str | None = None,
+    progress: bool | None = None,
+) -> RunOutcome:
+    """Train in this process and record one MLflow run (or continue one with `resume`)."""
+    if progress is None:
+        progress = sys.stderr.isatty()
+    uri = tracking_uri()
+    check_writable(uri)
+    client = client_for(uri)
+    experiment_id = ensure_experiment(client, experiment)
+    state, floor, frames = None, 0, []
+    if resume:
+        run_id = find_resumable(client, experiment_id, resume)
+        with tempfile.TemporaryDirectory() as tmp:
+            state = latest_checkpoint(client, run_id, tmp)
+            if state is None:
+                raise TrackingError(f"--resume: run {run_id} has no checkpoint to continue from")
+            frames = logged_grids(client, run_id, tmp)
+        cfg = make_config(state["config"])  # the run's own config reproduces it
+        floor = last_logged_step(client, run_id)
+        data = prepare(cfg)
+        client.update_run(run_id, status="RUNNING")
+        print(f"resuming run {run_id} from epoch {state['epoch']} (step {state['step']})", file=sys.stderr)
+    else:
+        data = prepare(cfg)
+        device = resolve_device(cfg.device)
+        run = client.create_run(
+            experiment_id, run_name=run_name, tags=environment_tags(cfg.dataset, str(device))
+        )
+        run_id = run.info.run_id
+    return execute(client, experiment_id, run_id, cfg, data, state=state, floor=floor,
+                   frames=frames, progress=progress, fresh=state is None)
+
+
+def execute(
+    client: Any, experiment_id: str, run_id: str, cfg: RunConfig, data: ImageData, *,
+    state: dict[str, Any] | None = None, floor: int = 0, frames: list | None = None,
+    progress: bool = True, fresh: bool = True,
+) -> RunOutcome:
+    """Run the loop into an existing MLflow run; mark it FINISHED, FAILED or KILLED."""
+    import mlflow
+
+    device = resolve_device(cfg.device)
+    try:
+        if fresh:
+            client.log_batch(run_id, params=_params(cfg, device))
+            client.log_text(run_id, cfg.to_yaml(), "config.yaml")
+        callbacks = MlflowCallbacks(client, run_id, floor=floor, frames=frames)
+        result = train(cfg, data, callbacks, evaluator=build_evaluator(cfg, data, device),
+                       resume=state, device=device, progress=progress)
+        mlflow.flush_async_logging()
+        callbacks.log_gif()
+        model_uri = log_generator(client, run_id, result.generator, cfg.latent_dim)
+        if result.stopped:
+            client.set_tag(run_id, "stopped_reason", result.stopped)
+        client.set_terminated(run_id, "FINISHED")
+        return RunOutcome(run_id, experiment_id, result, model_uri)
+    except KeyboardInterrupt:
+        _close(client, run_id, "KILLED", "interrupted by the user")
+        raise
+    except BaseException as e:
+        _close(client, run_id, "FAILED", f"{type(e).__name__}: {e}")
+        raise
+
+
+def _params(cfg: RunConfig, device: Any) -> list:
+    from mlflow.entities import Param
+
+    extra = {"world_size": 1, "device_type": str(device), "num_workers": 1}
+    return [Param(k, v) for k, v in config_params(cfg, extra).items()]
+
+
+def _close(client: Any, run_id: str, status: str, message: str) -> None:
+    """Mark a run ended without losing what is queued; never mask the original error."""
+    import mlflow
+
+    try:
+        mlflow.flush_async_logging()
+        client.set_tag(run_id, "error", message[:5000])
+        client.set_terminated(run_id, status)
+    except Exception:  # noqa: BLE001, S110 - the original exception matters more
+        pass
+
+
+def build_evaluator(cfg: RunConfig, data: ImageData, device: Any) -> Any:
+    """The FID-style evaluator for `cfg.backbone` (None until gan.metrics exists)."""
+    try:
+        from gan.metrics import Evaluator
+    except ImportError:
+        return None
+    return Evaluator(data, backbone=cfg.backbone, num_samples=cfg.eval_samples, device=device, seed=cfg.seed)
