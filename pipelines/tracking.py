@@ -9,6 +9,7 @@ created. Only rank 0 writes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 
 from gan.checkpoint import checkpoint_name, load_checkpoint, save_checkpoint
-from gan.config import ConfigError, RunConfig
+from gan.config import RunConfig
 from gan.sampling import save_gif
 from gan.train import Callbacks
 
@@ -44,6 +45,16 @@ class TrackingError(ValueError):
 def tracking_uri() -> str:
     """MLFLOW_TRACKING_URI if set, else sqlite:///mlflow.db in the working directory."""
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def absolute_uri(uri: str) -> str:
+    """The same store named from any working directory: Ray workers do not share ours."""
+    db = _sqlite_path(uri)
+    if db is not None:
+        return "sqlite:///" + str(db.expanduser().resolve())
+    if urlparse(uri).scheme == "":
+        return Path(uri).expanduser().resolve().as_uri()
+    return uri
 
 
 def _sqlite_path(uri: str) -> Path | None:
@@ -107,10 +118,8 @@ def environment_tags(dataset: str, device: str) -> dict[str, str]:
     """Tags that explain where a run came from: git commit, package versions, data, device."""
     tags = {"dataset": dataset, "device": device}
     for pkg in ("gan-pipelines", "torch", "torchvision", "ray", "mlflow", "optuna"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             tags[f"version.{pkg}"] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
@@ -141,6 +150,21 @@ def latest_checkpoint(client: Any, run_id: str, dest: str | Path) -> dict[str, A
         return None
     local = client.download_artifacts(run_id, names[-1], str(dest))
     return load_checkpoint(local)
+
+
+def logged_eval_history(client: Any, run_id: str) -> list[tuple[int, dict[str, float]]]:
+    """The eval metrics a run holds, by step: every metric logged at an eval step (the
+    steps of the `epoch` metric that on_eval writes) other than the per-step losses."""
+    from gan.train import STEP_METRICS
+
+    eval_steps = {m.step for m in client.get_metric_history(run_id, "epoch")}
+    keys = set(client.get_run(run_id).data.metrics) - set(STEP_METRICS) - {"epoch"}
+    history: dict[int, dict[str, float]] = {s: {} for s in eval_steps}
+    for key in sorted(keys):
+        for m in client.get_metric_history(run_id, key):
+            if m.step in history:
+                history[m.step][key] = m.value
+    return sorted(history.items())
 
 
 def logged_grids(client: Any, run_id: str, dest: str | Path) -> list[tuple[int, np.ndarray]]:
@@ -197,14 +221,26 @@ class MlflowCallbacks(Callbacks):
         if self.rank != 0 or step < self.floor:
             return
         path = save_checkpoint(state, self.workdir / checkpoint_name(epoch))
-        self.client.log_artifact(self.run_id, str(path), CHECKPOINT_DIR)
+        self.log_checkpoint(path, step)
         path.unlink()
 
+    def log_checkpoint(self, path: Path, step: int) -> None:
+        """Upload a checkpoint file someone already wrote (a Ray Train worker's, say)."""
+        if self.rank == 0 and step >= self.floor:
+            self.client.log_artifact(self.run_id, str(path), CHECKPOINT_DIR)
+
     def log_gif(self) -> None:
-        if self.rank != 0 or not self.frames:
-            return
-        path = save_gif([f for _, f in sorted(self.frames, key=lambda f: f[0])], self.workdir / "progress.gif")
-        self.client.log_artifact(self.run_id, str(path))
+        if self.rank == 0:
+            log_progress_gif(self.client, self.run_id, self.frames)
+
+
+def log_progress_gif(client: Any, run_id: str, frames: list[tuple[int, np.ndarray]]) -> None:
+    """The (step, grid) frames as progress.gif in step order; nothing when there are none."""
+    if not frames:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        ordered = [f for _, f in sorted(frames, key=lambda f: f[0])]
+        client.log_artifact(run_id, str(save_gif(ordered, Path(tmp) / "progress.gif")))
 
 
 def log_generator(client: Any, run_id: str, generator: nn.Module, latent_dim: int) -> str:

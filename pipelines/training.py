@@ -7,10 +7,14 @@ after that, any failure marks the run FAILED with the error and keeps what was l
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+
+from torch import nn
 
 from gan.config import RunConfig, make_config
 from gan.data import ImageData, load_dataset
@@ -27,6 +31,7 @@ from pipelines.tracking import (
     last_logged_step,
     latest_checkpoint,
     log_generator,
+    log_progress_gif,
     logged_grids,
     tracking_uri,
 )
@@ -42,12 +47,14 @@ class RunOutcome:
     model_uri: str
 
 
-def prepare(cfg: RunConfig, world_size: int = 1) -> ImageData:
-    """Load the data and dry-build the models: every user error surfaces here."""
+def prepare(cfg: RunConfig, world_size: int = 1, check_device: bool = True) -> ImageData:
+    """Load the data and dry-build the models: every user error surfaces here. A Ray
+    driver passes check_device=False: its workers, not it, hold the GPUs."""
     data = load_dataset(cfg.dataset, cfg.data_dir, cfg.image_size)
     check_batch(cfg, len(data), world_size)
     build_models(cfg, data.shape)
-    resolve_device(cfg.device)
+    if check_device:
+        resolve_device(cfg.device)
     return data
 
 
@@ -111,23 +118,26 @@ def execute(
     progress: bool = True, fresh: bool = True,
 ) -> RunOutcome:
     """Run the loop into an existing MLflow run; mark it FINISHED, FAILED or KILLED."""
-    import mlflow
-
     device = resolve_device(cfg.device)
-    try:
+    with run_guard(client, run_id):
         if fresh:
-            client.log_batch(run_id, params=_params(cfg, device))
-            client.log_text(run_id, cfg.to_yaml(), "config.yaml")
+            where = {"world_size": 1, "device_type": str(device), "num_workers": 1}
+            log_run_config(client, run_id, cfg, where)
         callbacks = MlflowCallbacks(client, run_id, floor=floor, frames=frames)
         result = train(cfg, data, callbacks, evaluator=build_evaluator(cfg, data, device),
                        resume=state, device=device, progress=progress)
-        mlflow.flush_async_logging()
-        callbacks.log_gif()
-        model_uri = log_generator(client, run_id, result.generator, cfg.latent_dim)
-        if result.stopped:
-            client.set_tag(run_id, "stopped_reason", result.stopped)
-        client.set_terminated(run_id, "FINISHED")
+        model_uri = finish_run(
+            client, run_id, cfg, result.generator, callbacks.frames, result.stopped
+        )
         return RunOutcome(run_id, experiment_id, result, model_uri)
+
+
+@contextlib.contextmanager
+def run_guard(client: Any, run_id: str) -> Iterator[None]:
+    """Any exception inside marks the run KILLED (Ctrl-C) or FAILED (with the error) and
+    propagates; what was logged before it stays."""
+    try:
+        yield
     except KeyboardInterrupt:
         _close(client, run_id, "KILLED", "interrupted by the user")
         raise
@@ -136,11 +146,26 @@ def execute(
         raise
 
 
-def _params(cfg: RunConfig, device: Any) -> list:
+def log_run_config(client: Any, run_id: str, cfg: RunConfig, extra: dict[str, Any]) -> None:
+    """The resolved config (plus where it ran) as params, and as config.yaml."""
     from mlflow.entities import Param
 
-    extra = {"world_size": 1, "device_type": str(device), "num_workers": 1}
-    return [Param(k, v) for k, v in config_params(cfg, extra).items()]
+    client.log_batch(run_id, params=[Param(k, v) for k, v in config_params(cfg, extra).items()])
+    client.log_text(run_id, cfg.to_yaml(), "config.yaml")
+
+
+def finish_run(client: Any, run_id: str, cfg: RunConfig, generator: nn.Module,
+               frames: list[tuple[int, Any]], stopped: str | None = None) -> str:
+    """The end of a good run: progress GIF, generator model, FINISHED. Returns the model URI."""
+    import mlflow
+
+    mlflow.flush_async_logging()  # the loop's batched metrics land before the run closes
+    log_progress_gif(client, run_id, frames)
+    model_uri = log_generator(client, run_id, generator, cfg.latent_dim)
+    if stopped:
+        client.set_tag(run_id, "stopped_reason", stopped)
+    client.set_terminated(run_id, "FINISHED")
+    return model_uri
 
 
 def _close(client: Any, run_id: str, status: str, message: str) -> None:
