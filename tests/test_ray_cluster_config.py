@@ -1,0 +1,53 @@
+"""ray_cluster.yaml passes Ray's own cluster-config validation (schema + defaults), offline."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from ray.autoscaler._private.util import fillout_defaults, merge_setup_commands, prepare_config, validate_config
+
+CONFIG = Path(__file__).resolve().parent.parent / "ray_cluster.yaml"
+
+
+def ray_checks(config: dict) -> dict:
+    """What `ray up` runs before it touches a cloud: defaults merged, then the schema."""
+    prepared = prepare_config(copy.deepcopy(config))
+    validate_config(prepared)
+    return merge_setup_commands(fillout_defaults(prepared))
+
+
+@pytest.fixture(scope="module")
+def config() -> dict:
+    return yaml.safe_load(CONFIG.read_text())
+
+
+def test_cluster_config_passes_ray_validation(config):
+    full = ray_checks(config)
+    assert full["provider"]["type"] == "aws"
+    assert full["head_node_type"] == "head.cpu"
+    gpu_types = [n for n in full["available_node_types"] if n.startswith("worker.gpu")]
+    assert gpu_types and all(full["available_node_types"][n]["min_workers"] == 0 for n in gpu_types)
+
+
+def test_every_node_installs_this_package_and_the_head_runs_a_database_backed_tracking_server(config):
+    full = ray_checks(config)
+    assert any("pip install" in c and "gan-pipelines" in c for c in full["worker_setup_commands"])
+    head = " ".join(full["head_start_ray_commands"])
+    assert "mlflow server" in head and "postgresql://" in head and "sqlite" not in head
+    assert "--serve-artifacts" in head and "s3://" in head
+    assert "MLFLOW_TRACKING_URI=http://$RAY_HEAD_IP:5000" in " ".join(full["worker_start_ray_commands"])
+
+
+def test_a_broken_copy_is_rejected_with_rays_own_error(config):
+    broken = copy.deepcopy(config)
+    broken["max_workers"] = "ten"
+    with pytest.raises(jsonschema.ValidationError, match="'ten' is not of type 'integer'"):
+        ray_checks(broken)
+    unknown_head = copy.deepcopy(config)
+    unknown_head["head_node_type"] = "head.gpu"
+    with pytest.raises(ValueError, match="head_node_type"):
+        ray_checks(unknown_head)
