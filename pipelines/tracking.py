@@ -21,7 +21,6 @@ from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
-import torch
 from torch import nn
 
 from gan.checkpoint import checkpoint_name, load_checkpoint, save_checkpoint
@@ -244,23 +243,12 @@ def log_progress_gif(client: Any, run_id: str, frames: list[tuple[int, np.ndarra
 
 
 def log_generator(client: Any, run_id: str, generator: nn.Module, latent_dim: int) -> str:
-    """Log G (eval mode, CPU) as the run's `generator` MLflow pytorch model: a pt2 export
-    with a dynamic batch dimension that reloads with mlflow.pytorch.load_model and
-    mlflow.pyfunc.load_model. Saved then uploaded, so no fluent active run is needed."""
-    import mlflow
-    from mlflow.models import infer_signature
+    """Log G as the run's `generator` MLflow model (see pipelines.generator_model); saved
+    then uploaded, so no fluent active run is needed. Returns its runs:/ URI."""
+    from pipelines.generator_model import save_generator
 
-    generator = generator.cpu().eval()
-    z = np.random.default_rng(0).standard_normal((4, latent_dim)).astype(np.float32)
-    with torch.no_grad():
-        out = generator(torch.from_numpy(z)).numpy()
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "generator"
-        mlflow.pytorch.save_model(
-            generator, str(path), input_example=z, signature=infer_signature(z, out),
-            serialization_format="pt2",
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-        )
+        path = save_generator(generator, Path(tmp) / "generator", latent_dim)
         client.log_artifacts(run_id, str(path), "generator")
     return f"runs:/{run_id}/generator"
 

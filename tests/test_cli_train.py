@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 pytestmark = pytest.mark.integration
@@ -61,7 +62,8 @@ def test_one_epoch_on_mnist_5k_records_a_complete_run(tmp_path):
     images = g(torch.randn(5, 16))
     assert images.shape == (5, 1, 28, 28) and images.abs().max() <= 1
     pyfunc = mlflow.pyfunc.load_model(f"runs:/{rid}/generator")
-    assert pyfunc.predict(np.zeros((2, 16), np.float32)).shape == (2, 1, 28, 28)
+    batch = pyfunc.predict(pd.DataFrame(), params={"num_images": 2, "seed": 0})
+    assert batch.shape == (2, 1, 28, 28) and batch.dtype == np.uint8
 
 
 def test_resume_after_a_kill_continues_the_same_run_without_duplicate_steps(tmp_path):

@@ -1,0 +1,175 @@
+"""Promotion to the Model Registry and generation from it, against a real sqlite store and
+a real `mlflow server` on 127.0.0.1. Runs are real runs holding real generator models;
+their fid histories are written by the test so the right answer is known."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+
+from gan.config import make_config
+from gan.models import build_models
+from pipelines.registry import CHAMPION, promote
+from pipelines.tracking import TrackingError, client_for, ensure_experiment, log_generator
+
+pytestmark = pytest.mark.integration
+LATENT = 8
+
+
+def make_run(client, exp, parent, fids, *, dataset="mnist-5k", backbone="classifier", seed=0, status="FINISHED"):
+    from mlflow.entities import Metric, Param
+
+    tags = {"mlflow.parentRunId": parent} if parent else {}
+    run = client.create_run(exp, tags=tags)
+    rid = run.info.run_id
+    client.log_batch(rid, params=[Param("dataset", dataset), Param("backbone", backbone)],
+                     metrics=[Metric("fid", v, 0, i + 1) for i, v in enumerate(fids)]
+                     + [Metric("epoch", float(len(fids)), 0, len(fids))])
+    torch.manual_seed(seed)
+    G, _ = build_models(make_config({"dcgan_width": 4, "latent_dim": LATENT}), (1, 28, 28))
+    with torch.no_grad():  # DCGAN's N(0, 0.02) init emits near-constant images; spread them
+        for p in G.parameters():
+            p.normal_(0, 0.5)
+    log_generator(client, rid, G, LATENT)
+    client.set_terminated(rid, status)
+    return rid
+
+
+def sweep(client, name, fid_histories, **kw):
+    exp = ensure_experiment(client, "sweeps")
+    parent = client.create_run(exp, run_name=name, tags={"sweep_name": name}).info.run_id
+    children = [make_run(client, exp, parent, f, seed=i, **kw) for i, f in enumerate(fid_histories)]
+    client.set_terminated(parent, "FINISHED")
+    return parent, children
+
+
+def check_promotion_flow(client):
+    # Trial 1 has the best *best* fid (3.0) though its last value (9.0) is the worst.
+    _, runs = sweep(client, "s1", [[20.0, 8.0], [30.0, 3.0, 9.0], [10.0, 5.0]])
+    first = promote(client, sweep="s1", model_name="gen")
+    assert first.candidate.run_id == runs[1] and first.candidate.value == 3.0
+    assert first.champion_moved and "there was none" in first.reason
+    mv = client.get_model_version_by_alias("gen", CHAMPION)
+    assert mv.version == first.version and mv.run_id == runs[1]
+    assert mv.tags["metric_value"] == "3.0" and mv.tags["dataset"] == "mnist-5k" and mv.tags["sweep"] == "s1"
+
+    # A worse sweep registers a version but does not demote the champion.
+    _, worse = sweep(client, "s2", [[7.0], [6.0]])
+    second = promote(client, sweep="s2", model_name="gen")
+    assert second.candidate.run_id == worse[1] and not second.champion_moved
+    assert client.get_model_version_by_alias("gen", CHAMPION).version == first.version
+    assert "champion stays" in client.get_model_version("gen", second.version).tags["promotion"]
+
+    # A better one moves it; --force moves it back.
+    sweep(client, "s3", [[1.5]])
+    assert promote(client, sweep="s3", model_name="gen").champion_moved
+    forced = promote(client, sweep="s2", model_name="gen", force=True)
+    assert forced.champion_moved and forced.version == second.version  # same run: same version
+    return first
+
+
+def test_promote_picks_best_not_last_and_never_demotes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    client = client_for(f"sqlite:///{tmp_path}/mlflow.db")
+    check_promotion_flow(client)
+
+
+def test_promote_errors_are_clear(tmp_path):
+    client = client_for(f"sqlite:///{tmp_path}/mlflow.db")
+    with pytest.raises(TrackingError, match="no sweep parent run"):
+        promote(client, sweep="nope")
+    sweep(client, "empty", [[5.0]], status="FAILED")
+    with pytest.raises(TrackingError, match="no finished run to promote"):
+        promote(client, sweep="empty")
+    sweep(client, "ok", [[5.0]])
+    with pytest.raises(TrackingError, match="no finished run has metric 'kid'"):
+        promote(client, sweep="ok", metric="kid")
+
+
+def test_generate_cli_is_deterministic_through_the_champion_alias(tmp_path, monkeypatch, capsys):
+    from pipelines.cli import main
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = client_for(uri)
+    sweep(client, "g", [[4.0]])
+    promote(client, sweep="g")
+    # One real process (what a user runs), then the same command in-process for the rest.
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    subprocess.run([sys.executable, "-m", "pipelines.cli", "generate", "-n", "6", "--seed", "3",
+                    "--out", str(tmp_path / "a.png"), "--out-dir", str(tmp_path / "a")],
+                   env=env, check=True, capture_output=True, cwd=tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    for seed, name in ((3, "b"), (4, "c")):
+        assert main(["generate", "-n", "6", "--seed", str(seed), "--out", str(tmp_path / f"{name}.png")]) == 0
+    a, b, c = ((tmp_path / f"{n}.png").read_bytes() for n in "abc")
+    assert a == b and b != c
+    assert len(list((tmp_path / "a").glob("*.png"))) == 6
+    capsys.readouterr()
+    assert main(["generate", "--model", "models:/missing@champion"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot be loaded" in err
+
+
+def test_pyfunc_and_pytorch_faces_of_a_registered_generator(tmp_path):
+    import mlflow
+    import pandas as pd
+
+    client = client_for(f"sqlite:///{tmp_path}/mlflow.db")
+    sweep(client, "p", [[4.0]])
+    promote(client, sweep="p")
+    uri = f"models:/gan-generator@{CHAMPION}"
+    model = mlflow.pyfunc.load_model(uri)
+    images = model.predict(pd.DataFrame(), params={"num_images": 5, "seed": 1})
+    assert images.shape == (5, 1, 28, 28) and images.dtype == np.uint8
+    assert model.metadata.signature.params.to_dict()[0]["name"] == "num_images"
+    module = mlflow.pytorch.load_model(uri)
+    assert module(torch.randn(2, LATENT)).shape == (2, 1, 28, 28)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2)
+            break
+        except OSError:
+            assert proc.poll() is None, "mlflow server exited"
+            time.sleep(0.5)
+    yield url
+    os.killpg(proc.pid, 9)  # its graceful shutdown takes ~10 s; the store is a throwaway
+    proc.wait(timeout=30)
+
+
+def test_promotion_against_a_real_tracking_server(mlflow_server, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    client = client_for(mlflow_server)
+    first = check_promotion_flow(client)
+    import mlflow
+    import pandas as pd
+
+    images = mlflow.pyfunc.load_model(f"models:/gen@{CHAMPION}").predict(pd.DataFrame(), params={"num_images": 2})
+    assert images.shape == (2, 1, 28, 28)
+    assert first.model_name == "gen"
