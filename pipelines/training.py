@@ -8,6 +8,7 @@ after that, any failure marks the run FAILED with the error and keeps what was l
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -74,6 +75,18 @@ def find_resumable(client: Any, experiment_id: str, run_id: str | None) -> str:
     return runs[0].info.run_id
 
 
+def adopted_run(client: Any) -> Any | None:
+    """The run `mlflow run` created for this process (MLFLOW_RUN_ID), if any and still open."""
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        return None
+    try:
+        run = client.get_run(run_id)
+    except Exception:  # noqa: BLE001 - a stale id from another store: ignore it
+        return None
+    return run if run.info.status == "RUNNING" else None
+
+
 def run_local(
     cfg: RunConfig,
     experiment: str = DEFAULT_EXPERIMENT,
@@ -104,10 +117,14 @@ def run_local(
     else:
         data = prepare(cfg)
         device = resolve_device(cfg.device)
-        run = client.create_run(
-            experiment_id, run_name=run_name, tags=environment_tags(cfg.dataset, str(device))
-        )
-        run_id = run.info.run_id
+        tags = environment_tags(cfg.dataset, str(device))
+        project_run = adopted_run(client)
+        if project_run is not None:  # under `mlflow run`: record into the project's run
+            run_id, experiment_id = project_run.info.run_id, project_run.info.experiment_id
+            for k, v in tags.items():
+                client.set_tag(run_id, k, v)
+        else:
+            run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
     return execute(client, experiment_id, run_id, cfg, data, state=state, floor=floor,
                    frames=frames, progress=progress, fresh=state is None)
 
