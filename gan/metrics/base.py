@@ -27,6 +27,7 @@ class FeatureExtractor(ABC):
     dim: int  # feature dimension
     tag: str  # identifies the weights: keys cached real statistics
     device: torch.device
+    batch_size: int = 256  # images per forward pass
 
     @abstractmethod
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

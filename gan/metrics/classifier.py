@@ -19,13 +19,13 @@ from torch import nn
 from gan.data import ImageData, to_unit_range
 from gan.metrics.base import FeatureExtractor, MetricError, atomic_write, cache_root, file_lock
 
-VERSION = "v1"  # bump when the architecture or the training recipe changes
+VERSION = "v2"  # bump when the architecture or the training recipe changes
 FEATURE_DIM = 128
 
 
 @dataclass(frozen=True)
 class TrainBudget:
-    """How the classifier is trained; part of the cache key through VERSION."""
+    """How the classifier is trained; a hash of it is part of the cache key."""
 
     epochs: int = 10
     batch_size: int = 64
@@ -54,11 +54,14 @@ class SmallCNN(nn.Module):
             nn.Linear(64 * 16, FEATURE_DIM),
         )
         self.head = nn.Sequential(nn.ReLU(), nn.Dropout(0.3), nn.Linear(FEATURE_DIM, num_classes))
+        # set after training to 1 / RMS of the train features: KID's kernel (x.y/d + 1)^3
+        # then sees unit-scale features instead of a scale the optimiser happened to pick
+        self.register_buffer("feature_scale", torch.ones(()))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # features are taken before the ReLU: no dead dimensions, a full-rank covariance
         feats = self.body(x)
-        return feats, self.head(feats)
+        return feats * self.feature_scale, self.head(feats)
 
 
 class ClassifierExtractor(FeatureExtractor):
@@ -66,6 +69,7 @@ class ClassifierExtractor(FeatureExtractor):
 
     name = "classifier"
     dim = FEATURE_DIM
+    batch_size = 500
 
     def __init__(self, net: SmallCNN, held_out_accuracy: float, tag: str) -> None:
         self.net = net.eval()
@@ -104,8 +108,7 @@ def train_classifier(
     """Train a SmallCNN on the dataset's train split; return it and its held-out accuracy."""
     if data.labels is None:
         raise MetricError(
-            f"backbone 'classifier' needs a labelled dataset and {data.name!r} has no labels: "
-            "use --backbone inception"
+            f"backbone 'classifier' needs a labelled dataset and {data.name!r} has no labels: use --backbone inception"
         )
     device = torch.device(device)
     train_idx, held_idx = split_indices(len(data), budget.held_out, budget.seed)
@@ -117,27 +120,33 @@ def train_classifier(
         torch.manual_seed(budget.seed)
         net = SmallCNN(data.shape[0], num_classes).to(device)
         opt = torch.optim.Adam(net.parameters(), lr=budget.lr)
-        steps = budget.epochs * (len(train_idx) // budget.batch_size)
+        batch_size = min(budget.batch_size, len(train_idx))  # tiny datasets still train
+        steps = budget.epochs * (len(train_idx) // batch_size)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=budget.lr, total_steps=steps)
         g = torch.Generator().manual_seed(budget.seed)
         net.train()
         for _ in range(budget.epochs):
             perm = torch.randperm(len(train_idx), generator=g).to(device)
-            for start in range(0, len(perm) - budget.batch_size + 1, budget.batch_size):
-                idx = perm[start : start + budget.batch_size]
+            for start in range(0, len(perm) - batch_size + 1, batch_size):
+                idx = perm[start : start + batch_size]
                 _, logits = net(to_unit_range(x_train[idx]))
                 loss = F.cross_entropy(logits, y_train[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 sched.step()
+    net.eval()
+    with torch.no_grad():
+        feats = torch.cat([net(to_unit_range(x))[0] for x in x_train.split(1000)])
+        net.feature_scale.fill_(float(feats.pow(2).mean().rsqrt()))
     acc = accuracy(net, data.images[held_idx], data.labels[held_idx])
-    return net.eval(), acc
+    return net, acc
 
 
-def _cache_path(data: ImageData, root: Path) -> Path:
+def _cache_path(data: ImageData, root: Path, budget: TrainBudget) -> Path:
     c, h, w = data.shape
-    return root / f"classifier-{VERSION}-{data.fingerprint()}-{c}x{h}x{w}.pt"
+    recipe = hashlib.sha1(repr(budget).encode()).hexdigest()[:8]
+    return root / f"classifier-{VERSION}-{data.fingerprint()}-{c}x{h}x{w}-{recipe}.pt"
 
 
 def _weights_tag(state: dict[str, torch.Tensor]) -> str:
@@ -157,7 +166,7 @@ def load_classifier(
     """The dataset's classifier from the disk cache, trained and cached on a miss."""
     if data.labels is None:
         train_classifier(data)  # raises the one-line MetricError
-    path = _cache_path(data, cache_root(cache_dir))
+    path = _cache_path(data, cache_root(cache_dir), budget)
     # the lock makes a concurrent trial wait for the first one's training, then load it
     with file_lock(path.with_suffix(".lock")):
         if not path.exists():
@@ -176,6 +185,4 @@ def load_classifier(
     meta = blob["meta"]
     net = SmallCNN(meta["channels"], meta["num_classes"])
     net.load_state_dict(blob["state_dict"])
-    return ClassifierExtractor(
-        net.to(device), meta["held_out_accuracy"], _weights_tag(blob["state_dict"])
-    )
+    return ClassifierExtractor(net.to(device), meta["held_out_accuracy"], _weights_tag(blob["state_dict"]))

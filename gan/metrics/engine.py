@@ -1,0 +1,121 @@
+"""The shared feature-statistics engine: features of image batches, and the real
+set's statistics computed once per (dataset, backbone weights, sample count) and kept
+in memory and on disk (npz)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gan.data import ImageData, to_unit_range
+from gan.metrics.base import FeatureExtractor, atomic_write, cache_root
+
+REAL_SUBSET_SEED = 0  # fixed, so every run and trial shares the same real statistics
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """Features of one image set (CPU float32) with their float64 mean and covariance."""
+
+    feats: torch.Tensor
+    probs: torch.Tensor | None
+    mu: torch.Tensor
+    sigma: torch.Tensor
+
+    @classmethod
+    def of(cls, feats: torch.Tensor, probs: torch.Tensor | None = None) -> FeatureSet:
+        """Summarise features [N, dim] (and optional class probabilities)."""
+        feats = feats.detach().float().cpu()
+        f64 = feats.double()
+        probs = None if probs is None else probs.detach().float().cpu()
+        return cls(feats, probs, f64.mean(dim=0), torch.cov(f64.T))
+
+    def __len__(self) -> int:
+        return self.feats.shape[0]
+
+
+@torch.no_grad()
+def embed_all(extractor: FeatureExtractor, batches: Iterable[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Features (and probs) of batches of images in [-1, 1], left on the extractor's device."""
+    feats, probs = [], []
+    # full precision even inside a caller's autocast: the cached real features are float32
+    with torch.autocast(extractor.device.type, enabled=False):
+        for x in batches:
+            f, p = extractor.embed(x.to(extractor.device, torch.float32))
+            feats.append(f.float())
+            if p is not None:
+                probs.append(p.float())
+    return torch.cat(feats), (torch.cat(probs) if probs else None)
+
+
+def extract(extractor: FeatureExtractor, images: torch.Tensor) -> FeatureSet:
+    """FeatureSet of a uint8 image tensor [N, C, H, W], embedded batch by batch."""
+    if images.dtype != torch.uint8:
+        raise TypeError(f"extract takes uint8 images, got {images.dtype}")
+    batches = (to_unit_range(b.to(extractor.device)) for b in images.split(extractor.batch_size))
+    return FeatureSet.of(*embed_all(extractor, batches))
+
+
+_MEMORY: dict[str, FeatureSet] = {}
+_MEMORY_LOCK = threading.Lock()
+
+
+def real_subset(data: ImageData, num_samples: int) -> torch.Tensor:
+    """The fixed seeded subset of real images the statistics are taken from."""
+    g = torch.Generator().manual_seed(REAL_SUBSET_SEED)
+    idx = torch.randperm(len(data), generator=g)[: min(num_samples, len(data))]
+    return data.images[idx]
+
+
+def _save(path: Path, fs: FeatureSet) -> None:
+    arrays = {"feats": fs.feats.numpy(), "mu": fs.mu.numpy(), "sigma": fs.sigma.numpy()}
+    if fs.probs is not None:
+        arrays["probs"] = fs.probs.numpy()
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
+            np.savez(f, **arrays)
+
+    atomic_write(path, write)
+
+
+def _load(path: Path) -> FeatureSet:
+    with np.load(path, allow_pickle=False) as z:
+        probs = torch.from_numpy(z["probs"]) if "probs" in z.files else None
+        return FeatureSet(
+            torch.from_numpy(z["feats"]),
+            probs,
+            torch.from_numpy(z["mu"]),
+            torch.from_numpy(z["sigma"]),
+        )
+
+
+def real_features(
+    data: ImageData, extractor: FeatureExtractor, num_samples: int, cache_dir: str | None = None
+) -> FeatureSet:
+    """Real statistics of min(num_samples, N) images: memory, else disk, else computed."""
+    n = min(num_samples, len(data))
+    key = f"stats-{data.fingerprint()}-{extractor.tag}-n{n}"
+    with _MEMORY_LOCK:
+        if key in _MEMORY:
+            return _MEMORY[key]
+    path = cache_root(cache_dir) / f"{key}.npz"
+    if path.exists():
+        fs = _load(path)
+    else:
+        fs = extract(extractor, real_subset(data, n))
+        _save(path, fs)
+    with _MEMORY_LOCK:
+        _MEMORY[key] = fs
+    return fs
+
+
+def clear_memory_cache() -> None:
+    """Forget in-memory real statistics (the disk cache stays)."""
+    with _MEMORY_LOCK:
+        _MEMORY.clear()

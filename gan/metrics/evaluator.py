@@ -1,0 +1,106 @@
+"""`Evaluator`: what the training loop calls each eval; `evaluate_images` for image batches.
+
+Both score generated images against the dataset's cached real statistics with every
+metric in METRICS. Under DDP each rank generates its share and features are gathered
+once, so every rank returns the same scores for exactly `num_samples` images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from gan.data import ImageData, to_uint8, to_unit_range
+from gan.metrics.backbones import load_backbone
+from gan.metrics.base import MetricError
+from gan.metrics.distributed import gather_rows, rank_share, world
+from gan.metrics.engine import FeatureSet, embed_all, extract, real_features
+from gan.metrics.registry import compute_metrics
+
+RANK_SEED_STRIDE = 1_000_003  # rank r draws latents from seed + r * stride
+MIN_SAMPLES = 10  # k-NN radii (k=5) and KID subsets need a handful of samples per set
+
+
+class Evaluator:
+    """Scores of generators against one dataset; real statistics prepared on construction."""
+
+    def __init__(
+        self,
+        data: ImageData,
+        backbone: str = "classifier",
+        num_samples: int = 1000,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+        cache_dir: str | None = None,
+    ) -> None:
+        if min(num_samples, len(data)) < MIN_SAMPLES:
+            raise MetricError(
+                f"num_samples={num_samples} with {len(data)} real images is too few: "
+                f"the metrics need at least {MIN_SAMPLES} of each"
+            )
+        self.image_shape = data.shape
+        self.num_samples = num_samples
+        self.device = torch.device(device)
+        self.seed = seed
+        # fail fast (before training starts) on a backbone the dataset cannot use
+        self.extractor = load_backbone(backbone, data, self.device, cache_dir)
+        self.real = real_features(data, self.extractor, num_samples, cache_dir)
+
+    def _check_shape(self, shape: tuple[int, ...]) -> None:
+        if tuple(shape) != tuple(self.image_shape):
+            raise MetricError(
+                f"images of shape {tuple(shape)} cannot be scored against a dataset of shape {tuple(self.image_shape)}"
+            )
+
+    def _generated(self, generator: nn.Module, latent_dim: int, n: int, seed: int) -> Iterator[torch.Tensor]:
+        # fixed latents each call: epoch-to-epoch changes then come from G alone
+        g = torch.Generator().manual_seed(seed)
+        for start in range(0, n, self.extractor.batch_size):
+            size = min(self.extractor.batch_size, n - start)
+            x = generator(torch.randn(size, latent_dim, generator=g).to(self.device))
+            self._check_shape(x.shape[1:])
+            # quantised like the real uint8 data, so bit depth is no signal
+            yield to_unit_range(to_uint8(x))
+
+    @torch.no_grad()
+    def __call__(self, generator: nn.Module, latent_dim: int) -> dict[str, float]:
+        """Generate num_samples images (G in eval mode, outputs in [-1, 1]) and score them.
+
+        Returns fid, kid, kid_std, precision, recall, density, coverage and, when the
+        backbone has a softmax head, inception_score.
+        """
+        if isinstance(generator, nn.parallel.DistributedDataParallel):
+            generator = generator.module  # DDP's forward would sync buffers per batch
+        rank, world_size = world()
+        if self.num_samples < world_size:
+            raise MetricError(f"eval_samples={self.num_samples} is below the world size {world_size}")
+        n = rank_share(self.num_samples, rank, world_size)
+        batches = self._generated(generator, latent_dim, n, self.seed + RANK_SEED_STRIDE * rank)
+        feats, probs = embed_all(self.extractor, batches)
+        if world_size > 1:
+            feats = gather_rows(feats)
+            probs = None if probs is None else gather_rows(probs)
+        return compute_metrics(self.real, FeatureSet.of(feats, probs))
+
+    def evaluate(self, images: torch.Tensor) -> dict[str, float]:
+        """Score a uint8 image batch [N, C, H, W] (all of it, on this process only)."""
+        self._check_shape(images.shape[1:])
+        if len(images) < MIN_SAMPLES:
+            raise MetricError(f"{len(images)} images are too few: the metrics need {MIN_SAMPLES}")
+        return compute_metrics(self.real, extract(self.extractor, images))
+
+
+def evaluate_images(
+    real: ImageData,
+    fake: torch.Tensor,
+    backbone: str = "classifier",
+    num_samples: int | None = None,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    cache_dir: str | None = None,
+) -> dict[str, float]:
+    """Scores of uint8 images `fake` against `real` (num_samples real images; default len(fake))."""
+    evaluator = Evaluator(real, backbone, num_samples or len(fake), device, seed, cache_dir)
+    return evaluator.evaluate(fake)
