@@ -19,6 +19,7 @@ import yaml
 ARCHS = ("mlp", "dcgan")
 LOSSES = ("bce", "hinge")
 BACKBONES = ("classifier", "inception")
+NORMS = ("batch", "none")
 BUILTIN_DATASETS = ("mnist-5k", "mnist", "fashion-mnist", "cifar10", "svhn")
 
 
@@ -40,6 +41,10 @@ class RunConfig:
     dcgan_width: int = 64  # feature maps of the widest DCGAN layer / 2
     mlp_width: int = 128  # first hidden layer of the MLP G (128-256-512-1024)
     spectral_norm: bool = False
+    # G's normalisation; "none" makes a worker's step independent of how the global
+    # batch is split (per-worker BatchNorm statistics are not), e.g. on CPU where
+    # SyncBatchNorm is unavailable.
+    g_norm: str = "batch"
     # optimisation
     epochs: int = 5
     batch_size: int = 64
@@ -143,6 +148,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "dcgan_width": _positive_int,
     "mlp_width": _positive_int,
     "spectral_norm": _bool,
+    "g_norm": _one_of(NORMS),
     "epochs": _positive_int,
     "batch_size": _positive_int,
     "lr_g": _positive_float,

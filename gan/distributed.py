@@ -6,6 +6,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from gan.config import ConfigError
+
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -37,7 +39,17 @@ def wrap_ddp(model: nn.Module, device: torch.device, sync_bn: bool = False) -> n
     """DDP-wrap for the current process group; SyncBatchNorm first if asked."""
     if not is_distributed():
         return model
+    check_sync_bn(sync_bn, device.type)
     if sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def check_sync_bn(sync_bn: bool, device_type: str) -> None:
+    """torch's SyncBatchNorm.forward raises for CPU tensors: say so before any step runs."""
+    if sync_bn and device_type == "cpu":
+        raise ConfigError(
+            "sync_bn=True is invalid on cpu: SyncBatchNorm needs GPUs (use --gpu, or drop "
+            "--sync-bn for per-worker BatchNorm, or --g-norm none with --spectral-norm)"
+        )

@@ -13,7 +13,8 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from gan.config import ARCHS, BACKBONES, LOSSES, RunConfig, config_from_sources
+from gan.config import ARCHS, BACKBONES, LOSSES, NORMS, RunConfig, config_from_sources
+from pipelines.ray_train import add_ray_flags
 
 FLAG_HELP = {
     "dataset": "mnist-5k (embedded, offline), mnist, fashion-mnist, cifar10, svhn, or folder:PATH",
@@ -24,6 +25,8 @@ FLAG_HELP = {
     "dcgan_width": "DCGAN channels next to the image (doubles per level inward)",
     "mlp_width": "MLP width: G hidden sizes w-2w-4w-8w, D 4w-2w (128 = the tutorial)",
     "spectral_norm": "spectral norm on D's layers (replaces D's BatchNorm in dcgan)",
+    "g_norm": "normalisation in G: " + ", ".join(NORMS)
+    + " (none: no BatchNorm, so N workers match 1 worker exactly)",
     "epochs": "passes over the dataset",
     "batch_size": "global batch size (split evenly over workers)",
     "lr_g": "Adam learning rate of G",
@@ -74,11 +77,21 @@ def _config(args: argparse.Namespace) -> RunConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from pipelines.training import run_local
+    from gan.config import ConfigError
+    from pipelines.ray_train import options_from_args, run_distributed
     from pipelines.tracking import tracking_uri
+    from pipelines.training import run_local
 
     cfg = _config(args)
-    out = run_local(cfg, experiment=args.experiment, run_name=args.run_name, resume=args.resume)
+    opts = options_from_args(args)
+    if opts.workers > 1:
+        if args.resume:
+            raise ConfigError("--resume is invalid with --workers > 1: Ray Train restarts failed "
+                              "workers itself (--max-failures); resume in-process with --workers 1")
+        out = run_distributed(cfg, opts, experiment=args.experiment, run_name=args.run_name)
+    else:  # in-process, no Ray; --gpu just means cuda
+        cfg = dataclasses.replace(cfg, device="cuda") if opts.gpu else cfg
+        out = run_local(cfg, experiment=args.experiment, run_name=args.run_name, resume=args.resume)
     r = out.result
     last = r.eval_history[-1][1] if r.eval_history else {}
     score = f", {cfg.backbone} FID {last['fid']:.2f}" if "fid" in last else ""
@@ -86,6 +99,61 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"generator: {out.model_uri}")
     print(_ui_hint(tracking_uri(), out.experiment_id, out.run_id))
     return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from pipelines.registry import promote
+    from pipelines.tracking import client_for
+
+    if args.min_epochs < 0:
+        raise _user_error(f"--min-epochs={args.min_epochs} is invalid: must be >= 0")
+    result = promote(client_for(), sweep=args.sweep, experiment=None if args.sweep else args.experiment,
+                     metric=args.metric, model_name=args.model_name, min_epochs=args.min_epochs, force=args.force)
+    print(result.line(args.metric))
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from pipelines.registry import generate_images, write_images
+    from pipelines.tracking import client_for
+
+    if not 1 <= args.num_images <= 10_000:
+        raise _user_error(f"-n={args.num_images} is invalid: must be in [1, 10000]")
+    if not args.out and not args.out_dir:
+        raise _user_error("nothing to write: give --out FILE and/or --out-dir DIR")
+    client_for()  # sets the tracking URI that models:/ and runs:/ resolve against
+    images = generate_images(args.model, args.num_images, args.seed)
+    written = write_images(images, args.out, args.out_dir)
+    shape = "x".join(str(d) for d in images.shape[1:])
+    print(f"wrote {len(images)} images ({shape}, seed {args.seed}) from {args.model}: "
+          + (str(written[0]) if args.out else "") + (f" {args.out_dir}/" if args.out_dir else ""))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pipelines.evaluate import EvalRequest, evaluate, log_scores, table
+    from pipelines.tracking import client_for
+
+    if args.num_samples < 10:
+        raise _user_error(f"--num-samples={args.num_samples} is invalid: must be >= 10")
+    client = client_for()
+    req = EvalRequest(args.model, args.run_id, args.dataset, args.backbone, args.num_samples, args.seed,
+                      args.data_dir)
+    scores, run, dataset = evaluate(client, req)
+    print(f"{args.model or 'run ' + args.run_id} vs {dataset} ({args.backbone}, {args.num_samples} samples)")
+    print(table(scores))
+    if args.log:
+        if run is None:
+            raise _user_error("--log needs a source run: use --run-id or a runs:/ or registered models:/ URI")
+        log_scores(client, run, args.backbone, scores)
+        print(f"logged to run {run.info.run_id} as eval_{args.backbone}_*")
+    return 0
+
+
+def _user_error(message: str) -> Exception:
+    from gan.config import ConfigError
+
+    return ConfigError(message)
 
 
 def _ui_hint(uri: str, experiment_id: str, run_id: str) -> str:
@@ -107,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     t = sub.add_parser("train", help="train one GAN and record it as one MLflow run",
-                       description="Train one GAN in this process and record it as one MLflow run: "
+                       description="Train one GAN in this process (or data-parallel over "
+                       "--workers N Ray Train workers) and record it as one MLflow run: "
                        "params, per-step losses, sample grids, checkpoints, progress GIF, generator model.")
     t.add_argument("--config", metavar="FILE", help="YAML file of config values (flags override it)")
     _add_config_flags(t)
@@ -116,7 +185,52 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", nargs="?", const="latest", default=None, metavar="RUN_ID",
                    help="continue a killed run from its last checkpoint, in the same MLflow run "
                    "(no RUN_ID: the newest unfinished run of the experiment); uses that run's config")
+    add_ray_flags(t)
     t.set_defaults(func=cmd_train)
+
+    pr = sub.add_parser("promote", help="register the best finished run's generator; move alias champion if better",
+                        description="Find the best finished trial of a sweep (or run of an experiment) by its best "
+                        "logged value of --metric, register its generator as a new model version tagged with where "
+                        "it came from, and move the alias 'champion' to it only if it is strictly better than the "
+                        "current champion on the same dataset and backbone (or with --force).")
+    where = pr.add_mutually_exclusive_group()
+    where.add_argument("--sweep", metavar="NAME_OR_PARENT_RUN_ID", help="a sweep's name or its parent run id")
+    where.add_argument("--experiment", default="gan-pipelines",
+                       help="consider every finished run of this experiment (default: gan-pipelines)")
+    pr.add_argument("--metric", default="fid", help="metric to rank by; lower is better except "
+                    "precision/recall/density/coverage/inception_score (default: fid)")
+    pr.add_argument("--model-name", default="gan-generator", help="registered model name (default: gan-generator)")
+    pr.add_argument("--min-epochs", type=int, default=0, metavar="K", help="ignore runs with fewer epochs")
+    pr.add_argument("--force", action="store_true", help="move champion even if not better")
+    pr.set_defaults(func=cmd_promote)
+
+    g = sub.add_parser("generate", help="write images from a generator model",
+                       description="Write a grid (and optionally one PNG per image) from any generator model URI; "
+                       "the same seed gives the same images.")
+    g.add_argument("--model", default="models:/gan-generator@champion",
+                   help="model URI: models:/NAME@champion, models:/NAME/3, runs:/RUN_ID/generator "
+                   "(default: models:/gan-generator@champion)")
+    g.add_argument("-n", "--num-images", type=int, default=64, help="how many images (default: 64)")
+    g.add_argument("--seed", type=int, default=0, help="latent seed (default: 0)")
+    g.add_argument("--out", default="grid.png", help="grid PNG path (default: grid.png; '' for none)")
+    g.add_argument("--out-dir", default=None, metavar="DIR", help="also write one PNG per image here")
+    g.set_defaults(func=cmd_generate)
+
+    ev = sub.add_parser("evaluate", help="FID-style scores of a generator against a dataset",
+                        description="Generate --num-samples images from a logged generator and score them "
+                        "(fid, kid, precision, recall, density, coverage, inception score) against the real "
+                        "dataset; dataset and image size default to what the source run trained on.")
+    which = ev.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", help="model URI: models:/NAME@champion, runs:/RUN_ID/generator, ...")
+    which.add_argument("--run-id", help="a training run: scores its generator")
+    ev.add_argument("--dataset", default=None, help="dataset to score against (default: the run's)")
+    ev.add_argument("--data-dir", default=None, help="where torchvision datasets live (default: the run's)")
+    ev.add_argument("--backbone", default="classifier", choices=BACKBONES,
+                    help="feature network (default: classifier)")
+    ev.add_argument("--num-samples", type=int, default=1000, help="generated images (default: 1000)")
+    ev.add_argument("--seed", type=int, default=0, help="latent seed (default: 0)")
+    ev.add_argument("--log", action="store_true", help="log the scores to the source run as eval_<backbone>_*")
+    ev.set_defaults(func=cmd_evaluate)
     return parser
 
 

@@ -87,6 +87,18 @@ def adopted_run(client: Any) -> Any | None:
     return run if run.info.status == "RUNNING" else None
 
 
+def open_run(client: Any, experiment_id: str, run_name: str | None,
+             tags: dict[str, str]) -> tuple[str, str]:
+    """A new run, or under `mlflow run` the project's own run: (run_id, experiment_id)."""
+    project_run = adopted_run(client)
+    if project_run is None:
+        run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+        return run.info.run_id, experiment_id
+    for k, v in tags.items():
+        client.set_tag(project_run.info.run_id, k, v)
+    return project_run.info.run_id, project_run.info.experiment_id
+
+
 def run_local(
     cfg: RunConfig,
     experiment: str = DEFAULT_EXPERIMENT,
@@ -118,13 +130,7 @@ def run_local(
         data = prepare(cfg)
         device = resolve_device(cfg.device)
         tags = environment_tags(cfg.dataset, str(device))
-        project_run = adopted_run(client)
-        if project_run is not None:  # under `mlflow run`: record into the project's run
-            run_id, experiment_id = project_run.info.run_id, project_run.info.experiment_id
-            for k, v in tags.items():
-                client.set_tag(run_id, k, v)
-        else:
-            run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+        run_id, experiment_id = open_run(client, experiment_id, run_name, tags)
     return execute(client, experiment_id, run_id, cfg, data, state=state, floor=floor,
                    frames=frames, progress=progress, fresh=state is None)
 

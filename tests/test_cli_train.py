@@ -65,6 +65,14 @@ def test_one_epoch_on_mnist_5k_records_a_complete_run(tmp_path):
     batch = pyfunc.predict(pd.DataFrame(), params={"num_images": 2, "seed": 0})
     assert batch.shape == (2, 1, 28, 28) and batch.dtype == np.uint8
 
+    # `gan-pipeline evaluate` scores that generator and logs the scores back to the run.
+    ev = cli(tmp_path, "evaluate", "--run-id", rid, "--num-samples", "200", "--log")
+    out, err = ev.communicate(timeout=600)
+    assert ev.returncode == 0, err
+    assert "fid" in out and "precision" in out and "vs mnist-5k (classifier, 200 samples)" in out
+    logged = c.get_run(rid).data.metrics
+    assert logged["eval_classifier_fid"] > 0 and 0 <= logged["eval_classifier_recall"] <= 1
+
 
 def test_resume_after_a_kill_continues_the_same_run_without_duplicate_steps(tmp_path):
     args = ["train", "--epochs", "4", "--experiment", "kill", "--batch-size", "128", *FAST]

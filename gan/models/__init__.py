@@ -20,7 +20,7 @@ Shape = tuple[int, int, int]
 
 def _mlp(cfg: RunConfig, shape: Shape) -> tuple[nn.Module, nn.Module]:
     return (
-        MLPGenerator(cfg.latent_dim, shape, cfg.mlp_width),
+        MLPGenerator(cfg.latent_dim, shape, cfg.mlp_width, cfg.g_norm),
         MLPDiscriminator(shape, cfg.mlp_width, cfg.spectral_norm),
     )
 
@@ -32,7 +32,7 @@ def _dcgan(cfg: RunConfig, shape: Shape) -> tuple[nn.Module, nn.Module]:
             "must be square, 28 or 4*2^k (8, 16, 32, 64, 128, 256)"
         )
     return (
-        DCGANGenerator(cfg.latent_dim, shape, cfg.dcgan_width),
+        DCGANGenerator(cfg.latent_dim, shape, cfg.dcgan_width, cfg.g_norm),
         DCGANDiscriminator(shape, cfg.dcgan_width, cfg.spectral_norm),
     )
 

@@ -1,9 +1,10 @@
 """DCGAN (Radford et al. 2015) for square images of 28 or 4*2^k pixels.
 
 G: z -> (base, s0, s0) by a transposed conv, then k stride-2 transposed convs
-(BatchNorm + ReLU) halving the channels, tanh on the last. s0 is 7 for 28x28 and 4
-otherwise. D mirrors it with stride-2 convs and LeakyReLU(0.2), BatchNorm on all but
-the first (or spectral norm instead of BatchNorm), and a final conv to one logit.
+(BatchNorm + ReLU; ReLU alone with norm='none') halving the channels, tanh on the
+last. s0 is 7 for 28x28 and 4 otherwise. D mirrors it with stride-2 convs and
+LeakyReLU(0.2), BatchNorm on all but the first (or spectral norm instead of
+BatchNorm), and a final conv to one logit.
 `width` is the channel count next to the image; it doubles per level inward.
 """
 
@@ -26,7 +27,9 @@ def dcgan_levels(size: int) -> tuple[int, int] | None:
 
 
 class DCGANGenerator(nn.Module):
-    def __init__(self, latent_dim: int, image_shape: tuple[int, int, int], width: int = 64) -> None:
+    def __init__(
+        self, latent_dim: int, image_shape: tuple[int, int, int], width: int = 64, norm: str = "batch"
+    ) -> None:
         super().__init__()
         channels, size, _ = image_shape
         levels = dcgan_levels(size)
@@ -34,13 +37,16 @@ class DCGANGenerator(nn.Module):
             raise ValueError(f"DCGAN does not support {size}x{size} images")
         s0, k = levels
         ch = [width * 2 ** (k - 1 - i) for i in range(k)]  # e.g. k=3: 4w, 2w, w
-        layers: list[nn.Module] = [
-            nn.ConvTranspose2d(latent_dim, ch[0], s0, 1, 0, bias=False),
-            nn.BatchNorm2d(ch[0]),
-            nn.ReLU(True),
-        ]
+        batch = norm == "batch"
+
+        def block(a: int, b: int, *conv: int) -> list[nn.Module]:
+            # BatchNorm's shift makes a conv bias redundant; without it the bias is needed.
+            bn = [nn.BatchNorm2d(b)] if batch else []
+            return [nn.ConvTranspose2d(a, b, *conv, bias=not batch), *bn, nn.ReLU(True)]
+
+        layers = block(latent_dim, ch[0], s0, 1, 0)
         for a, b in zip(ch, ch[1:], strict=False):
-            layers += [nn.ConvTranspose2d(a, b, 4, 2, 1, bias=False), nn.BatchNorm2d(b), nn.ReLU(True)]
+            layers += block(a, b, 4, 2, 1)
         layers += [nn.ConvTranspose2d(ch[-1], channels, 4, 2, 1), nn.Tanh()]
         self.net = nn.Sequential(*layers)
         self.apply(dcgan_init)

@@ -1,6 +1,7 @@
 """The vanilla MLP GAN of the classic Fashion-MNIST tutorial.
 
-G: z-128-256-512-1024-(C*H*W) with LeakyReLU(0.2), BatchNorm after the first layer, tanh.
+G: z-128-256-512-1024-(C*H*W) with LeakyReLU(0.2), BatchNorm after the first layer (none
+with norm='none'), tanh.
 D: (C*H*W)-512-256-1 with LeakyReLU(0.2); outputs a logit. `width` scales every layer
 (width=128 is the tutorial's sizes).
 """
@@ -15,13 +16,18 @@ from torch.nn.utils.parametrizations import spectral_norm as sn
 
 
 class MLPGenerator(nn.Module):
-    def __init__(self, latent_dim: int, image_shape: tuple[int, int, int], width: int = 128) -> None:
+    def __init__(
+        self, latent_dim: int, image_shape: tuple[int, int, int], width: int = 128, norm: str = "batch"
+    ) -> None:
         super().__init__()
         self.image_shape = image_shape
         sizes = [width, 2 * width, 4 * width, 8 * width]
         layers: list[nn.Module] = [nn.Linear(latent_dim, sizes[0]), nn.LeakyReLU(0.2)]
         for a, b in zip(sizes, sizes[1:], strict=False):
-            layers += [nn.Linear(a, b), nn.BatchNorm1d(b), nn.LeakyReLU(0.2)]
+            layers.append(nn.Linear(a, b))
+            if norm == "batch":
+                layers.append(nn.BatchNorm1d(b))
+            layers.append(nn.LeakyReLU(0.2))
         layers += [nn.Linear(sizes[-1], math.prod(image_shape)), nn.Tanh()]
         self.net = nn.Sequential(*layers)
 
