@@ -235,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _quiet() -> None:
+    # MLflow configures its loggers when first imported: tell it via the environment.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     warnings.filterwarnings("ignore")
@@ -248,16 +250,10 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions whose message is already a one-line explanation for the user."""
     from gan.config import ConfigError
     from gan.data import DataError
+    from gan.metrics import MetricError
     from pipelines.tracking import TrackingError
 
-    errors: list[type[BaseException]] = [ConfigError, DataError, TrackingError]
-    try:
-        from gan.metrics import MetricError
-
-        errors.append(MetricError)
-    except ImportError:
-        pass
-    return tuple(errors)
+    return (ConfigError, DataError, TrackingError, MetricError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

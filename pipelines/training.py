@@ -111,6 +111,13 @@ def run_local(
         progress = sys.stderr.isatty()
     uri = tracking_uri()
     check_writable(uri)
+    if not resume:
+        # Every user error surfaces before the store is even opened. The evaluator is
+        # built here too: a backbone the dataset cannot use (the classifier on an
+        # unlabelled folder) is bad input, not a failed run.
+        data = prepare(cfg)
+        device = resolve_device(cfg.device)
+        evaluator = build_evaluator(cfg, data, device)
     client = client_for(uri)
     experiment_id = ensure_experiment(client, experiment)
     state, floor, frames = None, 0, []
@@ -124,21 +131,20 @@ def run_local(
         cfg = make_config(state["config"])  # the run's own config reproduces it
         floor = last_logged_step(client, run_id)
         data = prepare(cfg)
+        evaluator = build_evaluator(cfg, data, resolve_device(cfg.device))
         client.update_run(run_id, status="RUNNING")
         print(f"resuming run {run_id} from epoch {state['epoch']} (step {state['step']})", file=sys.stderr)
     else:
-        data = prepare(cfg)
-        device = resolve_device(cfg.device)
         tags = environment_tags(cfg.dataset, str(device))
         run_id, experiment_id = open_run(client, experiment_id, run_name, tags)
     return execute(client, experiment_id, run_id, cfg, data, state=state, floor=floor,
-                   frames=frames, progress=progress, fresh=state is None)
+                   frames=frames, progress=progress, fresh=state is None, evaluator=evaluator)
 
 
 def execute(
     client: Any, experiment_id: str, run_id: str, cfg: RunConfig, data: ImageData, *,
     state: dict[str, Any] | None = None, floor: int = 0, frames: list | None = None,
-    progress: bool = True, fresh: bool = True,
+    progress: bool = True, fresh: bool = True, evaluator: Any = None,
 ) -> RunOutcome:
     """Run the loop into an existing MLflow run; mark it FINISHED, FAILED or KILLED."""
     device = resolve_device(cfg.device)
@@ -147,8 +153,8 @@ def execute(
             where = {"world_size": 1, "device_type": str(device), "num_workers": 1}
             log_run_config(client, run_id, cfg, where)
         callbacks = MlflowCallbacks(client, run_id, floor=floor, frames=frames)
-        result = train(cfg, data, callbacks, evaluator=build_evaluator(cfg, data, device),
-                       resume=state, device=device, progress=progress)
+        evaluator = evaluator or build_evaluator(cfg, data, device)
+        result = train(cfg, data, callbacks, evaluator=evaluator, resume=state, device=device, progress=progress)
         model_uri = finish_run(
             client, run_id, cfg, result.generator, callbacks.frames, result.stopped
         )
@@ -204,9 +210,8 @@ def _close(client: Any, run_id: str, status: str, message: str) -> None:
 
 
 def build_evaluator(cfg: RunConfig, data: ImageData, device: Any) -> Any:
-    """The FID-style evaluator for `cfg.backbone` (None until gan.metrics exists)."""
-    try:
-        from gan.metrics import Evaluator
-    except ImportError:
-        return None
+    """The FID-style evaluator for `cfg.backbone`: trains/loads the classifier and the real
+    statistics (cached on disk), so build it once per process and reuse it."""
+    from gan.metrics import Evaluator
+
     return Evaluator(data, backbone=cfg.backbone, num_samples=cfg.eval_samples, device=device, seed=cfg.seed)

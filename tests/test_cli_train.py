@@ -155,6 +155,13 @@ def test_empty_and_non_image_folders_and_unwritable_store(tmp_path, capsys):
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "x.jpg").write_text("not a jpeg")
     cases.append(({}, ["--dataset", f"folder:{tmp_path / 'junk'}"], "is not a readable image"))
+    from PIL import Image
+
+    (tmp_path / "faces").mkdir()
+    for i in range(70):
+        Image.new("RGB", (32, 32), (i, 2 * i, 3 * i)).save(tmp_path / "faces" / f"{i}.png")
+    # Images without labels cannot train the classifier backbone: bad input, before any run.
+    cases.append(({}, ["--dataset", f"folder:{tmp_path / 'faces'}"], "--backbone inception"))
     for env, flags, message in cases:
         os.environ["MLFLOW_TRACKING_URI"] = env.get("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
         try:
@@ -163,6 +170,9 @@ def test_empty_and_non_image_folders_and_unwritable_store(tmp_path, capsys):
             del os.environ["MLFLOW_TRACKING_URI"]
         err = capsys.readouterr().err
         assert code == 2 and message in err and err.count("\n") == 1, err
+        if (tmp_path / "mlflow.db").exists():
+            c = client(tmp_path)
+            assert all(not c.search_runs([e.experiment_id]) for e in c.search_experiments())
 
 
 def test_help_describes_every_flag():
