@@ -135,7 +135,28 @@ def connect(opts: RayOptions) -> bool:
     except (ConnectionError, ValueError, RuntimeError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ConfigError(f"ray_address={address!r} is invalid: cannot connect ({first})") from None
+    from pipelines.tracking import TrackingError, tracking_uri
+
+    try:
+        check_store_for_cluster(tracking_uri(), sum(1 for n in ray.nodes() if n.get("Alive")))
+    except TrackingError:
+        ray.shutdown()
+        raise
     return True
+
+
+def check_store_for_cluster(uri: str, alive_nodes: int) -> None:
+    """A local sqlite/file store lives on one machine: workers on other nodes cannot write
+    it. Refuse it on a multi-node cluster and say what to use."""
+    from pipelines.tracking import TrackingError
+
+    local = uri.startswith(("sqlite:", "file:")) or "://" not in uri
+    if alive_nodes > 1 and local:
+        raise TrackingError(
+            f"tracking store {uri!r} is a local file but the Ray cluster has {alive_nodes} nodes: "
+            "set MLFLOW_TRACKING_URI to a tracking server every node reaches "
+            "(e.g. http://HEAD_IP:5000, the server ray_cluster.yaml starts on the head)"
+        )
 
 
 def _check_reachable(address: str | None, timeout_s: float = 5.0) -> None:

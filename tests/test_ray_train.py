@@ -262,3 +262,14 @@ def test_fp16_grad_scaler_state_survives_a_weights_only_checkpoint(tmp_path):
     restored.load_state_dict(load_checkpoint(path)["scalers"])  # weights_only=True inside
     assert restored.state_dict() == saved
     assert restored.scaler_d.get_scale() == 2.0**15
+
+
+def test_a_local_store_is_refused_on_a_multi_node_cluster():
+    from pipelines.ray_train import check_store_for_cluster
+    from pipelines.tracking import TrackingError
+
+    check_store_for_cluster("sqlite:///mlflow.db", alive_nodes=1)  # one machine: fine
+    check_store_for_cluster("http://10.0.0.5:5000", alive_nodes=8)  # a server: fine
+    for uri in ("sqlite:///mlflow.db", "file:///tmp/mlruns", "/tmp/mlruns"):
+        with pytest.raises(TrackingError, match="set MLFLOW_TRACKING_URI to a tracking server"):
+            check_store_for_cluster(uri, alive_nodes=3)
