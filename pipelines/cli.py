@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 
 from gan.config import ARCHS, BACKBONES, LOSSES, NORMS, RunConfig, config_from_sources
 from pipelines.ray_train import add_ray_flags
+from pipelines.sweep import add_sweep_parser
 
 FLAG_HELP = {
     "dataset": "mnist-5k (embedded, offline), mnist, fashion-mnist, cifar10, svhn, or folder:PATH",
@@ -187,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(no RUN_ID: the newest unfinished run of the experiment); uses that run's config")
     add_ray_flags(t)
     t.set_defaults(func=cmd_train)
+    add_sweep_parser(sub)
 
     pr = sub.add_parser("promote", help="register the best finished run's generator; move alias champion if better",
                         description="Find the best finished trial of a sweep (or run of an experiment) by its best "

@@ -1,0 +1,172 @@
+"""The sweep's closing report on its parent MLflow run: a summary table of every trial
+(CSV and HTML), Optuna's parameter-importance and parallel-coordinate plots, and the
+best trials' sample grids side by side at the same epoch.
+
+Built from the child runs in MLflow (not Tune's in-memory results), so a resumed sweep
+reports the trials of every driver that worked on it.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pipelines.search_space import SearchSpace
+from pipelines.sweep_trial import PARENT_TAG, STOPPED_TAG, TRIAL_TAG
+
+COMPARE_TOP = 3
+
+
+def child_runs(client: Any, experiment_id: str, parent_run_id: str) -> list[Any]:
+    return client.search_runs([experiment_id], f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
+                              max_results=10_000)
+
+
+def _fid(run: Any, key: str = "fid") -> float:
+    v = run.data.metrics.get(key)
+    return float(v) if v is not None and math.isfinite(v) else math.inf
+
+
+def best_run(runs: list[Any]) -> Any | None:
+    """Lowest final FID among FINISHED runs (they hold a model), else among all."""
+    finished = [r for r in runs if r.info.status == "FINISHED" and math.isfinite(_fid(r))]
+    pool = finished or [r for r in runs if math.isfinite(_fid(r))]
+    return min(pool, key=_fid) if pool else None
+
+
+def sampled_params(run: Any, space: SearchSpace) -> dict[str, Any]:
+    """The searched values of a run, typed back from MLflow's strings; inactive
+    conditional parameters (e.g. mlp_width of a dcgan trial) are left out."""
+    values: dict[str, Any] = {}
+    logged = run.data.params
+    for p in space.params:
+        if p.name not in logged or not p.active(values):
+            continue
+        text = logged[p.name]
+        if p.kind == "float":
+            values[p.name] = float(text)
+        elif p.kind == "int":
+            values[p.name] = int(text)
+        else:
+            match = [c for c in p.choices if str(c) == text]
+            if match:
+                values[p.name] = match[0]
+    return values
+
+
+def summary_frame(runs: list[Any], space: SearchSpace) -> Any:
+    import pandas as pd
+
+    rows = []
+    for r in runs:
+        m = r.data.metrics
+        rows.append({
+            "trial_id": r.data.tags.get(TRIAL_TAG, ""),
+            "run_id": r.info.run_id,
+            "status": r.info.status,
+            "stopped_reason": r.data.tags.get(STOPPED_TAG, ""),
+            "fid": m.get("fid"),
+            "best_fid": m.get("best_fid"),
+            "epochs_run": int(m["epoch"]) if "epoch" in m else 0,
+            **sampled_params(r, space),
+        })
+    frame = pd.DataFrame(rows)
+    return frame.sort_values("best_fid", na_position="last").reset_index(drop=True) if rows else frame
+
+
+def study_from_runs(runs: list[Any], space: SearchSpace) -> Any:
+    """A finished Optuna study of the trials with a finite FID (what the plots need)."""
+    import optuna
+
+    study = optuna.create_study(direction="minimize")
+    dists = space.distributions()
+    for r in runs:
+        if not math.isfinite(_fid(r)):
+            continue
+        params = sampled_params(r, space)
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions={k: dists[k] for k in params}, value=_fid(r)))
+    return study
+
+
+def log_report(client: Any, parent_run_id: str, runs: list[Any], space: SearchSpace) -> None:
+    """Summary table, plots and comparison image on the parent run; a plot that cannot be
+    drawn (too few finished trials) is skipped with a note, never fails the sweep."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    frame = summary_frame(runs, space)
+    with tempfile.TemporaryDirectory() as tmp:
+        csv, html = Path(tmp) / "summary.csv", Path(tmp) / "summary.html"
+        frame.to_csv(csv, index=False)
+        frame.to_html(html, index=False, na_rep="")
+        client.log_artifact(parent_run_id, str(csv), "summary")
+        client.log_artifact(parent_run_id, str(html), "summary")
+    _log_plots(client, parent_run_id, study_from_runs(runs, space))
+    try:
+        _log_comparison(client, parent_run_id, runs)
+    except Exception as e:  # noqa: BLE001 - a missing grid must not lose the rest
+        print(f"note: no comparison image: {e}", file=sys.stderr)
+
+
+def _log_plots(client: Any, run_id: str, study: Any) -> None:
+    import matplotlib.pyplot as plt
+    import optuna.visualization.matplotlib as ovm
+
+    for name, plot in (("param_importances", ovm.plot_param_importances),
+                       ("parallel_coordinate", ovm.plot_parallel_coordinate)):
+        try:
+            ax = plot(study)
+        except Exception as e:  # noqa: BLE001 - e.g. fewer than 2 finished trials
+            client.set_tag(run_id, f"plot.{name}", f"skipped: {type(e).__name__}: {e}"[:500])
+            continue
+        fig = (ax[0] if hasattr(ax, "__len__") else ax).figure
+        fig.set_size_inches(10, 6)
+        fig.tight_layout()
+        client.log_figure(run_id, fig, f"plots/{name}.png")
+        plt.close(fig)
+
+
+def _eval_epochs(client: Any, run_id: str) -> dict[int, int]:
+    """step -> epoch of a run's evals (on_eval logs `epoch` at the eval's step)."""
+    return {m.step: int(m.value) for m in client.get_metric_history(run_id, "epoch")}
+
+
+def _log_comparison(client: Any, parent_run_id: str, runs: list[Any]) -> None:
+    """The best trials' grids at the latest epoch all of them reached (steps per epoch
+    differ with batch size, so epochs are what line up)."""
+    import matplotlib.pyplot as plt
+
+    from pipelines.tracking import logged_grids
+
+    ranked = sorted((r for r in runs if math.isfinite(_fid(r, "best_fid"))),
+                    key=lambda r: _fid(r, "best_fid"))[:COMPARE_TOP]
+    if not ranked:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        per_run = []
+        for r in ranked:
+            epochs = _eval_epochs(client, r.info.run_id)
+            grids = {epochs[s]: g for s, g in logged_grids(client, r.info.run_id, tmp) if s in epochs}
+            per_run.append((r, grids))
+    common = set.intersection(*(set(g) for _, g in per_run))
+    if not common:
+        return
+    epoch = max(common)
+    fig, axes = plt.subplots(1, len(per_run), figsize=(4 * len(per_run), 4.4), squeeze=False)
+    for ax, (r, grids) in zip(axes[0], per_run, strict=True):
+        epochs = _eval_epochs(client, r.info.run_id)
+        fid_at = {epochs[m.step]: m.value for m in client.get_metric_history(r.info.run_id, "fid")
+                  if m.step in epochs}
+        grid = grids[epoch]
+        ax.imshow(grid.squeeze(), cmap="gray" if grid.ndim == 2 or grid.shape[-1] == 1 else None)
+        ax.set_title(f"trial {r.data.tags.get(TRIAL_TAG, '?')}\nFID {fid_at.get(epoch, math.nan):.1f}",
+                     fontsize=10)
+        ax.axis("off")
+    fig.suptitle(f"best {len(per_run)} trials by best FID, sample grids at epoch {epoch}")
+    fig.tight_layout()
+    client.log_figure(parent_run_id, fig, f"comparison/best_trials_epoch{epoch}.png")
+    plt.close(fig)

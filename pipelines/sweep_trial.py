@@ -1,0 +1,245 @@
+"""What one Tune trial of a sweep runs: find or create its nested MLflow child run, then
+train in-process (one worker, the one loop via pipelines.training's pieces) or launch a
+Ray Train TorchTrainer (N workers, pipelines.ray_train) and forward its reports to Tune.
+
+A trial's MLflow run is found by its Tune trial id, so a trial restarted by a resumed
+sweep continues its own child run from its last MLflow checkpoint instead of starting
+a duplicate. How a trial ends is written on its run:
+
+    FINISHED  ran its whole budget; has the generator model
+    KILLED    stopped early, tag stopped_reason = "health: ..." (diverged, no model) or
+              "tune: ..." (ASHA pruned it, or the sweep was stopped); metrics and grids kept
+    FAILED    crashed; tag error
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from gan.config import RunConfig, make_config
+from gan.data import ImageData
+from gan.health import HealthGuard
+from gan.train import Callbacks, resolve_device, train
+from pipelines.tracking import (
+    MlflowCallbacks,
+    client_for,
+    environment_tags,
+    last_logged_step,
+    latest_checkpoint,
+    log_progress_gif,
+    logged_grids,
+)
+from pipelines.training import build_evaluator, finish_run, log_run_config, run_guard
+
+TRIAL_TAG = "tune_trial_id"
+SWEEP_TAG = "sweep_name"
+PARENT_TAG = "mlflow.parentRunId"
+STOPPED_TAG = "stopped_reason"
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial of one sweep shares (small and picklable; the data goes separately)."""
+
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    sweep_name: str
+    cpus_per_trial: float = 1
+    gpus_per_trial: float = 0
+    workers_per_trial: int = 1
+    storage_path: str = "./ray_results"
+
+
+class TuneCallbacks(Callbacks):
+    """MLflow first, then each eval's scores to Tune (ASHA and Optuna read `fid`).
+
+    The last epoch's scores are reported after the run is finished (see run_trial): a
+    report is where Tune stops a trial, and a trial that has trained its whole budget
+    must keep its checkpoint and model even when ASHA ranks it low at that rung."""
+
+    def __init__(self, inner: Callbacks, last_epoch: int) -> None:
+        self.inner, self.last_epoch = inner, last_epoch
+        self.epoch = 0
+        self.last: dict[str, float] = {}
+        self.first_step_at: float | None = None
+
+    def on_metrics(self, rows: list[tuple[int, dict[str, float]]]) -> None:
+        if rows and self.first_step_at is None:
+            self.first_step_at = time.time()
+        self.inner.on_metrics(rows)
+
+    def on_eval(self, epoch: int, step: int, grid: np.ndarray, metrics: dict[str, float]) -> None:
+        self.inner.on_eval(epoch, step, grid, metrics)
+        self.epoch = epoch
+        self.last = {"fid": math.nan, **{k: float(v) for k, v in metrics.items()},
+                     "epoch": epoch, "step": step}
+        if epoch < self.last_epoch:
+            # Tune ends a pruned trial by raising SystemExit out of report(): see run_trial.
+            report(self.last)
+
+    def on_checkpoint(self, epoch: int, step: int, state: dict[str, Any]) -> None:
+        self.inner.on_checkpoint(epoch, step, state)
+
+
+def report(metrics: dict[str, float]) -> None:
+    from ray import tune
+
+    tune.report(metrics)
+
+
+def find_child(client: Any, ctx: TrialContext, trial_id: str) -> Any | None:
+    """The child run of this sweep already made for `trial_id` (after a resume), if any."""
+    runs = client.search_runs(
+        [ctx.experiment_id],
+        f"tags.`{PARENT_TAG}` = '{ctx.parent_run_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'",
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+def open_child(client: Any, ctx: TrialContext, trial_id: str, cfg: RunConfig,
+               device: str) -> tuple[str, bool]:
+    """(run id, fresh): this trial's existing child run reopened, else a new nested one."""
+    run = find_child(client, ctx, trial_id)
+    if run is not None:
+        client.update_run(run.info.run_id, status="RUNNING")
+        return run.info.run_id, False
+    tags = {**environment_tags(cfg.dataset, device), PARENT_TAG: ctx.parent_run_id,
+            TRIAL_TAG: trial_id, SWEEP_TAG: ctx.sweep_name}
+    run = client.create_run(ctx.experiment_id, run_name=f"{ctx.sweep_name}-{trial_id}", tags=tags)
+    return run.info.run_id, True
+
+
+_EVALUATORS: dict[tuple, Any] = {}
+
+
+def cached_evaluator(cfg: RunConfig, data: ImageData, device: torch.device) -> Any:
+    """One evaluator per process and setting: a reused actor's next trial skips loading
+    the backbone and the real statistics (part of the per-trial start-up)."""
+    key = (cfg.backbone, cfg.eval_samples, cfg.seed, str(device), data.fingerprint())
+    if key not in _EVALUATORS:
+        _EVALUATORS.clear()  # one at a time: the backbone may be an Inception network
+        _EVALUATORS[key] = build_evaluator(cfg, data, device)
+    return _EVALUATORS[key]
+
+
+def run_trial(config: dict[str, Any], data: ImageData, ctx: TrialContext) -> None:
+    """The Tune function trainable of a sweep (bound with tune.with_parameters)."""
+    from ray import tune
+
+    started = time.time()
+    trial_id = tune.get_context().get_trial_id()
+    cfg = make_config(config)
+    if ctx.gpus_per_trial > 0 and cfg.device in ("auto", "cpu"):
+        cfg = dataclasses.replace(cfg, device="cuda")
+    if ctx.workers_per_trial > 1:
+        return _run_distributed_trial(cfg, data, ctx, trial_id)
+    torch.set_num_threads(max(1, int(ctx.cpus_per_trial)))
+    device = resolve_device(cfg.device)
+    client = client_for(ctx.tracking_uri)
+    run_id, fresh = open_child(client, ctx, trial_id, cfg, str(device))
+    state, floor, frames = None, 0, []
+    if not fresh:  # a resumed sweep restarted this trial: continue its run, no duplicate
+        with tempfile.TemporaryDirectory() as tmp:
+            state = latest_checkpoint(client, run_id, tmp)
+            frames = logged_grids(client, run_id, tmp) if state else []
+        floor = last_logged_step(client, run_id)  # steps the run holds are not written twice
+        if state is not None:
+            cfg = make_config(state["config"])
+            client.set_tag(run_id, "sweep.resumed_from_step", str(state["step"]))
+    tracking = MlflowCallbacks(client, run_id, floor=floor, frames=frames)
+    to_tune = TuneCallbacks(tracking, cfg.epochs)
+    pruned = False
+    with run_guard(client, run_id):
+        if fresh or state is None:
+            log_run_config(client, run_id, cfg, {"world_size": 1, "device_type": str(device),
+                                                 "num_workers": 1, TRIAL_TAG: trial_id})
+        try:
+            result = train(cfg, data, HealthGuard(to_tune), evaluator=cached_evaluator(cfg, data, device),
+                           resume=state, device=device, progress=False)
+        except SystemExit:  # Tune stopped this trial (ASHA pruned it, or the sweep ended)
+            pruned = True
+        if to_tune.first_step_at is not None:
+            client.set_tag(run_id, "trial.seconds_to_first_step",
+                           f"{to_tune.first_step_at - started:.2f}")
+    if pruned:
+        # Quick: a reused actor waits only ~2 s for this thread before it gives up on it.
+        _end_early(client, run_id, tracking.frames, f"tune: stopped by the scheduler after "
+                   f"epoch {to_tune.epoch} (its FID was not competitive)")
+        raise SystemExit(0)
+    if result.stopped:  # the health guard: diverged, no model worth keeping
+        _end_early(client, run_id, tracking.frames, result.stopped)
+        report({"fid": math.nan, "best_fid": to_tune.last.get("best_fid", math.nan),
+                "epoch": result.epochs_done, "step": result.step, "stopped": 1})
+        return None
+    with run_guard(client, run_id):
+        finish_run(client, run_id, cfg, result.generator, tracking.frames)
+    final = to_tune.last or _logged_scores(client, run_id)  # resumed after its last epoch: logged
+    report({**final, "epoch": result.epochs_done, "step": result.step})
+    return None
+
+
+def _logged_scores(client: Any, run_id: str) -> dict[str, float]:
+    metrics = client.get_run(run_id).data.metrics
+    return {"fid": math.nan, **{k: v for k, v in metrics.items() if k in ("fid", "best_fid", "kid")}}
+
+
+def _end_early(client: Any, run_id: str, frames: list[tuple[int, Any]], reason: str) -> None:
+    import mlflow
+
+    try:
+        mlflow.flush_async_logging()
+        log_progress_gif(client, run_id, frames)
+        client.set_tag(run_id, STOPPED_TAG, reason)
+        client.set_terminated(run_id, "KILLED")
+    except Exception as e:  # noqa: BLE001 - the sweep goes on; the driver closes stale runs
+        print(f"warning: could not close run {run_id}: {e}", file=sys.stderr)
+
+
+def _run_distributed_trial(cfg: RunConfig, data: ImageData, ctx: TrialContext,
+                           trial_id: str) -> None:
+    """N Ray Train workers for this trial (Train V2 inside Tune): trainer.fit() here, the
+    workers' reports forwarded to Tune by TuneReportCallback."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from gan.checkpoint import load_checkpoint
+    from pipelines.ray_train import (
+        RayOptions,
+        final_generator,
+        make_trainer,
+        run_params,
+        worker_config,
+    )
+    from pipelines.ray_worker import checkpoint_file
+
+    opts = RayOptions(workers=ctx.workers_per_trial, gpu=ctx.gpus_per_trial > 0,
+                      cpus_per_worker=max(1, int(ctx.cpus_per_trial)), storage_path=ctx.storage_path)
+    # Ray Train reports at checkpoints: checkpointing at every eval puts `fid` in each report.
+    cfg = worker_config(dataclasses.replace(cfg, checkpoint_every=cfg.eval_every), opts)
+    client = client_for(ctx.tracking_uri)
+    run_id, fresh = open_child(client, ctx, trial_id, cfg, f"{opts.workers}x{'cuda' if opts.gpu else 'cpu'}")
+    with run_guard(client, run_id):
+        if fresh:
+            log_run_config(client, run_id, cfg, {**run_params(opts), TRIAL_TAG: trial_id})
+        loop_config = {"cfg": cfg.to_dict(), "tracking_uri": ctx.tracking_uri, "run_id": run_id,
+                       "threads": opts.cpus_per_worker, "fail_once": None}
+        trainer = make_trainer(opts, loop_config, f"gan-{run_id}")
+        # make_trainer builds the Train RunConfig; the Tune hand-off is this sweep's business.
+        trainer.run_config.callbacks = [*(trainer.run_config.callbacks or []), TuneReportCallback()]
+        result = trainer.fit()
+        with result.checkpoint.as_directory() as folder:
+            state = load_checkpoint(checkpoint_file(folder))
+        generator = final_generator(cfg, data.shape, state)
+        with tempfile.TemporaryDirectory() as tmp:
+            frames = logged_grids(client, run_id, tmp)
+        finish_run(client, run_id, cfg, generator, frames)

@@ -1,0 +1,142 @@
+"""Search space files: parsing, conditionals, sampling, and one-line errors (fast, no Ray)."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+import yaml
+
+from gan.config import ConfigError, RunConfig
+from pipelines.search_space import SearchSpaceError, load_space, parse_space
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _space(params, **top):
+    return parse_space({"params": params, **top}, "test.yaml")
+
+
+def _error(params, **top) -> str:
+    with pytest.raises(SearchSpaceError) as e:
+        _space(params, **top)
+    message = str(e.value)
+    assert "\n" not in message and message.startswith("search space test.yaml: ")
+    return message
+
+
+@pytest.mark.parametrize("name", ["quick", "default", "cifar10-gpu"])
+def test_shipped_spaces_load_and_sample_valid_configs(name):
+    space = load_space(name)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(20):
+        values = space.suggest(study.ask())
+        assert isinstance(space.config(values), RunConfig)
+
+
+def test_conditional_parameters_exist_only_under_their_parent_choice():
+    space = _space({
+        "arch": {"type": "categorical", "choices": ["mlp", "dcgan"]},
+        "dcgan_width": {"type": "int", "low": 8, "high": 32, "step": 8, "when": {"arch": "dcgan"}},
+        "mlp_width": {"type": "categorical", "choices": [16, 32], "when": {"arch": ["mlp"]}},
+        "epochs": 2,
+    })
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    seen = set()
+    for _ in range(30):
+        trial = study.ask()
+        values = space.suggest(trial)
+        seen.add(values["arch"])
+        assert values["epochs"] == 2
+        assert ("dcgan_width" in trial.params) == (values["arch"] == "dcgan")
+        assert ("mlp_width" in trial.params) == (values["arch"] == "mlp")
+    assert seen == {"mlp", "dcgan"}
+
+
+def test_children_listed_before_parents_are_sampled_after_them():
+    space = _space({
+        "mlp_width": {"type": "categorical", "choices": [16], "when": {"arch": "mlp"}},
+        "arch": {"type": "categorical", "choices": ["mlp"]},
+    })
+    assert [p.name for p in space.params] == ["arch", "mlp_width"]
+
+
+def test_float_log_and_int_ranges_sample_inside_their_bounds():
+    space = _space({
+        "lr_g": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
+        "n_dis": {"type": "int", "low": 1, "high": 3},
+        "beta1": {"value": 0.5},
+    })
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(10):
+        v = space.suggest(study.ask())
+        assert 1e-5 <= v["lr_g"] <= 1e-2 and 1 <= v["n_dis"] <= 3 and v["beta1"] == 0.5
+
+
+def test_sweep_defaults_are_read_and_checked():
+    assert _space({"epochs": 1}, sweep={"trials": 3}).sweep == {"trials": 3}
+    assert "sweep.trials" in _error({"epochs": 1}, sweep={"trials": 0})
+    assert "sweep.workers" in _error({"epochs": 1}, sweep={"workers": 2})
+
+
+@pytest.mark.parametrize(
+    ("params", "key", "problem"),
+    [
+        ({"lr": {"type": "float", "low": 1e-4, "high": 1e-3}}, "lr", "unknown parameter"),
+        ({"lr_g": {"type": "float", "low": 1e-3, "high": 1e-3}}, "lr_g", "empty range"),
+        ({"n_dis": {"type": "int", "low": 3, "high": 1}}, "n_dis", "empty range"),
+        ({"lr_g": {"type": "float", "low": 0.0, "high": 1e-3}}, "lr_g", "low 0.0 is invalid"),
+        ({"lr_g": {"type": "float", "low": 0.0, "high": 1e-3, "log": True}}, "lr_g", "log range"),
+        ({"beta1": {"type": "float", "low": 0.5, "high": 1.5}}, "beta1", "high 1.5 is invalid"),
+        ({"epochs": {"type": "float", "low": 1, "high": 3}}, "epochs", "use type int"),
+        ({"lr_g": {"type": "int", "low": 1, "high": 3}}, "lr_g", "use type float"),
+        ({"n_dis": {"type": "int", "low": 1.5, "high": 3}}, "n_dis", "must be an integer"),
+        ({"lr_g": {"type": "float", "low": "a", "high": 1e-3}}, "lr_g", "must be a number"),
+        ({"loss": {"type": "categorical", "choices": ["bce", "wgan"]}}, "loss", "'wgan' is invalid"),
+        ({"loss": {"type": "categorical", "choices": []}}, "loss", "non-empty list"),
+        ({"loss": {"type": "uniform"}}, "loss", "type 'uniform' is invalid"),
+        ({"loss": "wgan"}, "loss", "'wgan' is invalid"),
+        ({"epochs": 0}, "epochs", "must be a positive integer"),
+        ({"lr_g": {"type": "float", "low": 1e-4, "high": 1e-3, "choices": [1]}}, "lr_g", "'choices' is not allowed"),
+        ({"mlp_width": {"type": "categorical", "choices": [16], "when": {"arch": "mlp"}}},
+         "mlp_width", "conditional on 'arch', which is not in this space"),
+        ({"arch": "mlp", "mlp_width": {"type": "categorical", "choices": [16], "when": {"arch": "mlp"}}},
+         "mlp_width", "which is a fixed value"),
+        ({"arch": {"type": "categorical", "choices": ["mlp"]},
+          "mlp_width": {"type": "categorical", "choices": [16], "when": {"arch": "gru"}}},
+         "mlp_width", "not one of its choices"),
+        ({"lr_g": {"type": "float", "low": 1e-4, "high": 1e-3},
+          "mlp_width": {"type": "categorical", "choices": [16], "when": {"lr_g": 1e-4}}},
+         "mlp_width", "only a categorical parameter can be a parent"),
+    ],
+)
+def test_invalid_spaces_fail_with_one_line_naming_the_key(params, key, problem):
+    message = _error(params)
+    assert f": {key}: " in message and problem in message, message
+
+
+def test_unknown_top_level_key_and_missing_params_are_errors():
+    assert "space:" in _error({"epochs": 1}, space={})
+    with pytest.raises(SearchSpaceError, match="params: must be a non-empty mapping"):
+        parse_space({"params": {}}, "test.yaml")
+
+
+def test_errors_are_config_errors_so_the_cli_exits_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"params": {"lr_g": {"type": "float", "low": 0, "high": 1}}}))
+    with pytest.raises(ConfigError, match=f"search space {bad}: lr_g: "):
+        load_space(bad)
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_space(tmp_path / "missing.yaml")
+    (tmp_path / "broken.yaml").write_text("params: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_space(tmp_path / "broken.yaml")
+
+
+
+@pytest.mark.parametrize("flag", ["trials", "concurrency", "grace_period", "workers_per_trial"])
+def test_sweep_flags_below_one_are_config_errors(flag):
+    from pipelines.search_space import load_space
+    from pipelines.sweep import SweepOptions
+
+    with pytest.raises(ConfigError, match=f"--{flag.replace('_', '-')} 0 is invalid"):
+        SweepOptions(**{flag: 0}).resolved(load_space("quick"))

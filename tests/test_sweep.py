@@ -1,0 +1,196 @@
+"""`gan-pipeline sweep` end to end: real Ray Tune + Optuna + MLflow on mnist-5k with tiny
+trials. The in-process tests share one Ray session; the resume test runs the CLI as a
+separate driver process and kills it mid-sweep."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.integration
+
+TINY = {
+    "dataset": "mnist-5k", "epochs": 2, "eval_samples": 200, "latent_dim": 16,
+    "batch_size": 64, "device": "cpu",
+}
+
+
+def _write_space(folder: Path, name: str, params: dict) -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"params": {**TINY, **params}}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    import ray
+
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+    ray.init(num_cpus=2, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+def _sweep(workdir: Path, space: Path, **options):
+    from pipelines.sweep import SweepOptions, run_sweep
+
+    opts = SweepOptions(space=str(space), storage_path=str(workdir / "ray_results"), **options)
+    return run_sweep(opts)
+
+
+def _client(workdir: Path):
+    from pipelines.tracking import client_for
+
+    return client_for(f"sqlite:///{workdir / 'mlflow.db'}")
+
+
+def _artifacts(client, run_id: str, path: str = "") -> set[str]:
+    return {a.path for a in client.list_artifacts(run_id, path)}
+
+
+def test_three_trial_sweep_makes_a_parent_with_nested_children_and_a_report(ray_session, workdir):
+    space = _write_space(workdir, "tiny", {
+        "lr_g": {"type": "float", "low": 1e-4, "high": 2e-3, "log": True},
+        "arch": {"type": "categorical", "choices": ["mlp", "dcgan"]},
+        "mlp_width": {"type": "categorical", "choices": [16], "when": {"arch": "mlp"}},
+        "dcgan_width": {"type": "categorical", "choices": [8], "when": {"arch": "dcgan"}},
+    })
+    out = _sweep(workdir, space, trials=3, concurrency=2, scheduler="none", name="three")
+    client = _client(workdir)
+    parent = client.get_run(out.parent_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.params["sweep.trials"] == "3"
+    assert {"summary", "plots", "comparison", "search_space"} <= _artifacts(client, out.parent_run_id)
+    assert _artifacts(client, out.parent_run_id, "summary") == {"summary/summary.csv", "summary/summary.html"}
+    assert "plots/parallel_coordinate.png" in _artifacts(client, out.parent_run_id, "plots")
+
+    children = out.runs
+    assert len(children) == 3
+    assert len({c.data.tags["tune_trial_id"] for c in children}) == 3
+    for c in children:
+        assert c.data.tags["mlflow.parentRunId"] == out.parent_run_id
+        assert c.info.status == "FINISHED"
+        assert math.isfinite(c.data.metrics["fid"]) and "best_fid" in c.data.metrics
+        assert c.data.metrics["epoch"] == 2 and "d_loss" in c.data.metrics
+        assert {"images", "generator", "checkpoints", "progress.gif"} <= _artifacts(client, c.info.run_id)
+        # conditional parameters: a trial logs the width of its own architecture family
+        assert float(c.data.tags["trial.seconds_to_first_step"]) < 30
+    assert out.best is not None and out.best.info.run_id == parent.data.tags["best_run_id"]
+
+    import pandas as pd
+
+    local = client.download_artifacts(out.parent_run_id, "summary/summary.csv", str(workdir))
+    table = pd.read_csv(local)
+    assert len(table) == 3 and {"status", "best_fid", "epochs_run", "lr_g", "arch"} <= set(table.columns)
+
+
+def test_asha_stops_a_trial_with_a_broken_learning_rate(ray_session, workdir):
+    # Seed 0 samples lr_g 1e-3 first, then 1e-7 (G frozen near its random init): the
+    # broken trial trails the first one at the first rung.
+    space = _write_space(workdir, "asha", {
+        "arch": "dcgan", "dcgan_width": 8, "epochs": 3,
+        "lr_g": {"type": "categorical", "choices": [1e-7, 1e-3]},
+    })
+    out = _sweep(workdir, space, trials=3, concurrency=1, scheduler="asha", grace_period=1,
+                 seed=0, name="asha")
+    pruned = "tune: stopped by the scheduler"
+    stopped = [c for c in out.runs if c.data.tags.get("stopped_reason", "").startswith(pruned)]
+    assert stopped, [(c.data.params.get("lr_g"), c.data.metrics.get("fid")) for c in out.runs]
+    for c in stopped:
+        assert c.info.status == "KILLED" and c.data.metrics["epoch"] < 3
+    assert any(c.info.status == "FINISHED" and c.data.metrics["epoch"] == 3 for c in out.runs)
+
+
+def test_a_diverging_trial_is_stopped_with_its_reason_and_the_sweep_goes_on(ray_session, workdir):
+    space = _write_space(workdir, "diverge", {
+        "arch": "mlp", "mlp_width": 16,
+        "lr_g": {"type": "categorical", "choices": [1e3, 2e-4]},
+        # both networks at lr 1e3: G's loss explodes within the first epoch
+        "lr_d": {"type": "categorical", "choices": [1e3], "when": {"lr_g": 1e3}},
+    })
+    out = _sweep(workdir, space, trials=3, concurrency=1, scheduler="none", seed=0, name="diverge")
+    by_lr = {}
+    for c in out.runs:
+        by_lr.setdefault(c.data.params["lr_g"], []).append(c)
+    assert set(by_lr) == {"1000.0", "0.0002"}, by_lr.keys()
+    for c in by_lr["1000.0"]:
+        assert c.info.status == "KILLED"
+        assert c.data.tags["stopped_reason"].startswith("health: G loss")
+        assert "generator" not in _artifacts(_client(workdir), c.info.run_id)
+    for c in by_lr["0.0002"]:
+        assert c.info.status == "FINISHED" and c.data.metrics["epoch"] == 2
+    assert out.best.data.params["lr_g"] == "0.0002"
+
+
+def _children(client, experiment_id: str, parent_id: str):
+    return client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
+
+
+def test_resume_after_killing_the_driver_finishes_the_trials_without_duplicate_runs(workdir):
+    space = _write_space(workdir, "resume", {
+        "arch": "mlp", "mlp_width": 16, "epochs": 4,
+        "lr_g": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True},
+    })
+    cmd = [sys.executable, "-m", "pipelines.cli", "sweep", "--space", str(space), "--trials", "2",
+           "--concurrency", "1", "--scheduler", "none", "--name", "resumable"]
+    env = {**os.environ, "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+    log = open(workdir / "first.log", "wb")  # noqa: SIM115 - closed below
+    driver = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=log, stderr=log, start_new_session=True)
+    try:
+        client = None
+        deadline = time.time() + 240
+        # kill once a trial finished and another one is past its first checkpoint
+        while time.time() < deadline:
+            time.sleep(0.5)
+            assert driver.poll() is None, (workdir / "first.log").read_text()[-3000:]
+            if b"parent run" not in (workdir / "first.log").read_bytes():
+                continue  # opening the store while the driver creates it races its migration
+            client = client or _client(workdir)
+            exp = client.get_experiment_by_name("gan-pipelines")
+            parents = client.search_runs([exp.experiment_id], "tags.`sweep.role` = 'parent'") if exp else []
+            if not parents:
+                continue
+            kids = _children(client, exp.experiment_id, parents[0].info.run_id)
+            if any(k.info.status == "FINISHED" for k in kids) and any(
+                    k.info.status == "RUNNING" and "epoch" in k.data.metrics for k in kids):
+                break
+        else:
+            pytest.fail("the sweep did not get far enough to be killed")
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started
+        driver.wait()
+        log.close()
+    time.sleep(2)
+
+    resumed = subprocess.run([sys.executable, "-m", "pipelines.cli", "sweep", "--resume", "resumable"],
+                             cwd=workdir, env=env, capture_output=True, text=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "best trial" in resumed.stdout and "mlflow ui --backend-store-uri" in resumed.stdout
+
+    exp = client.get_experiment_by_name("gan-pipelines")
+    parents = client.search_runs([exp.experiment_id], "tags.`sweep.role` = 'parent'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    kids = _children(client, exp.experiment_id, parents[0].info.run_id)
+    trial_ids = [k.data.tags["tune_trial_id"] for k in kids]
+    assert len(kids) == 2 and len(set(trial_ids)) == 2, trial_ids
+    # the trial that was running when the driver died went on in its own run
+    assert any("sweep.resumed_from_step" in k.data.tags for k in kids)
+    for k in kids:
+        assert k.info.status == "FINISHED", (k.info.status, k.data.tags.get("stopped_reason"))
+        steps = [m.step for m in client.get_metric_history(k.info.run_id, "d_loss")]
+        assert len(steps) == len(set(steps)), "a resumed trial logged a step twice"
+        assert k.data.metrics["epoch"] == 4
