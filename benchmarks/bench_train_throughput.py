@@ -49,6 +49,22 @@ def pipeline_loop(cfg, data: ImageData, steps: int) -> float:
     return (s1 - s0) * cfg.batch_size / (t1 - t0)
 
 
+def plain_step(G, D, opt_g, opt_d, real: torch.Tensor, latent_dim: int) -> None:  # noqa: N803
+    """One BCE GAN step as the tutorials write it (default Adam, fakes reused for G)."""
+    b = real.shape[0]
+    fake = G(torch.randn(b, latent_dim))
+    ones, zeros = torch.ones(b), torch.zeros(b)
+    opt_d.zero_grad()
+    d_loss = F.binary_cross_entropy_with_logits(D(real), ones) + F.binary_cross_entropy_with_logits(
+        D(fake.detach()), zeros
+    )
+    d_loss.backward()
+    opt_d.step()
+    opt_g.zero_grad()
+    F.binary_cross_entropy_with_logits(D(fake), ones).backward()
+    opt_g.step()
+
+
 def bare_loop(cfg, data: ImageData, steps: int) -> float:
     """The same models and step written plainly: data pre-normalised in one tensor."""
     torch.manual_seed(cfg.seed)
@@ -62,19 +78,7 @@ def bare_loop(cfg, data: ImageData, steps: int) -> float:
     for i in range(steps + 10):
         if i == 10:
             t0 = time.perf_counter()
-        real = x_all[perm[(i * b) % (len(x_all) - b) :][:b]]
-        fake = G(torch.randn(b, cfg.latent_dim))
-        ones, zeros = torch.ones(b), torch.zeros(b)
-        opt_d.zero_grad()
-        d_loss = F.binary_cross_entropy_with_logits(D(real), ones) + F.binary_cross_entropy_with_logits(
-            D(fake.detach()), zeros
-        )
-        d_loss.backward()
-        opt_d.step()
-        opt_g.zero_grad()
-        g_loss = F.binary_cross_entropy_with_logits(D(fake), ones)
-        g_loss.backward()
-        opt_g.step()
+        plain_step(G, D, opt_g, opt_d, x_all[perm[(i * b) % (len(x_all) - b) :][:b]], cfg.latent_dim)
     return steps * b / (time.perf_counter() - t0)
 
 
@@ -96,17 +100,7 @@ def tutorial_loop(cfg, root: Path, steps: int, workers: int) -> float:
         for real, _ in loader:
             if done == 10:
                 t0 = time.perf_counter()
-            fake = G(torch.randn(b, cfg.latent_dim))
-            ones, zeros = torch.ones(b), torch.zeros(b)
-            opt_d.zero_grad()
-            d_loss = F.binary_cross_entropy_with_logits(D(real), ones) + F.binary_cross_entropy_with_logits(
-                D(fake.detach()), zeros
-            )
-            d_loss.backward()
-            opt_d.step()
-            opt_g.zero_grad()
-            F.binary_cross_entropy_with_logits(D(fake), ones).backward()
-            opt_g.step()
+            plain_step(G, D, opt_g, opt_d, real, cfg.latent_dim)
             done += 1
             if done >= steps + 10:
                 break
