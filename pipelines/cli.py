@@ -80,7 +80,7 @@ def _config(args: argparse.Namespace) -> RunConfig:
 def cmd_train(args: argparse.Namespace) -> int:
     from gan.config import ConfigError
     from pipelines.ray_train import options_from_args, run_distributed
-    from pipelines.tracking import tracking_uri
+    from pipelines.tracking import tracking_uri, ui_hint
     from pipelines.training import run_local
 
     cfg = _config(args)
@@ -98,7 +98,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     score = f", {cfg.backbone} FID {last['fid']:.2f}" if "fid" in last else ""
     print(f"finished run {out.run_id}: {r.epochs_done} epochs, {r.step} steps{score}")
     print(f"generator: {out.model_uri}")
-    print(_ui_hint(tracking_uri(), out.experiment_id, out.run_id))
+    print(ui_hint(tracking_uri(), out.experiment_id, out.run_id))
     return 0
 
 
@@ -155,13 +155,6 @@ def _user_error(message: str) -> Exception:
     from gan.config import ConfigError
 
     return ConfigError(message)
-
-
-def _ui_hint(uri: str, experiment_id: str, run_id: str) -> str:
-    url = f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run_id}"
-    if uri.startswith("sqlite:"):
-        return f"open it: mlflow ui --backend-store-uri {uri} --port 5000   then {url}"
-    return f"open it: {uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 # --------------------------------------------------------------------------- parser

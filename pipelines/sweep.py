@@ -473,6 +473,7 @@ def options_from_args(args: argparse.Namespace) -> SweepOptions:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from pipelines.sweep_report import sampled_params
+    from pipelines.tracking import ui_hint
 
     resume = args.resume
     if resume and args.name and resume == "latest":
@@ -494,10 +495,3 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(f"  {params}")
     print(ui_hint(out.tracking_uri, out.experiment_id, b.info.run_id))
     return 0
-
-
-def ui_hint(uri: str, experiment_id: str, run_id: str) -> str:
-    url = f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run_id}"
-    if uri.startswith("sqlite:"):
-        return f"open it: mlflow ui --backend-store-uri {uri} --port 5000   then {url}"
-    return f"open it: {uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"

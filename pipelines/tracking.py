@@ -253,6 +253,14 @@ def log_generator(client: Any, run_id: str, generator: nn.Module, latent_dim: in
     return f"runs:/{run_id}/generator"
 
 
+def ui_hint(uri: str, experiment_id: str, run_id: str) -> str:
+    """The command (or URL) that opens the MLflow UI on a run."""
+    url = f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run_id}"
+    if uri.startswith("sqlite:"):
+        return f"open it: mlflow ui --backend-store-uri {uri} --port 5000   then {url}"
+    return f"open it: {uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
 def _now_ms() -> int:
     import time
 

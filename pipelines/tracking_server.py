@@ -63,7 +63,9 @@ class LocalServer:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(log_file, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,  # noqa: S603
-                                         preexec_fn=_die_with_parent, env={**os.environ})
+                                         preexec_fn=_die_with_parent,
+                                         # only tracking: no background job runners
+                                         env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
         self._ready = False
 
     def url(self) -> str:
