@@ -9,6 +9,8 @@ unless forced. Every decision stays visible as version tags.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import time
 from dataclasses import dataclass
@@ -127,7 +129,9 @@ def promote(client: Any, *, sweep: str | None = None, experiment: str | None = N
     version = _existing_version(client, model_name, best.run_id)
     if version is None:
         mlflow.set_tracking_uri(client.tracking_uri)
-        version = mlflow.register_model(f"runs:/{best.run_id}/generator", model_name, await_registration_for=60)
+        # register_model prints its own progress lines; promote's answer is one line.
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            version = mlflow.register_model(f"runs:/{best.run_id}/generator", model_name, await_registration_for=60)
     tags = {"metric": metric, "metric_value": repr(best.value), "dataset": dataset, "backbone": backbone,
             "sweep": sweep_name, "source_run": best.run_id}
     for k, v in tags.items():
