@@ -97,6 +97,18 @@ def test_three_trial_sweep_makes_a_parent_with_nested_children_and_a_report(ray_
     table = pd.read_csv(local)
     assert len(table) == 3 and {"status", "best_fid", "epochs_run", "lr_g", "arch"} <= set(table.columns)
 
+    # Promotion from this real sweep picks the child with the best (lowest) fid in its
+    # history, and a second promotion of the same sweep keeps that champion.
+    from pipelines.registry import CHAMPION, promote
+
+    best_of = {c.info.run_id: min(m.value for m in client.get_metric_history(c.info.run_id, "fid"))
+               for c in children}
+    first = promote(client, sweep="three", model_name="sweep-gen")
+    assert first.candidate.run_id == min(best_of, key=best_of.get) and first.champion_moved
+    again = promote(client, sweep=out.parent_run_id, model_name="sweep-gen")
+    assert again.version == first.version and not again.champion_moved
+    assert client.get_model_version_by_alias("sweep-gen", CHAMPION).run_id == first.candidate.run_id
+
 
 def test_asha_stops_a_trial_with_a_broken_learning_rate(ray_session, workdir):
     # Seed 0 samples lr_g 1e-3 first, then 1e-7 (G frozen near its random init): the
