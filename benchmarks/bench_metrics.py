@@ -24,26 +24,12 @@ import tempfile
 import time
 
 import torch
-from torch import nn
 
 from gan.config import make_config
 from gan.data import load_dataset, to_unit_range
 from gan.metrics import Evaluator, compute_metrics, extract, load_classifier, load_inception
 from gan.metrics.engine import REAL_SUBSET_SEED
 from gan.models import build_models
-
-
-class Replay(nn.Module):
-    """Returns the given real images in turn, ignoring the latents."""
-
-    def __init__(self, images: torch.Tensor) -> None:
-        super().__init__()
-        self.images, self.next = to_unit_range(images), 0
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        out = self.images[self.next : self.next + len(z)]
-        self.next += len(z)
-        return out
 
 
 def spread(values: list[float]) -> str:

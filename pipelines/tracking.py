@@ -191,7 +191,6 @@ class MlflowCallbacks(Callbacks):
                  frames: list[tuple[int, np.ndarray]] | None = None) -> None:
         self.client, self.run_id, self.rank, self.floor = client, run_id, rank, floor
         self.frames: list[tuple[int, np.ndarray]] = list(frames or [])
-        self.workdir = Path(tempfile.mkdtemp(prefix="gan-ckpt-"))
 
     def on_metrics(self, rows: list[tuple[int, dict[str, float]]]) -> None:
         from mlflow.entities import Metric
@@ -219,18 +218,13 @@ class MlflowCallbacks(Callbacks):
     def on_checkpoint(self, epoch: int, step: int, state: dict[str, Any]) -> None:
         if self.rank != 0 or step < self.floor:
             return
-        path = save_checkpoint(state, self.workdir / checkpoint_name(epoch))
-        self.log_checkpoint(path, step)
-        path.unlink()
+        with tempfile.TemporaryDirectory(prefix="gan-ckpt-") as tmp:
+            self.log_checkpoint(save_checkpoint(state, Path(tmp) / checkpoint_name(epoch)), step)
 
     def log_checkpoint(self, path: Path, step: int) -> None:
         """Upload a checkpoint file someone already wrote (a Ray Train worker's, say)."""
         if self.rank == 0 and step >= self.floor:
             self.client.log_artifact(self.run_id, str(path), CHECKPOINT_DIR)
-
-    def log_gif(self) -> None:
-        if self.rank == 0:
-            log_progress_gif(self.client, self.run_id, self.frames)
 
 
 def log_progress_gif(client: Any, run_id: str, frames: list[tuple[int, np.ndarray]]) -> None:

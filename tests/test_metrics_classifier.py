@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from gan.config import make_config
 from gan.data import ImageData, load_dataset, to_uint8, to_unit_range
@@ -17,6 +16,7 @@ from gan.metrics import (
     FeatureExtractor,
     FeatureSet,
     MetricError,
+    ReplayGenerator,
     compute_metrics,
     evaluate_images,
     extract,
@@ -146,19 +146,6 @@ def test_evaluator_returns_every_metric_for_a_random_dcgan(mnist, classifier, ca
     assert set(scores) == KEYS and all(math.isfinite(v) for v in scores.values())
     assert evaluator(generator, latent_dim=100) == scores  # fixed latents: repeatable
     assert torch.equal(torch.get_rng_state(), rng_before)  # the caller's RNG is untouched
-
-
-class ReplayGenerator(nn.Module):
-    """A 'generator' that returns real digits in turn, ignoring its latents."""
-
-    def __init__(self, images: torch.Tensor) -> None:
-        super().__init__()
-        self.images, self.next = to_unit_range(images), 0
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        out = self.images[self.next : self.next + len(z)]
-        self.next += len(z)
-        return out
 
 
 def test_evaluator_scores_replayed_real_digits_far_better_than_a_random_dcgan(mnist, splits, cache_dir):

@@ -10,7 +10,7 @@ from gan.metrics.backbones import BACKBONES, load_backbone
 from gan.metrics.base import FeatureExtractor, MetricError, cache_root
 from gan.metrics.classifier import load_classifier
 from gan.metrics.engine import FeatureSet, extract, real_features
-from gan.metrics.evaluator import Evaluator, evaluate_images
+from gan.metrics.evaluator import Evaluator, ReplayGenerator, evaluate_images
 from gan.metrics.frechet import frechet_distance
 from gan.metrics.inception import load_inception
 from gan.metrics.inception_score import inception_score
@@ -22,6 +22,7 @@ __all__ = [
     "BACKBONES",
     "METRICS",
     "Evaluator",
+    "ReplayGenerator",
     "FeatureExtractor",
     "FeatureSet",
     "MetricError",
