@@ -248,7 +248,8 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 def rank_batch_indices(
-    n: int, global_batch: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1
+    n: int, global_batch: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1,
+    device: torch.device | str = "cpu",
 ) -> Iterator[torch.Tensor]:
     """Yield this rank's slice of each global batch of one epoch (last partial dropped).
 
@@ -256,7 +257,8 @@ def rank_batch_indices(
     N workers at global batch B see exactly the samples one worker at batch B sees.
     """
     per_rank = global_batch // world_size
-    perm = epoch_permutation(n, seed, epoch)
+    # One copy to the device per epoch; the per-step slices are then free.
+    perm = epoch_permutation(n, seed, epoch).to(device)
     for start in range(0, n - global_batch + 1, global_batch):
         lo = start + rank * per_rank
         yield perm[lo : lo + per_rank]

@@ -186,11 +186,11 @@ def train(
         for epoch in range(start_epoch, cfg.epochs):
             G.train()
             D.train()
-            batches = rank_batch_indices(len(data), cfg.batch_size, cfg.seed, epoch, rank, world)
+            batches = rank_batch_indices(len(data), cfg.batch_size, cfg.seed, epoch, rank, world, device)
             for _ in range(iters):
                 # ---- D: n_dis steps; the last one's fakes keep their graph for the G step
                 for i in range(cfg.n_dis):
-                    real = to_unit_range(images[next(batches).to(device)])
+                    real = to_unit_range(images[next(batches)])
                     last = i == cfg.n_dis - 1
                     with prec.autocast(), torch.set_grad_enabled(last):
                         fake = G(sample_z())
