@@ -1,9 +1,11 @@
-"""Sample grids from fixed latents and the progress GIF assembled from them."""
+"""What a generator produces for a caller: the read-only eval view every consumer uses
+(sample grids, scoring), sample grids from fixed latents and the progress GIF."""
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,16 +23,30 @@ def fixed_latents(latent_dim: int, seed: int, n: int = GRID_SAMPLES) -> torch.Te
     return torch.randn(n, latent_dim, generator=torch.Generator().manual_seed(seed + 7919))
 
 
-@torch.no_grad()
-def generate(generator: nn.Module, z: torch.Tensor, batch: int = 512) -> torch.Tensor:
-    """G(z) in eval mode as uint8 [N, C, H, W] on the CPU; restores G's mode."""
-    was_training = generator.training
-    generator.eval()
+@contextlib.contextmanager
+def eval_view(module: nn.Module) -> Iterator[nn.Module]:
+    """`module` in eval mode under no_grad, each submodule's training flag restored after.
+
+    Eval mode is what makes sampling read-only and a function of z alone: BatchNorm then
+    normalises with (and never updates) its running statistics, so what is scored is the
+    function that ships (saved generators are in eval mode). No copy: parameters and
+    buffers are shared, and nothing in eval mode writes them. Flags are restored per
+    submodule because a caller may hold a mix (e.g. a frozen submodule in eval mode).
+    """
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
     try:
-        out = [to_uint8(generator(part)).cpu() for part in z.split(batch)]
+        with torch.no_grad():
+            yield module
     finally:
-        generator.train(was_training)
-    return torch.cat(out)
+        for m, training in modes:
+            m.training = training
+
+
+def generate(generator: nn.Module, z: torch.Tensor, batch: int = 512) -> torch.Tensor:
+    """G(z) in eval mode (see eval_view) as uint8 [N, C, H, W] on the CPU."""
+    with eval_view(generator):
+        return torch.cat([to_uint8(generator(part)).cpu() for part in z.split(batch)])
 
 
 def image_grid(images: torch.Tensor, nrow: int | None = None) -> np.ndarray:

@@ -18,6 +18,7 @@ from gan.metrics.base import MetricError
 from gan.metrics.distributed import gather_rows, rank_share, world
 from gan.metrics.engine import FeatureSet, embed_all, extract, real_features
 from gan.metrics.registry import compute_metrics
+from gan.sampling import eval_view
 
 RANK_SEED_STRIDE = 1_000_003  # rank r draws latents from seed + r * stride
 MIN_SAMPLES = 10  # k-NN radii (k=5) and KID subsets need a handful of samples per set
@@ -66,10 +67,12 @@ class Evaluator:
 
     @torch.no_grad()
     def __call__(self, generator: nn.Module, latent_dim: int) -> dict[str, float]:
-        """Generate num_samples images (G in eval mode, outputs in [-1, 1]) and score them.
+        """Generate num_samples images (outputs in [-1, 1]) and score them.
 
-        Returns fid, kid, kid_std, precision, recall, density, coverage and, when the
-        backbone has a softmax head, inception_score.
+        G runs in its eval view whatever mode the caller holds it in, so scoring never
+        changes it (BatchNorm running statistics included) and the score is that of the
+        eval-mode generator a run saves. Returns fid, kid, kid_std, precision, recall,
+        density, coverage and, when the backbone has a softmax head, inception_score.
         """
         if isinstance(generator, nn.parallel.DistributedDataParallel):
             generator = generator.module  # DDP's forward would sync buffers per batch
@@ -77,8 +80,9 @@ class Evaluator:
         if self.num_samples < world_size:
             raise MetricError(f"eval_samples={self.num_samples} is below the world size {world_size}")
         n = rank_share(self.num_samples, rank, world_size)
-        batches = self._generated(generator, latent_dim, n, self.seed + RANK_SEED_STRIDE * rank)
-        feats, probs = embed_all(self.extractor, batches)
+        with eval_view(generator):
+            batches = self._generated(generator, latent_dim, n, self.seed + RANK_SEED_STRIDE * rank)
+            feats, probs = embed_all(self.extractor, batches)
         if world_size > 1:
             feats = gather_rows(feats)
             probs = None if probs is None else gather_rows(probs)
