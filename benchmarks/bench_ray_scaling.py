@@ -93,7 +93,8 @@ def run_in_process(cfg_values: dict, stop_at: int) -> tuple[list, float]:
 
 
 def run_ray(cfg_values: dict, workers: int, stop_at: int, storage: str) -> tuple[list, float]:
-    from pipelines.ray_train import RayOptions, make_trainer
+    from pipelines.distributed.options import RayOptions
+    from pipelines.distributed.trainer import make_trainer
 
     gpu = cfg_values["device"] == "cuda"
     opts = RayOptions(workers=workers, gpu=gpu, cpus_per_worker=1, storage_path=storage)

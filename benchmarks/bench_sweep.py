@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _client(folder: Path):
-    from pipelines.tracking import client_for
+    from pipelines.tracking.store import client_for
 
     return client_for(f"sqlite:///{folder / 'mlflow.db'}")
 
@@ -79,8 +79,8 @@ def baseline_fid(arch: str) -> float:
 
     from gan.config import make_config
     from gan.train import train
-    from pipelines.search_space import load_space
-    from pipelines.training import build_evaluator, prepare
+    from pipelines.sweep.space import load_space
+    from pipelines.training.prepare import build_evaluator, prepare
 
     space = load_space("quick")
     width = {"mlp": ("mlp_width", space.max_value("mlp_width")),

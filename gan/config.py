@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from gan.errors import UserError
+
 ARCHS = ("mlp", "dcgan")
 LOSSES = ("bce", "hinge")
 BACKBONES = ("classifier", "inception")
@@ -23,7 +25,7 @@ NORMS = ("batch", "none")
 BUILTIN_DATASETS = ("mnist-5k", "mnist", "fashion-mnist", "cifar10", "svhn")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A configuration value is invalid; the message is one line for the user."""
 
 

@@ -17,16 +17,22 @@ import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gan.errors import UserError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 FOLDER_DEFAULT_SIZE = 32
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A dataset cannot be loaded; the message is one line for the user."""
 
 
@@ -200,7 +206,7 @@ def _folder(path: Path, size: int) -> ImageData:
     return ImageData(f"folder:{path}", torch.from_numpy(np.ascontiguousarray(stacked)), None)
 
 
-def _center_square(im: object) -> object:
+def _center_square(im: Image.Image) -> Image.Image:
     w, h = im.size
     s = min(w, h)
     left, top = (w - s) // 2, (h - s) // 2

@@ -147,7 +147,7 @@ def test_a_worker_user_error_surfaces_as_itself_and_a_dead_worker_as_one_line():
     from ray.train.v2._internal.exceptions import UserExceptionWithTraceback
 
     from gan.data import DataError
-    from pipelines.ray_train import _worker_causes, _worker_summary
+    from pipelines.distributed.trainer import _worker_causes, _worker_summary
 
     missing = DataError("dataset folder '/data/x' does not exist or is not a folder")
     error = WorkerGroupError("...", {1: UserExceptionWithTraceback(missing, "Traceback ...")})
@@ -188,7 +188,7 @@ def test_two_worker_run_logs_one_mlflow_run_whose_checkpoint_resumes_in_process(
         ray_session, tmp_path, monkeypatch, mnist5k):
     from gan.train import train
     from pipelines.cli import main
-    from pipelines.tracking import latest_checkpoint
+    from pipelines.tracking.history import latest_checkpoint
 
     client = _store(tmp_path, monkeypatch)
     rc = main(["train", "--workers", "2", "--epochs", "1", "--experiment", "ray2",
@@ -265,8 +265,8 @@ def test_fp16_grad_scaler_state_survives_a_weights_only_checkpoint(tmp_path):
 
 
 def test_a_local_store_is_refused_on_a_multi_node_cluster():
-    from pipelines.ray_train import check_store_for_cluster
-    from pipelines.tracking import TrackingError
+    from pipelines.distributed.connect import check_store_for_cluster
+    from pipelines.errors import TrackingError
 
     check_store_for_cluster("sqlite:///mlflow.db", alive_nodes=1)  # one machine: fine
     check_store_for_cluster("http://10.0.0.5:5000", alive_nodes=8)  # a server: fine

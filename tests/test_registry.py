@@ -17,8 +17,11 @@ import torch
 
 from gan.config import make_config
 from gan.models import build_models
-from pipelines.registry import CHAMPION, promote
-from pipelines.tracking import TrackingError, client_for, ensure_experiment, log_generator
+from pipelines.errors import TrackingError
+from pipelines.registry.promote import promote
+from pipelines.tracking.callbacks import log_generator
+from pipelines.tracking.names import CHAMPION
+from pipelines.tracking.store import client_for, ensure_experiment
 
 pytestmark = pytest.mark.integration
 LATENT = 8

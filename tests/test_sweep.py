@@ -47,14 +47,15 @@ def workdir(tmp_path, monkeypatch):
 
 
 def _sweep(workdir: Path, space: Path, **options):
-    from pipelines.sweep import SweepOptions, run_sweep
+    from pipelines.sweep.driver import run_sweep
+    from pipelines.sweep.options import SweepOptions
 
     opts = SweepOptions(space=str(space), storage_path=str(workdir / "ray_results"), **options)
     return run_sweep(opts)
 
 
 def _client(workdir: Path):
-    from pipelines.tracking import client_for
+    from pipelines.tracking.store import client_for
 
     return client_for(f"sqlite:///{workdir / 'mlflow.db'}")
 
@@ -99,7 +100,8 @@ def test_three_trial_sweep_makes_a_parent_with_nested_children_and_a_report(ray_
 
     # Promotion from this real sweep picks the child with the best (lowest) fid in its
     # history, and a second promotion of the same sweep keeps that champion.
-    from pipelines.registry import CHAMPION, promote
+    from pipelines.registry.promote import promote
+    from pipelines.tracking.names import CHAMPION
 
     best_of = {c.info.run_id: min(m.value for m in client.get_metric_history(c.info.run_id, "fid"))
                for c in children}

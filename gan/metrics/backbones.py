@@ -41,6 +41,7 @@ def load_backbone(
     if name not in BACKBONES:
         raise MetricError(f"backbone={name!r} is invalid: must be one of {', '.join(BACKBONES)}")
     device = torch.device(device)
+    key: tuple[str, ...]
     if name == "classifier":  # one classifier per dataset; Inception is dataset-independent
         key = (name, data.fingerprint(), str(data.shape), str(device), str(cache_dir))
     else:

@@ -13,10 +13,12 @@ from pathlib import Path
 
 import torch
 
+from gan.errors import UserError
+
 CACHE_ENV = "GAN_PIPELINES_CACHE"
 
 
-class MetricError(ValueError):
+class MetricError(UserError):
     """A metric cannot be computed as asked; the message is one line for the user."""
 
 

@@ -37,6 +37,8 @@ class TrainBudget:
 class SmallCNN(nn.Module):
     """Two conv blocks, a 128-d feature layer, a linear softmax head."""
 
+    feature_scale: torch.Tensor  # a buffer (see __init__)
+
     def __init__(self, channels: int, num_classes: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
@@ -102,19 +104,24 @@ def accuracy(net: SmallCNN, images: torch.Tensor, labels: torch.Tensor, batch: i
     return correct / max(1, len(labels))
 
 
-def train_classifier(
-    data: ImageData, device: torch.device | str = "cpu", budget: TrainBudget = TrainBudget()
-) -> tuple[SmallCNN, float]:
-    """Train a SmallCNN on the dataset's train split; return it and its held-out accuracy."""
+def _require_labels(data: ImageData) -> torch.Tensor:
     if data.labels is None:
         raise MetricError(
             f"backbone 'classifier' needs a labelled dataset and {data.name!r} has no labels: use --backbone inception"
         )
+    return data.labels
+
+
+def train_classifier(
+    data: ImageData, device: torch.device | str = "cpu", budget: TrainBudget = TrainBudget()
+) -> tuple[SmallCNN, float]:
+    """Train a SmallCNN on the dataset's train split; return it and its held-out accuracy."""
+    labels = _require_labels(data)
     device = torch.device(device)
     train_idx, held_idx = split_indices(len(data), budget.held_out, budget.seed)
     x_train = data.images[train_idx].to(device)
-    y_train = data.labels[train_idx].to(device)
-    num_classes = int(data.labels.max()) + 1
+    y_train = labels[train_idx].to(device)
+    num_classes = int(labels.max()) + 1
     # fork_rng: training must not move the caller's global RNG (the GAN's own stream)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(budget.seed)
@@ -139,7 +146,7 @@ def train_classifier(
     with torch.no_grad():
         feats = torch.cat([net(to_unit_range(x))[0] for x in x_train.split(1000)])
         net.feature_scale.fill_(float(feats.pow(2).mean().rsqrt()))
-    acc = accuracy(net, data.images[held_idx], data.labels[held_idx])
+    acc = accuracy(net, data.images[held_idx], labels[held_idx])
     return net, acc
 
 
@@ -164,8 +171,7 @@ def load_classifier(
     budget: TrainBudget = TrainBudget(),
 ) -> ClassifierExtractor:
     """The dataset's classifier from the disk cache, trained and cached on a miss."""
-    if data.labels is None:
-        train_classifier(data)  # raises the one-line MetricError
+    labels = _require_labels(data)
     path = _cache_path(data, cache_root(cache_dir), budget)
     # the lock makes a concurrent trial wait for the first one's training, then load it
     with file_lock(path.with_suffix(".lock")):
@@ -174,7 +180,7 @@ def load_classifier(
             net, acc = train_classifier(data, device, budget)
             meta = {
                 "version": VERSION,
-                "num_classes": int(data.labels.max()) + 1,
+                "num_classes": int(labels.max()) + 1,
                 "channels": data.shape[0],
                 "held_out_accuracy": acc,
                 "train_seconds": time.perf_counter() - start,

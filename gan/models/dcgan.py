@@ -39,10 +39,10 @@ class DCGANGenerator(nn.Module):
         ch = [width * 2 ** (k - 1 - i) for i in range(k)]  # e.g. k=3: 4w, 2w, w
         batch = norm == "batch"
 
-        def block(a: int, b: int, *conv: int) -> list[nn.Module]:
+        def block(a: int, b: int, kernel: int, stride: int, padding: int) -> list[nn.Module]:
             # BatchNorm's shift makes a conv bias redundant; without it the bias is needed.
             bn = [nn.BatchNorm2d(b)] if batch else []
-            return [nn.ConvTranspose2d(a, b, *conv, bias=not batch), *bn, nn.ReLU(True)]
+            return [nn.ConvTranspose2d(a, b, kernel, stride, padding, bias=not batch), *bn, nn.ReLU(True)]
 
         layers = block(latent_dim, ch[0], s0, 1, 0)
         for a, b in zip(ch, ch[1:], strict=False):

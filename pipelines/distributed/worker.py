@@ -22,8 +22,11 @@ from gan.checkpoint import checkpoint_name, load_checkpoint, save_checkpoint
 from gan.config import make_config
 from gan.data import load_dataset
 from gan.train import Callbacks, train
-from pipelines.tracking import MlflowCallbacks, client_for, last_logged_step
-from pipelines.training import build_evaluator
+from pipelines.tracking import names
+from pipelines.tracking.callbacks import MlflowCallbacks
+from pipelines.tracking.history import last_logged_step
+from pipelines.tracking.store import client_for
+from pipelines.training.prepare import build_evaluator
 
 # Test hook: GAN_PIPELINES_FAIL_ONCE=/path/marker makes rank 1 die once, right after
 # the first checkpoint, unless the marker exists (it creates it first). The driver reads
@@ -118,7 +121,7 @@ def train_worker(config: dict[str, Any]) -> None:
         # Steps this run already holds (logged before a failure) are not written again.
         tracking = MlflowCallbacks(client, run_id, floor=last_logged_step(client, run_id))
         if state is not None:
-            client.set_tag(run_id, "ray.restored_from_step", str(state["step"]))
+            client.set_tag(run_id, names.RAY_RESTORED_FROM_STEP, str(state["step"]))
     callbacks = RayTrainCallbacks(rank, tracking, config.get("fail_once"))
     try:
         train(cfg, data, callbacks, evaluator=build_evaluator(cfg, data, device),

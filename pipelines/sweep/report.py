@@ -14,18 +14,19 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pipelines.search_space import SearchSpace
-from pipelines.sweep_trial import PARENT_TAG, STOPPED_TAG, TRIAL_TAG
+from pipelines.sweep.space import SearchSpace
+from pipelines.tracking import names
+from pipelines.tracking.history import eval_epochs, logged_grids
 
 COMPARE_TOP = 3
 
 
 def child_runs(client: Any, experiment_id: str, parent_run_id: str) -> list[Any]:
-    return client.search_runs([experiment_id], f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
+    return client.search_runs([experiment_id], f"tags.`{names.PARENT_RUN}` = '{parent_run_id}'",
                               max_results=10_000)
 
 
-def _fid(run: Any, key: str = "fid") -> float:
+def _fid(run: Any, key: str = names.FID) -> float:
     v = run.data.metrics.get(key)
     return float(v) if v is not None and math.isfinite(v) else math.inf
 
@@ -64,17 +65,17 @@ def summary_frame(runs: list[Any], space: SearchSpace) -> Any:
     for r in runs:
         m = r.data.metrics
         rows.append({
-            "trial_id": r.data.tags.get(TRIAL_TAG, ""),
+            "trial_id": r.data.tags.get(names.TRIAL_ID, ""),
             "run_id": r.info.run_id,
             "status": r.info.status,
-            "stopped_reason": r.data.tags.get(STOPPED_TAG, ""),
-            "fid": m.get("fid"),
-            "best_fid": m.get("best_fid"),
-            "epochs_run": int(m["epoch"]) if "epoch" in m else 0,
+            names.STOPPED_REASON: r.data.tags.get(names.STOPPED_REASON, ""),
+            names.FID: m.get(names.FID),
+            names.BEST_FID: m.get(names.BEST_FID),
+            "epochs_run": int(m[names.EPOCH]) if names.EPOCH in m else 0,
             **sampled_params(r, space),
         })
     frame = pd.DataFrame(rows)
-    return frame.sort_values("best_fid", na_position="last").reset_index(drop=True) if rows else frame
+    return frame.sort_values(names.BEST_FID, na_position="last").reset_index(drop=True) if rows else frame
 
 
 def study_from_runs(runs: list[Any], space: SearchSpace) -> Any:
@@ -121,18 +122,13 @@ def _log_plots(client: Any, run_id: str, study: Any) -> None:
         try:
             ax = plot(study)
         except Exception as e:  # noqa: BLE001 - e.g. fewer than 2 finished trials
-            client.set_tag(run_id, f"plot.{name}", f"skipped: {type(e).__name__}: {e}"[:500])
+            client.set_tag(run_id, f"{names.PLOT_PREFIX}{name}", f"skipped: {type(e).__name__}: {e}"[:500])
             continue
-        fig = (ax[0] if hasattr(ax, "__len__") else ax).figure
+        fig: Any = (ax[0] if hasattr(ax, "__len__") else ax).figure  # type: ignore[index]
         fig.set_size_inches(10, 6)
         fig.tight_layout()
         client.log_figure(run_id, fig, f"plots/{name}.png")
         plt.close(fig)
-
-
-def _eval_epochs(client: Any, run_id: str) -> dict[int, int]:
-    """step -> epoch of a run's evals (on_eval logs `epoch` at the eval's step)."""
-    return {m.step: int(m.value) for m in client.get_metric_history(run_id, "epoch")}
 
 
 def _log_comparison(client: Any, parent_run_id: str, runs: list[Any]) -> None:
@@ -140,16 +136,14 @@ def _log_comparison(client: Any, parent_run_id: str, runs: list[Any]) -> None:
     differ with batch size, so epochs are what line up)."""
     import matplotlib.pyplot as plt
 
-    from pipelines.tracking import logged_grids
-
-    ranked = sorted((r for r in runs if math.isfinite(_fid(r, "best_fid"))),
-                    key=lambda r: _fid(r, "best_fid"))[:COMPARE_TOP]
+    ranked = sorted((r for r in runs if math.isfinite(_fid(r, names.BEST_FID))),
+                    key=lambda r: _fid(r, names.BEST_FID))[:COMPARE_TOP]
     if not ranked:
         return
     with tempfile.TemporaryDirectory() as tmp:
         per_run = []
         for r in ranked:
-            epochs = _eval_epochs(client, r.info.run_id)
+            epochs = eval_epochs(client, r.info.run_id)
             grids = {epochs[s]: g for s, g in logged_grids(client, r.info.run_id, tmp) if s in epochs}
             per_run.append((r, grids))
     common = set.intersection(*(set(g) for _, g in per_run))
@@ -158,12 +152,12 @@ def _log_comparison(client: Any, parent_run_id: str, runs: list[Any]) -> None:
     epoch = max(common)
     fig, axes = plt.subplots(1, len(per_run), figsize=(4 * len(per_run), 4.4), squeeze=False)
     for ax, (r, grids) in zip(axes[0], per_run, strict=True):
-        epochs = _eval_epochs(client, r.info.run_id)
-        fid_at = {epochs[m.step]: m.value for m in client.get_metric_history(r.info.run_id, "fid")
+        epochs = eval_epochs(client, r.info.run_id)
+        fid_at = {epochs[m.step]: m.value for m in client.get_metric_history(r.info.run_id, names.FID)
                   if m.step in epochs}
         grid = grids[epoch]
         ax.imshow(grid.squeeze(), cmap="gray" if grid.ndim == 2 or grid.shape[-1] == 1 else None)
-        ax.set_title(f"trial {r.data.tags.get(TRIAL_TAG, '?')}\nFID {fid_at.get(epoch, math.nan):.1f}",
+        ax.set_title(f"trial {r.data.tags.get(names.TRIAL_ID, '?')}\nFID {fid_at.get(epoch, math.nan):.1f}",
                      fontsize=10)
         ax.axis("off")
     fig.suptitle(f"best {len(per_run)} trials by best FID, sample grids at epoch {epoch}")

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from gan.config import FIELD_NAMES, ConfigError, RunConfig, make_config
+from pipelines.errors import SearchSpaceError
 
 if TYPE_CHECKING:
     import optuna
@@ -34,11 +35,7 @@ if TYPE_CHECKING:
 KINDS = ("float", "int", "categorical")
 SWEEP_KEYS = {"trials": int, "concurrency": int, "grace_period": int}
 TOP_KEYS = ("description", "sweep", "params")
-SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
-
-
-class SearchSpaceError(ConfigError):
-    """A search space file is invalid; the message names the file and the key."""
+SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 
 
 @dataclass(frozen=True)
@@ -56,10 +53,20 @@ class Param:
 
     def sample(self, trial: optuna.Trial) -> Any:
         if self.kind == "float":
-            return trial.suggest_float(self.name, self.low, self.high, log=self.log)
+            return trial.suggest_float(self.name, float(self._low), float(self._high), log=self.log)
         if self.kind == "int":
-            return trial.suggest_int(self.name, self.low, self.high, step=self.step or 1, log=self.log)
+            return trial.suggest_int(self.name, int(self._low), int(self._high), step=self.step or 1, log=self.log)
         return trial.suggest_categorical(self.name, list(self.choices))
+
+    @property
+    def _low(self) -> float | int:
+        assert self.low is not None, f"{self.name}: a {self.kind} parameter has a range"
+        return self.low
+
+    @property
+    def _high(self) -> float | int:
+        assert self.high is not None, f"{self.name}: a {self.kind} parameter has a range"
+        return self.high
 
     def distribution(self) -> optuna.distributions.BaseDistribution:
         """The same distribution as an Optuna object (to rebuild a study from results)."""
@@ -70,9 +77,9 @@ class Param:
         )
 
         if self.kind == "float":
-            return FloatDistribution(self.low, self.high, log=self.log)
+            return FloatDistribution(float(self._low), float(self._high), log=self.log)
         if self.kind == "int":
-            return IntDistribution(self.low, self.high, step=self.step or 1, log=self.log)
+            return IntDistribution(int(self._low), int(self._high), step=self.step or 1, log=self.log)
         return CategoricalDistribution(list(self.choices))
 
     def active(self, values: dict[str, Any]) -> bool:
@@ -231,7 +238,9 @@ def _parse_param(name: str, spec: dict[str, Any], fail: Any) -> Param:
     if kind == "int" and not isinstance(default, int):
         raise fail(name, "is a float field: use type float")
     number = (int,) if kind == "int" else (int, float)
-    low, high, log = spec.get("low"), spec.get("high"), spec.get("log", False)
+    low: Any = spec.get("low")  # checked just below
+    high: Any = spec.get("high")
+    log = spec.get("log", False)
     for label, v in (("low", low), ("high", high)):
         if not isinstance(v, number) or isinstance(v, bool):
             raise fail(name, f"{label}={v!r} is invalid: must be {'an integer' if kind == 'int' else 'a number'}")

@@ -1,4 +1,4 @@
-"""Model Registry: promote the best finished run's generator, and generate from a model.
+"""`gan-pipeline promote`: the best finished run's generator into the Model Registry.
 
 Promotion picks runs by the BEST value in each run's metric history (MLflow's
 `metrics.*` is the last value), registers the generator (the EMA copy when the run had
@@ -14,12 +14,12 @@ import io
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from pipelines.tracking import TrackingError
+from pipelines.errors import TrackingError
+from pipelines.tracking import names
+from pipelines.tracking.names import CHAMPION
 
-CHAMPION = "champion"
 DEFAULT_MODEL_NAME = "gan-generator"
 HIGHER_IS_BETTER = ("precision", "recall", "density", "coverage", "inception_score")
 
@@ -60,9 +60,9 @@ def find_sweep(client: Any, sweep: str) -> Any:
     except Exception:  # noqa: BLE001, S110 - not a run id; try names next
         pass
     experiments = [e.experiment_id for e in client.search_experiments()]
-    for query in (f"tags.sweep_name = '{sweep}'", f"attributes.run_name = '{sweep}'"):
+    for query in (f"tags.{names.SWEEP_NAME} = '{sweep}'", f"attributes.run_name = '{sweep}'"):
         runs = client.search_runs(experiments, query, order_by=["attributes.start_time DESC"], max_results=1)
-        runs = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+        runs = [r for r in runs if names.PARENT_RUN not in r.data.tags]
         if runs:
             return runs[0]
     raise TrackingError(f"--sweep {sweep!r}: no sweep parent run with that id, sweep_name tag or run name")
@@ -74,8 +74,8 @@ def candidates(client: Any, metric: str, *, sweep: str | None, experiment: str |
     if sweep:
         parent = find_sweep(client, sweep)
         experiment_ids = [parent.info.experiment_id]
-        query = f"tags.mlflow.parentRunId = '{parent.info.run_id}' and attributes.status = 'FINISHED'"
-        sweep_name = parent.data.tags.get("sweep_name", parent.info.run_name)
+        query = f"tags.`{names.PARENT_RUN}` = '{parent.info.run_id}' and attributes.status = 'FINISHED'"
+        sweep_name = parent.data.tags.get(names.SWEEP_NAME, parent.info.run_name)
     else:
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
@@ -86,7 +86,7 @@ def candidates(client: Any, metric: str, *, sweep: str | None, experiment: str |
         raise TrackingError(f"no finished run to promote in {'sweep ' + sweep if sweep else experiment!r}")
     found = []
     for run in runs:
-        if run.data.metrics.get("epoch", 0) < min_epochs:
+        if run.data.metrics.get(names.EPOCH, 0) < min_epochs:
             continue
         history = [m.value for m in client.get_metric_history(run.info.run_id, metric) if math.isfinite(m.value)]
         if history:
@@ -117,7 +117,7 @@ def _current_champion(client: Any, name: str) -> Any | None:
         return None
 
 
-def promote(client: Any, *, sweep: str | None = None, experiment: str | None = None, metric: str = "fid",
+def promote(client: Any, *, sweep: str | None = None, experiment: str | None = None, metric: str = names.FID,
             model_name: str = DEFAULT_MODEL_NAME, min_epochs: int = 0, force: bool = False) -> Promotion:
     """Register the best run's generator and move `champion` if it is strictly better."""
     import mlflow
@@ -125,15 +125,17 @@ def promote(client: Any, *, sweep: str | None = None, experiment: str | None = N
     found, sweep_name = candidates(client, metric, sweep=sweep, experiment=experiment, min_epochs=min_epochs)
     best = found[0]
     params = best.run.data.params
-    dataset, backbone = params.get("dataset", ""), params.get("backbone", "")
+    dataset, backbone = params.get(names.DATASET, ""), params.get("backbone", "")
     version = _existing_version(client, model_name, best.run_id)
     if version is None:
         mlflow.set_tracking_uri(client.tracking_uri)
         # register_model prints its own progress lines; promote's answer is one line.
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            version = mlflow.register_model(f"runs:/{best.run_id}/generator", model_name, await_registration_for=60)
-    tags = {"metric": metric, "metric_value": repr(best.value), "dataset": dataset, "backbone": backbone,
-            "sweep": sweep_name, "source_run": best.run_id}
+            version = mlflow.register_model(f"runs:/{best.run_id}/{names.GENERATOR_DIR}", model_name,
+                                            await_registration_for=60)
+    tags = {names.VERSION_METRIC: metric, names.VERSION_METRIC_VALUE: repr(best.value),
+            names.VERSION_DATASET: dataset, names.VERSION_BACKBONE: backbone,
+            names.VERSION_SWEEP: sweep_name, names.VERSION_SOURCE_RUN: best.run_id}
     for k, v in tags.items():
         client.set_model_version_tag(model_name, version.version, k, v)
 
@@ -146,56 +148,21 @@ def promote(client: Any, *, sweep: str | None = None, experiment: str | None = N
         moved, reason = False, f"it is already the champion (v{current.version})"
     else:
         ct = current.tags
-        comparable = (ct.get("dataset"), ct.get("backbone"), ct.get("metric")) == (dataset, backbone, metric)
+        was = (ct.get(names.VERSION_DATASET), ct.get(names.VERSION_BACKBONE), ct.get(names.VERSION_METRIC))
+        comparable = was == (dataset, backbone, metric)
         if not comparable:
             moved = False
-            reason = (f"champion stays v{current.version}: it was scored on {ct.get('dataset')}/"
-                      f"{ct.get('backbone')}/{ct.get('metric')}, not {dataset}/{backbone}/{metric} (use --force)")
-        elif better(metric, best.value, float(ct["metric_value"])):
+            reason = (f"champion stays v{current.version}: it was scored on {'/'.join(map(str, was))}, "
+                      f"not {dataset}/{backbone}/{metric} (use --force)")
+        elif better(metric, best.value, float(ct[names.VERSION_METRIC_VALUE])):
             moved = True
-            reason = f"champion moved from v{current.version} ({metric} {float(ct['metric_value']):.4g})"
+            reason = f"champion moved from v{current.version} ({metric} {float(ct[names.VERSION_METRIC_VALUE]):.4g})"
         else:
             moved = False
-            reason = (f"champion stays v{current.version}: its {metric} {float(ct['metric_value']):.4g} "
+            reason = (f"champion stays v{current.version}: its {metric} {float(ct[names.VERSION_METRIC_VALUE]):.4g} "
                       "is as good or better")
     if moved:
         client.set_registered_model_alias(model_name, CHAMPION, version.version)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    client.set_model_version_tag(model_name, version.version, "promotion", f"{stamp} {reason}")
+    client.set_model_version_tag(model_name, version.version, names.VERSION_PROMOTION, f"{stamp} {reason}")
     return Promotion(model_name, version.version, best, moved, reason)
-
-
-def generate_images(model_uri: str, num_images: int, seed: int) -> Any:
-    """uint8 [N, C, H, W] from any generator model URI (models:/NAME@champion, runs:/ID/generator)."""
-    import mlflow
-    import pandas as pd
-
-    try:
-        model = mlflow.pyfunc.load_model(model_uri)
-    except Exception as e:  # noqa: BLE001 - MlflowException / OSError: one line for the user
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise TrackingError(f"--model {model_uri!r} cannot be loaded: {first}") from None
-    return model.predict(pd.DataFrame(), params={"num_images": num_images, "seed": seed})
-
-
-def write_images(images: Any, out: str | Path | None, out_dir: str | Path | None) -> list[Path]:
-    """A grid PNG at `out` and/or one PNG per image in `out_dir`."""
-    import torch
-    from PIL import Image
-
-    from gan.sampling import image_grid
-
-    written = []
-    batch = torch.from_numpy(images)
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image_grid(batch)).save(out)
-        written.append(Path(out))
-    if out_dir:
-        d = Path(out_dir)
-        d.mkdir(parents=True, exist_ok=True)
-        for i, img in enumerate(images):
-            arr = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
-            Image.fromarray(arr).save(d / f"{i:05d}.png")
-            written.append(d / f"{i:05d}.png")
-    return written

@@ -19,13 +19,14 @@ import time
 import urllib.request
 from pathlib import Path
 
-from pipelines.tracking import TrackingError, _sqlite_path
+from pipelines.errors import TrackingError
+from pipelines.tracking.store import sqlite_path
 
 START_TIMEOUT_S = 90.0
 
 
 def needs_server(uri: str, concurrency: int) -> bool:
-    return _sqlite_path(uri) is not None and concurrency > 1
+    return sqlite_path(uri) is not None and concurrency > 1
 
 
 def _free_port() -> int:
@@ -52,7 +53,7 @@ class LocalServer:
     on a busy 2-core machine) overlaps with ray.init."""
 
     def __init__(self, uri: str, log_file: Path) -> None:
-        db = _sqlite_path(uri)
+        db = sqlite_path(uri)
         assert db is not None, uri
         artifacts = db.expanduser().resolve().parent / "mlartifacts"
         self.port = _free_port()

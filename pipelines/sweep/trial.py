@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -29,21 +28,12 @@ from gan.config import RunConfig, make_config
 from gan.data import ImageData
 from gan.health import HealthGuard
 from gan.train import Callbacks, resolve_device, train
-from pipelines.tracking import (
-    MlflowCallbacks,
-    client_for,
-    environment_tags,
-    last_logged_step,
-    latest_checkpoint,
-    log_progress_gif,
-    logged_grids,
-)
-from pipelines.training import build_evaluator, finish_run, log_run_config, run_guard
-
-TRIAL_TAG = "tune_trial_id"
-SWEEP_TAG = "sweep_name"
-PARENT_TAG = "mlflow.parentRunId"
-STOPPED_TAG = "stopped_reason"
+from pipelines.tracking import names
+from pipelines.tracking.callbacks import MlflowCallbacks
+from pipelines.tracking.history import last_logged_step, latest_checkpoint, logged_grids
+from pipelines.tracking.runs import end_early, finish_run, log_run_config, run_guard
+from pipelines.tracking.store import client_for, environment_tags
+from pipelines.training.prepare import build_evaluator
 
 
 @dataclass(frozen=True)
@@ -81,8 +71,8 @@ class TuneCallbacks(Callbacks):
     def on_eval(self, epoch: int, step: int, grid: np.ndarray, metrics: dict[str, float]) -> None:
         self.inner.on_eval(epoch, step, grid, metrics)
         self.epoch = epoch
-        self.last = {"fid": math.nan, **{k: float(v) for k, v in metrics.items()},
-                     "epoch": epoch, "step": step}
+        self.last = {names.FID: math.nan, **{k: float(v) for k, v in metrics.items()},
+                     names.EPOCH: epoch, "step": step}
         if epoch < self.last_epoch:
             # Tune ends a pruned trial by raising SystemExit out of report(): see run_trial.
             report(self.last)
@@ -101,7 +91,7 @@ def find_child(client: Any, ctx: TrialContext, trial_id: str) -> Any | None:
     """The child run of this sweep already made for `trial_id` (after a resume), if any."""
     runs = client.search_runs(
         [ctx.experiment_id],
-        f"tags.`{PARENT_TAG}` = '{ctx.parent_run_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'",
+        f"tags.`{names.PARENT_RUN}` = '{ctx.parent_run_id}' and tags.`{names.TRIAL_ID}` = '{trial_id}'",
         max_results=1,
     )
     return runs[0] if runs else None
@@ -114,8 +104,8 @@ def open_child(client: Any, ctx: TrialContext, trial_id: str, cfg: RunConfig,
     if run is not None:
         client.update_run(run.info.run_id, status="RUNNING")
         return run.info.run_id, False
-    tags = {**environment_tags(cfg.dataset, device), PARENT_TAG: ctx.parent_run_id,
-            TRIAL_TAG: trial_id, SWEEP_TAG: ctx.sweep_name}
+    tags = {**environment_tags(cfg.dataset, device), names.PARENT_RUN: ctx.parent_run_id,
+            names.TRIAL_ID: trial_id, names.SWEEP_NAME: ctx.sweep_name}
     run = client.create_run(ctx.experiment_id, run_name=f"{ctx.sweep_name}-{trial_id}", tags=tags)
     return run.info.run_id, True
 
@@ -156,54 +146,42 @@ def run_trial(config: dict[str, Any], data: ImageData, ctx: TrialContext) -> Non
         floor = last_logged_step(client, run_id)  # steps the run holds are not written twice
         if state is not None:
             cfg = make_config(state["config"])
-            client.set_tag(run_id, "sweep.resumed_from_step", str(state["step"]))
+            client.set_tag(run_id, names.TRIAL_RESUMED_FROM_STEP, str(state["step"]))
     tracking = MlflowCallbacks(client, run_id, floor=floor, frames=frames)
     to_tune = TuneCallbacks(tracking, cfg.epochs)
     pruned = False
     with run_guard(client, run_id):
         if fresh or state is None:
             log_run_config(client, run_id, cfg, {"world_size": 1, "device_type": str(device),
-                                                 "num_workers": 1, TRIAL_TAG: trial_id})
+                                                 "num_workers": 1, names.TRIAL_ID: trial_id})
         try:
             result = train(cfg, data, HealthGuard(to_tune), evaluator=cached_evaluator(cfg, data, device),
                            resume=state, device=device, progress=False)
         except SystemExit:  # Tune stopped this trial (ASHA pruned it, or the sweep ended)
             pruned = True
         if to_tune.first_step_at is not None:
-            client.set_tag(run_id, "trial.seconds_to_first_step",
+            client.set_tag(run_id, names.TRIAL_SECONDS_TO_FIRST_STEP,
                            f"{to_tune.first_step_at - started:.2f}")
     if pruned:
         # Quick: a reused actor waits only ~2 s for this thread before it gives up on it.
-        _end_early(client, run_id, tracking.frames, f"tune: stopped by the scheduler after "
+        end_early(client, run_id, tracking.frames, f"tune: stopped by the scheduler after "
                    f"epoch {to_tune.epoch} (its FID was not competitive)")
         raise SystemExit(0)
     if result.stopped:  # the health guard: diverged, no model worth keeping
-        _end_early(client, run_id, tracking.frames, result.stopped)
-        report({"fid": math.nan, "best_fid": to_tune.last.get("best_fid", math.nan),
-                "epoch": result.epochs_done, "step": result.step, "stopped": 1})
+        end_early(client, run_id, tracking.frames, result.stopped)
+        report({names.FID: math.nan, names.BEST_FID: to_tune.last.get(names.BEST_FID, math.nan),
+                names.EPOCH: result.epochs_done, "step": result.step, "stopped": 1})
         return None
     with run_guard(client, run_id):
         finish_run(client, run_id, cfg, result.generator, tracking.frames)
     final = to_tune.last or _logged_scores(client, run_id)  # resumed after its last epoch: logged
-    report({**final, "epoch": result.epochs_done, "step": result.step})
+    report({**final, names.EPOCH: result.epochs_done, "step": result.step})
     return None
 
 
 def _logged_scores(client: Any, run_id: str) -> dict[str, float]:
     metrics = client.get_run(run_id).data.metrics
-    return {"fid": math.nan, **{k: v for k, v in metrics.items() if k in ("fid", "best_fid", "kid")}}
-
-
-def _end_early(client: Any, run_id: str, frames: list[tuple[int, Any]], reason: str) -> None:
-    import mlflow
-
-    try:
-        mlflow.flush_async_logging()
-        log_progress_gif(client, run_id, frames)
-        client.set_tag(run_id, STOPPED_TAG, reason)
-        client.set_terminated(run_id, "KILLED")
-    except Exception as e:  # noqa: BLE001 - the sweep goes on; the driver closes stale runs
-        print(f"warning: could not close run {run_id}: {e}", file=sys.stderr)
+    return {names.FID: math.nan, **{k: v for k, v in metrics.items() if k in (names.FID, names.BEST_FID, names.KID)}}
 
 
 def _run_distributed_trial(cfg: RunConfig, data: ImageData, ctx: TrialContext,
@@ -213,14 +191,9 @@ def _run_distributed_trial(cfg: RunConfig, data: ImageData, ctx: TrialContext,
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from gan.checkpoint import load_checkpoint
-    from pipelines.ray_train import (
-        RayOptions,
-        final_generator,
-        make_trainer,
-        run_params,
-        worker_config,
-    )
-    from pipelines.ray_worker import checkpoint_file
+    from pipelines.distributed.options import RayOptions, run_params, worker_config
+    from pipelines.distributed.trainer import final_generator, make_trainer
+    from pipelines.distributed.worker import checkpoint_file
 
     opts = RayOptions(workers=ctx.workers_per_trial, gpu=ctx.gpus_per_trial > 0,
                       cpus_per_worker=max(1, int(ctx.cpus_per_trial)), storage_path=ctx.storage_path)
@@ -230,13 +203,16 @@ def _run_distributed_trial(cfg: RunConfig, data: ImageData, ctx: TrialContext,
     run_id, fresh = open_child(client, ctx, trial_id, cfg, f"{opts.workers}x{'cuda' if opts.gpu else 'cpu'}")
     with run_guard(client, run_id):
         if fresh:
-            log_run_config(client, run_id, cfg, {**run_params(opts), TRIAL_TAG: trial_id})
+            log_run_config(client, run_id, cfg, {**run_params(opts), names.TRIAL_ID: trial_id})
         loop_config = {"cfg": cfg.to_dict(), "tracking_uri": ctx.tracking_uri, "run_id": run_id,
                        "threads": opts.cpus_per_worker, "fail_once": None}
         trainer = make_trainer(opts, loop_config, f"gan-{run_id}")
         # make_trainer builds the Train RunConfig; the Tune hand-off is this sweep's business.
-        trainer.run_config.callbacks = [*(trainer.run_config.callbacks or []), TuneReportCallback()]
+        callbacks: list[Any] = [*(trainer.run_config.callbacks or []), TuneReportCallback()]
+        trainer.run_config.callbacks = callbacks
         result = trainer.fit()
+        if result.checkpoint is None:
+            raise RuntimeError("the trial's workers finished without reporting a checkpoint")
         with result.checkpoint.as_directory() as folder:
             state = load_checkpoint(checkpoint_file(folder))
         generator = final_generator(cfg, data.shape, state)

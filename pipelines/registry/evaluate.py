@@ -11,7 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from pipelines.tracking import TrackingError
+from pipelines.errors import TrackingError
+from pipelines.tracking import names
 
 
 @dataclass
@@ -51,14 +52,14 @@ def evaluate(client: Any, req: EvalRequest) -> tuple[dict[str, float], Any, str]
 
     from gan.data import load_dataset
     from gan.metrics import evaluate_images
-    from pipelines.registry import generate_images
+    from pipelines.registry.generate import generate_images
 
     run = _source_run(client, req)
     params = run.data.params if run else {}
     dataset = req.dataset or params.get("dataset", "mnist-5k")
     data_dir = req.data_dir or params.get("data_dir", "./data")
     image_size = int(params.get("image_size", 0)) if not req.dataset else 0
-    model = req.model or f"runs:/{req.run_id}/generator"
+    model = req.model or f"runs:/{req.run_id}/{names.GENERATOR_DIR}"
     real = load_dataset(dataset, data_dir, image_size)
     fake = torch.from_numpy(generate_images(model, req.num_samples, req.seed))
     if tuple(fake.shape[1:]) != real.shape:
@@ -74,8 +75,11 @@ def log_scores(client: Any, run: Any, backbone: str, scores: dict[str, float]) -
     """Write scores into the source run as eval_<backbone>_<metric> at its last step."""
     from mlflow.entities import Metric
 
-    last = max((m.step for m in client.get_metric_history(run.info.run_id, "d_loss")), default=0)
-    metrics = [Metric(f"eval_{backbone}_{k}", float(v), 0, last) for k, v in scores.items() if math.isfinite(v)]
+    from gan.train import STEP_METRICS
+
+    last = max((m.step for m in client.get_metric_history(run.info.run_id, STEP_METRICS[0])), default=0)
+    metrics = [Metric(f"{names.EVAL_PREFIX}{backbone}_{k}", float(v), 0, last)
+               for k, v in scores.items() if math.isfinite(v)]
     client.log_batch(run.info.run_id, metrics=metrics)
 
 

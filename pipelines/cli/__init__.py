@@ -1,0 +1,67 @@
+"""The `gan-pipeline` command line: the only package that knows argparse.
+
+Owns: the parser and every flag (parser.py, flags.py), what each sub-command does with
+its flags (commands.py), and here the entry point, which maps errors to exit codes:
+a gan.errors.UserError is one line and exit 2 (never a traceback; set
+GAN_PIPELINES_DEBUG=1 to see one), Ctrl-C is 130, anything else one line and exit 1.
+
+May import every other part of pipelines/; nothing imports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+
+from gan.errors import UserError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from pipelines.cli.parser import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    _quiet()
+    return run_command(args.func, args)
+
+
+def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    debug = bool(os.environ.get("GAN_PIPELINES_DEBUG"))
+    try:
+        return func(args)
+    except UserError as e:
+        if debug:
+            raise
+        print(f"gan-pipeline {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"gan-pipeline {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - one line for the user, the run is already marked
+        if debug:
+            raise
+        first = str(e).splitlines()[0] if str(e) else ""
+        print(f"gan-pipeline {args.command}: failed: {type(e).__name__}: {first} "
+              "(GAN_PIPELINES_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 1
+
+
+def _quiet() -> None:
+    # MLflow configures its loggers when first imported: tell it via the environment.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    warnings.filterwarnings("ignore")
+    import logging
+
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    logging.getLogger("alembic").setLevel(logging.ERROR)
+
+
+__all__ = ["main"]

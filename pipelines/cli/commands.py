@@ -1,0 +1,113 @@
+"""What each sub-command does with its parsed flags: build the option objects, call the
+room that does the work, print the answer. Heavy imports stay inside the functions so
+`gan-pipeline --help` is fast."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+
+from gan.config import ConfigError
+from pipelines.cli.flags import config_from_args, ray_options, sweep_options
+from pipelines.tracking import names
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pipelines.distributed.trainer import run_distributed
+    from pipelines.tracking.store import tracking_uri, ui_hint
+    from pipelines.training.local import run_local
+
+    cfg = config_from_args(args)
+    opts = ray_options(args)
+    if opts.workers > 1:
+        if args.resume:
+            raise ConfigError("--resume is invalid with --workers > 1: Ray Train restarts failed "
+                              "workers itself (--max-failures); resume in-process with --workers 1")
+        out = run_distributed(cfg, opts, experiment=args.experiment, run_name=args.run_name)
+    else:  # in-process, no Ray; --gpu just means cuda
+        cfg = dataclasses.replace(cfg, device="cuda") if opts.gpu else cfg
+        out = run_local(cfg, experiment=args.experiment, run_name=args.run_name, resume=args.resume)
+    r = out.result
+    last = r.eval_history[-1][1] if r.eval_history else {}
+    score = f", {cfg.backbone} FID {last[names.FID]:.2f}" if names.FID in last else ""
+    print(f"finished run {out.run_id}: {r.epochs_done} epochs, {r.step} steps{score}")
+    print(f"generator: {out.model_uri}")
+    print(ui_hint(tracking_uri(), out.experiment_id, out.run_id))
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from pipelines.sweep.driver import run_sweep
+    from pipelines.sweep.report import sampled_params
+    from pipelines.tracking.store import ui_hint
+
+    resume = args.resume
+    if resume and args.name and resume == "latest":
+        resume = args.name
+    out = run_sweep(sweep_options(args), resume=resume)
+    done = sum(r.info.status == "FINISHED" for r in out.runs)
+    print(f"sweep {out.name}: {len(out.runs)} trials ({done} finished, "
+          f"{len(out.runs) - done} stopped early or failed) in {out.seconds:.0f} s")
+    if out.best is None:
+        print("no trial produced a finite FID")
+        return 1
+    b = out.best
+    params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                       for k, v in sampled_params(b, out.space).items())
+    m = b.data.metrics
+    print(f"best trial {b.data.tags.get(names.TRIAL_ID)} (run {b.info.run_id}): "
+          f"FID {m.get(names.FID, math.nan):.2f} (best during training {m.get(names.BEST_FID, math.nan):.2f}, "
+          f"{b.data.params.get('backbone', '')} backbone)")
+    print(f"  {params}")
+    print(ui_hint(out.tracking_uri, out.experiment_id, b.info.run_id))
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from pipelines.registry.promote import promote
+    from pipelines.tracking.store import client_for
+
+    if args.min_epochs < 0:
+        raise ConfigError(f"--min-epochs={args.min_epochs} is invalid: must be >= 0")
+    result = promote(client_for(), sweep=args.sweep, experiment=None if args.sweep else args.experiment,
+                     metric=args.metric, model_name=args.model_name, min_epochs=args.min_epochs, force=args.force)
+    print(result.line(args.metric))
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from pipelines.registry.generate import generate_images, write_images
+    from pipelines.tracking.store import client_for
+
+    if not 1 <= args.num_images <= 10_000:
+        raise ConfigError(f"-n={args.num_images} is invalid: must be in [1, 10000]")
+    if not args.out and not args.out_dir:
+        raise ConfigError("nothing to write: give --out FILE and/or --out-dir DIR")
+    client_for()  # sets the tracking URI that models:/ and runs:/ resolve against
+    images = generate_images(args.model, args.num_images, args.seed)
+    written = write_images(images, args.out, args.out_dir)
+    shape = "x".join(str(d) for d in images.shape[1:])
+    print(f"wrote {len(images)} images ({shape}, seed {args.seed}) from {args.model}: "
+          + (str(written[0]) if args.out else "") + (f" {args.out_dir}/" if args.out_dir else ""))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pipelines.registry.evaluate import EvalRequest, evaluate, log_scores, table
+    from pipelines.tracking.store import client_for
+
+    if args.num_samples < 10:
+        raise ConfigError(f"--num-samples={args.num_samples} is invalid: must be >= 10")
+    client = client_for()
+    req = EvalRequest(args.model, args.run_id, args.dataset, args.backbone, args.num_samples, args.seed,
+                      args.data_dir)
+    scores, run, dataset = evaluate(client, req)
+    print(f"{args.model or 'run ' + args.run_id} vs {dataset} ({args.backbone}, {args.num_samples} samples)")
+    print(table(scores))
+    if args.log:
+        if run is None:
+            raise ConfigError("--log needs a source run: use --run-id or a runs:/ or registered models:/ URI")
+        log_scores(client, run, args.backbone, scores)
+        print(f"logged to run {run.info.run_id} as {names.EVAL_PREFIX}{args.backbone}_*")
+    return 0

@@ -1,0 +1,143 @@
+"""The flags of the commands: every RunConfig field as a flag (defaults from the config,
+overridden by --config YAML, overridden by flags), the Ray Train flags, the sweep flags;
+and the option objects built from them."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+from gan.config import ARCHS, BACKBONES, LOSSES, NORMS, RunConfig, config_from_sources
+from pipelines.distributed.options import DEFAULT_STORAGE, RayOptions
+from pipelines.sweep.options import DEFAULT_EXPERIMENT, DEFAULT_SPACE, SCHEDULERS, SEARCHERS, SweepOptions
+
+FLAG_HELP = {
+    "dataset": "mnist-5k (embedded, offline), mnist, fashion-mnist, cifar10, svhn, or folder:PATH",
+    "data_dir": "where torchvision datasets are found or downloaded",
+    "image_size": "resize images to this square size (0: the dataset's own; folders: 32)",
+    "arch": "model family: " + ", ".join(ARCHS),
+    "latent_dim": "size of the latent vector z",
+    "dcgan_width": "DCGAN channels next to the image (doubles per level inward)",
+    "mlp_width": "MLP width: G hidden sizes w-2w-4w-8w, D 4w-2w (128 = the tutorial)",
+    "spectral_norm": "spectral norm on D's layers (replaces D's BatchNorm in dcgan)",
+    "g_norm": "normalisation in G: " + ", ".join(NORMS)
+    + " (none: no BatchNorm, so N workers match 1 worker exactly)",
+    "epochs": "passes over the dataset",
+    "batch_size": "global batch size (split evenly over workers)",
+    "lr_g": "Adam learning rate of G",
+    "lr_d": "Adam learning rate of D",
+    "beta1": "Adam beta1 of both networks, in [0, 1)",
+    "beta2": "Adam beta2 of both networks, in [0, 1)",
+    "label_smoothing": "one-sided smoothing s: D's real target is 1 - s, in [0, 0.5)",
+    "loss": "GAN loss: " + ", ".join(LOSSES),
+    "n_dis": "D steps per G step",
+    "ema": "EMA decay of G's weights for sampling/eval (0 = off, e.g. 0.999)",
+    "seed": "random seed: same config + seed = same losses on CPU",
+    "eval_every": "epochs between sample grids and FID-style evals",
+    "checkpoint_every": "epochs between full-state checkpoints",
+    "log_every": "steps between batched metric writes",
+    "backbone": "feature network of the FID-style metrics: " + ", ".join(BACKBONES),
+    "eval_samples": "generated images per evaluation",
+    "device": "auto (cuda if present), cpu, cuda or cuda:N",
+    "amp": "mixed precision on CUDA (bf16 where supported, else fp16)",
+    "sync_bn": "SyncBatchNorm across DDP workers instead of per-worker statistics",
+}
+assert set(FLAG_HELP) == {f.name for f in dataclasses.fields(RunConfig)}
+
+
+def add_config_flags(p: argparse.ArgumentParser) -> None:
+    for f in dataclasses.fields(RunConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default
+        helptext = f"{FLAG_HELP[f.name]} (default: {default})"
+        if isinstance(default, bool):
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=helptext)
+        else:
+            p.add_argument(flag, dest=f.name, type=type(default), default=None, metavar=f.name.upper(), help=helptext)
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)}
+    return config_from_sources(args.config, overrides)
+
+
+def add_ray_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of a distributed run (all no-ops at the default --workers 1)."""
+    g = parser.add_argument_group("distributed (Ray Train)")
+    g.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="data-parallel workers; N > 1 runs under Ray Train "
+                   "(default: 1, in-process)")
+    g.add_argument("--gpu", action="store_true",
+                   help="one GPU per worker, NCCL (with --workers 1: in-process on cuda, no Ray)")
+    g.add_argument("--cpus-per-worker", type=int, default=1, metavar="N",
+                   help="CPUs (and torch threads) per worker (default: 1)")
+    g.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="join this Ray cluster (default: $RAY_ADDRESS, else start a local Ray)")
+    g.add_argument("--max-failures", type=int, default=0, metavar="N",
+                   help="restarts of a failed worker group from its last checkpoint "
+                   "(-1: unlimited; default: 0)")
+    g.add_argument("--ray-storage", default=DEFAULT_STORAGE, metavar="PATH",
+                   help="Ray Train checkpoints and state; shared storage on a multi-node "
+                   f"cluster (default: {DEFAULT_STORAGE})")
+
+
+def ray_options(args: argparse.Namespace) -> RayOptions:
+    """`train`'s Ray flags as RayOptions (which check their own values)."""
+    return RayOptions(
+        workers=args.workers, gpu=args.gpu, cpus_per_worker=args.cpus_per_worker,
+        ray_address=args.ray_address, max_failures=args.max_failures, storage_path=args.ray_storage,
+    )
+
+
+def add_sweep_parser(subparsers: Any, command: Any) -> argparse.ArgumentParser:
+    """`gan-pipeline sweep` and its flags."""
+    s = subparsers.add_parser(
+        "sweep", help="sweep hyperparameters: Ray Tune + Optuna, nested MLflow runs",
+        description="Sweep a search space (search_spaces/*.yaml) with Ray Tune + Optuna TPE and "
+        "ASHA early stopping; one parent MLflow run with a nested child run per trial and a "
+        "summary table, parameter plots and the best trials' samples. With no arguments: "
+        "search_spaces/quick.yaml on the embedded mnist-5k, a few minutes on a CPU.")
+    s.add_argument("--space", default=DEFAULT_SPACE, metavar="FILE",
+                   help="search space YAML, or a name in search_spaces/ (default: quick)")
+    s.add_argument("--trials", type=int, default=None, metavar="N",
+                   help="trials in all (default: the space's sweep.trials, else 10)")
+    s.add_argument("--concurrency", type=int, default=None, metavar="N",
+                   help="trials at a time (default: the space's sweep.concurrency, else 1)")
+    s.add_argument("--scheduler", default="asha", choices=SCHEDULERS,
+                   help="asha: stop trials whose FID trails at a rung (default); none: run all")
+    s.add_argument("--grace-period", type=int, default=None, metavar="EVALS",
+                   help="evals every trial gets before ASHA may stop it (default: the space's, else 1)")
+    s.add_argument("--searcher", default="tpe", choices=SEARCHERS,
+                   help="Optuna sampler (default: tpe, multivariate, seeded)")
+    s.add_argument("--experiment", default=DEFAULT_EXPERIMENT,
+                   help=f"MLflow experiment (default: {DEFAULT_EXPERIMENT})")
+    s.add_argument("--seed", type=int, default=0, help="seed of the sampler (default: 0)")
+    s.add_argument("--name", default=None, help="sweep name: MLflow parent run and Ray folder "
+                   "(default: sweep-SPACE-TIMESTAMP)")
+    s.add_argument("--resume", nargs="?", const="latest", default=None, metavar="NAME",
+                   help="continue an interrupted sweep in its parent run (no NAME: the newest "
+                   "unfinished one); its saved settings are used")
+    g = s.add_argument_group("resources")
+    g.add_argument("--workers-per-trial", type=int, default=1, metavar="N",
+                   help="N > 1: each trial trains data-parallel under Ray Train (default: 1, in-process)")
+    g.add_argument("--cpus-per-trial", type=float, default=1.0, metavar="C",
+                   help="CPUs (torch threads) per trial, or per worker with --workers-per-trial (default: 1)")
+    g.add_argument("--gpus-per-trial", type=float, default=0.0, metavar="G",
+                   help="GPUs per trial; fractions share a GPU, e.g. 0.5 (default: 0)")
+    g.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="join this Ray cluster (default: $RAY_ADDRESS, else start a local Ray)")
+    g.add_argument("--ray-storage", default=DEFAULT_STORAGE, metavar="PATH",
+                   help=f"Tune state of the sweep, for --resume (default: {DEFAULT_STORAGE})")
+    s.set_defaults(func=command)
+    return s
+
+
+def sweep_options(args: argparse.Namespace) -> SweepOptions:
+    return SweepOptions(
+        space=args.space, trials=args.trials, concurrency=args.concurrency, scheduler=args.scheduler,
+        grace_period=args.grace_period, searcher=args.searcher, experiment=args.experiment,
+        seed=args.seed, name=args.name, workers_per_trial=args.workers_per_trial,
+        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+        storage_path=args.ray_storage, ray_address=args.ray_address,
+    )

@@ -1,0 +1,89 @@
+"""The `gan-pipeline` argument parser: one sub-command per job, each with --help. The
+only place (with flags.py) that knows argparse."""
+
+from __future__ import annotations
+
+import argparse
+from typing import NoReturn
+
+from gan.config import BACKBONES
+from pipelines.cli import commands
+from pipelines.cli.flags import add_config_flags, add_ray_flags, add_sweep_parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (its default prints the usage block too)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="gan-pipeline",
+        description="Train GANs on images, sweep them with Ray Tune + Optuna, track everything in MLflow. "
+        "Tracking store: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in this folder.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train one GAN and record it as one MLflow run",
+                       description="Train one GAN in this process (or data-parallel over "
+                       "--workers N Ray Train workers) and record it as one MLflow run: "
+                       "params, per-step losses, sample grids, checkpoints, progress GIF, generator model.")
+    t.add_argument("--config", metavar="FILE", help="YAML file of config values (flags override it)")
+    add_config_flags(t)
+    t.add_argument("--experiment", default="gan-pipelines", help="MLflow experiment name (default: gan-pipelines)")
+    t.add_argument("--run-name", default=None, help="MLflow run name (default: generated)")
+    t.add_argument("--resume", nargs="?", const="latest", default=None, metavar="RUN_ID",
+                   help="continue a killed run from its last checkpoint, in the same MLflow run "
+                   "(no RUN_ID: the newest unfinished run of the experiment); uses that run's config")
+    add_ray_flags(t)
+    t.set_defaults(func=commands.cmd_train)
+    add_sweep_parser(sub, commands.cmd_sweep)
+
+    pr = sub.add_parser("promote", help="register the best finished run's generator; move alias champion if better",
+                        description="Find the best finished trial of a sweep (or run of an experiment) by its best "
+                        "logged value of --metric, register its generator as a new model version tagged with where "
+                        "it came from, and move the alias 'champion' to it only if it is strictly better than the "
+                        "current champion on the same dataset and backbone (or with --force).")
+    where = pr.add_mutually_exclusive_group()
+    where.add_argument("--sweep", metavar="NAME_OR_PARENT_RUN_ID", help="a sweep's name or its parent run id")
+    where.add_argument("--experiment", default="gan-pipelines",
+                       help="consider every finished run of this experiment (default: gan-pipelines)")
+    pr.add_argument("--metric", default="fid", help="metric to rank by; lower is better except "
+                    "precision/recall/density/coverage/inception_score (default: fid)")
+    pr.add_argument("--model-name", default="gan-generator", help="registered model name (default: gan-generator)")
+    pr.add_argument("--min-epochs", type=int, default=0, metavar="K", help="ignore runs with fewer epochs")
+    pr.add_argument("--force", action="store_true", help="move champion even if not better")
+    pr.set_defaults(func=commands.cmd_promote)
+
+    g = sub.add_parser("generate", help="write images from a generator model",
+                       description="Write a grid (and optionally one PNG per image) from any generator model URI; "
+                       "the same seed gives the same images.")
+    g.add_argument("--model", default="models:/gan-generator@champion",
+                   help="model URI: models:/NAME@champion, models:/NAME/3, runs:/RUN_ID/generator "
+                   "(default: models:/gan-generator@champion)")
+    g.add_argument("-n", "--num-images", type=int, default=64, help="how many images (default: 64)")
+    g.add_argument("--seed", type=int, default=0, help="latent seed (default: 0)")
+    g.add_argument("--out", default="grid.png", help="grid PNG path (default: grid.png; '' for none)")
+    g.add_argument("--out-dir", default=None, metavar="DIR", help="also write one PNG per image here")
+    g.set_defaults(func=commands.cmd_generate)
+
+    ev = sub.add_parser("evaluate", help="FID-style scores of a generator against a dataset",
+                        description="Generate --num-samples images from a logged generator and score them "
+                        "(fid, kid, precision, recall, density, coverage, inception score) against the real "
+                        "dataset; dataset and image size default to what the source run trained on.")
+    which = ev.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", help="model URI: models:/NAME@champion, runs:/RUN_ID/generator, ...")
+    which.add_argument("--run-id", help="a training run: scores its generator")
+    ev.add_argument("--dataset", default=None, help="dataset to score against (default: the run's)")
+    ev.add_argument("--data-dir", default=None, help="where torchvision datasets live (default: the run's)")
+    ev.add_argument("--backbone", default="classifier", choices=BACKBONES,
+                    help="feature network (default: classifier)")
+    ev.add_argument("--num-samples", type=int, default=1000, help="generated images (default: 1000)")
+    ev.add_argument("--seed", type=int, default=0, help="latent seed (default: 0)")
+    ev.add_argument("--log", action="store_true", help="log the scores to the source run as eval_<backbone>_*")
+    ev.set_defaults(func=commands.cmd_evaluate)
+    return parser
+
+

@@ -1,0 +1,67 @@
+"""Joining a Ray cluster or starting a local one: the one place every command does it.
+
+An address is probed over TCP first (ray.init retries an unreachable one for minutes),
+and a local-file tracking store is refused on a multi-node cluster (workers on other
+machines could not write it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+from pipelines.errors import ClusterError, TrackingError
+
+
+def ray_address(given: str | None) -> str | None:
+    """--ray-address, else $RAY_ADDRESS, else None (start a local Ray)."""
+    return given or os.environ.get("RAY_ADDRESS") or None
+
+
+def connect(address: str | None, tracking_uri: str) -> bool:
+    """Join `address` (None: start a local Ray); True when this call started or joined Ray
+    (so the caller shuts it down), False when the process was already connected."""
+    import ray
+
+    if ray.is_initialized():  # a caller's session (a test, a Tune driver): use it
+        return False
+    check_reachable(address)
+    try:
+        ray.init(address=address, logging_level=logging.WARNING)
+    except (ConnectionError, ValueError, RuntimeError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ClusterError(f"ray_address={address!r} is invalid: cannot connect ({first})") from None
+    try:
+        check_store_for_cluster(tracking_uri, sum(1 for n in ray.nodes() if n.get("Alive")))
+    except TrackingError:
+        ray.shutdown()
+        raise
+    return True
+
+
+def check_store_for_cluster(uri: str, alive_nodes: int) -> None:
+    """A local sqlite/file store lives on one machine: workers on other nodes cannot write
+    it. Refuse it on a multi-node cluster and say what to use."""
+    local = uri.startswith(("sqlite:", "file:")) or "://" not in uri
+    if alive_nodes > 1 and local:
+        raise TrackingError(
+            f"tracking store {uri!r} is a local file but the Ray cluster has {alive_nodes} nodes: "
+            "set MLFLOW_TRACKING_URI to a tracking server every node reaches "
+            "(e.g. http://HEAD_IP:5000, the server ray_cluster.yaml starts on the head)"
+        )
+
+
+def check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
+    """ray.init retries an unreachable HOST:PORT for minutes; a TCP probe fails in seconds."""
+    if not address or address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ClusterError(f"ray_address={address!r} is invalid: must be HOST:PORT, "
+                           "ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ClusterError(f"ray_address={address!r} is invalid: nothing answers there "
+                           f"({e.strerror or e}); is the cluster up?") from None

@@ -1,0 +1,296 @@
+"""`gan-pipeline sweep`: Ray Tune + Optuna (TPE, define-by-run, so conditional spaces
+are real) over a search space file, ASHA pruning on the FID-style score, one parent
+MLflow run with a nested child run per trial, and a closing report.
+
+This module is the driver: validation before anything starts, Ray and the private
+MLflow server, the Tuner (fresh or restored), closing the trials' runs. The options are
+options.py, the parent run parent.py, what a trial runs trial.py, the report report.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gan.config import ConfigError, make_config
+from pipelines.sweep.options import METRIC, MODE, Sweep, SweepOptions
+from pipelines.sweep.space import SearchSpace, load_space
+from pipelines.tracking import names
+
+DATA_KEYS = ("dataset", "data_dir", "image_size")  # loaded once per sweep: never searched
+
+
+@dataclass
+class SweepOutcome:
+    name: str
+    experiment_id: str
+    parent_run_id: str
+    runs: list[Any]
+    best: Any | None
+    tracking_uri: str
+    seconds: float
+    space: SearchSpace
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_space_for_sweep(space: SearchSpace, opts: Sweep) -> Any:
+    """Load the data once and dry-build the extremes; returns the data (for ray.put)."""
+    from gan.train import check_batch
+    from pipelines.training.prepare import prepare
+
+    for key in DATA_KEYS:
+        if any(p.name == key for p in space.params):
+            raise ConfigError(f"search space {space.path}: {key}: cannot be searched (the sweep "
+                              "loads the data once): give it a fixed value")
+    corner = {p.name: p.choices[0] if p.kind == "categorical" else p.low for p in space.params}
+    cfg = make_config({**space.fixed, **corner})
+    data = prepare(cfg, world_size=opts.workers_per_trial, check_device=opts.gpus_per_trial == 0)
+    widest = dataclasses.replace(cfg, batch_size=space.max_value("batch_size"),
+                                 n_dis=space.max_value("n_dis"))
+    check_batch(widest, len(data), opts.workers_per_trial)
+    if opts.gpus_per_trial == 0:
+        # Build the evaluator once here: a bad backbone fails before any trial, and the
+        # one-time work (training the classifier backbone, real statistics) is cached
+        # before trials start instead of every trial waiting on its lock.
+        import torch
+
+        from pipelines.training.prepare import build_evaluator
+
+        build_evaluator(cfg, data, torch.device("cpu"))
+    return data
+
+
+def absolute_paths(space: SearchSpace) -> dict[str, Any]:
+    """Trials run in Tune's trial folders: paths in the config must not be relative."""
+    fixed = dict(space.fixed)
+    if "data_dir" in fixed:
+        fixed["data_dir"] = str(Path(fixed["data_dir"]).expanduser().resolve())
+    ds = fixed.get("dataset", "")
+    if isinstance(ds, str) and ds.startswith("folder:"):
+        fixed["dataset"] = "folder:" + str(Path(ds[len("folder:"):]).expanduser().resolve())
+    return fixed
+
+
+# --------------------------------------------------------------------------- tune set-up
+
+
+def make_searcher(space: SearchSpace, opts: Sweep) -> Any:
+    import warnings
+
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    sampler: optuna.samplers.BaseSampler
+    if opts.searcher == "random":
+        sampler = optuna.samplers.RandomSampler(seed=opts.seed)
+    else:
+        # group=True: TPE models each conditional branch's parameters together;
+        # constant_liar: concurrent trials do not all probe the same point.
+        sampler = optuna.samplers.TPESampler(
+            seed=opts.seed, multivariate=True, group=True, constant_liar=True,
+            n_startup_trials=min(10, max(2, opts.trials // 3)),
+        )
+    return OptunaSearch(space=space.suggest, metric=METRIC, mode=MODE, sampler=sampler)
+
+
+def make_scheduler(space: SearchSpace, opts: Sweep) -> Any:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if opts.scheduler == "none":
+        return FIFOScheduler()
+    eval_every = space.max_value("eval_every")
+    # time_attr "epoch": both trial kinds report it. max_t above the last epoch: ASHA
+    # stops a trial that reaches max_t, and a finished trial must end on its own.
+    return ASHAScheduler(metric=METRIC, mode=MODE, time_attr=names.EPOCH,
+                         grace_period=opts.grace_period * eval_every,
+                         max_t=space.max_value("epochs") + 1, reduction_factor=2)
+
+
+def make_trainable(data: Any, ctx: Any, opts: Sweep) -> Any:
+    from ray import tune
+
+    from pipelines.sweep.trial import run_trial
+
+    # With N workers the trial only drives a TorchTrainer and needs no CPU (N workers on N
+    # cores must fit); its workers ask for the CPUs/GPUs. Ray refuses an empty bundle,
+    # hence a token of memory.
+    resources: dict[str, float] = ({"cpu": 0, "memory": 1 << 20} if opts.workers_per_trial > 1
+                                   else {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
+    # with_parameters: the dataset goes into the object store once, not once per trial.
+    return tune.with_resources(tune.with_parameters(run_trial, data=data, ctx=ctx), resources)
+
+
+def _progress_callback() -> Any:
+    """One line per finished trial on the driver's stderr."""
+    from ray.tune import Callback
+
+    class Progress(Callback):
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            r = trial.last_result or {}
+            fid = r.get(METRIC, math.nan)
+            print(f"  trial {trial.trial_id}: epoch {r.get('epoch', 0)}, FID {fid:.2f} "
+                  f"({sum(t.status == 'TERMINATED' for t in trials)} done)", file=sys.stderr)
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            print(f"  trial {trial.trial_id}: error (see its MLflow run)", file=sys.stderr)
+
+    return Progress()
+
+
+# --------------------------------------------------------------------------- the sweep
+
+
+def run_sweep(given: SweepOptions, resume: str | None = None) -> SweepOutcome:
+    """Run (or, with `resume`, continue) a sweep; returns its runs and best trial."""
+    from pipelines.distributed.connect import check_reachable, ray_address
+    from pipelines.sweep.parent import create_parent, find_parent, restore_settings
+    from pipelines.tracking.store import absolute_uri, check_writable, client_for, ensure_experiment
+    from pipelines.tracking.store import tracking_uri as default_uri
+
+    started = time.time()
+    uri = absolute_uri(default_uri())  # trials open the store from their own folders
+    check_writable(uri)
+    check_reachable(ray_address(given.ray_address))  # before the parent run exists
+    if not resume:  # a bad space or flag fails before the store is even opened
+        space = load_space(given.space)
+        opts = given.resolved(space)
+        data = check_space_for_sweep(space, opts)
+    client = client_for(uri)
+    experiment_id = ensure_experiment(client, given.experiment)
+    if resume:
+        parent, opts, space = restore_settings(client, experiment_id, resume, given)
+        parent_id = parent.info.run_id
+        data = check_space_for_sweep(space, opts)
+        client.update_run(parent_id, status="RUNNING")
+    else:
+        if find_parent(client, experiment_id, opts.name) is not None:
+            raise ConfigError(f"--name {opts.name!r} is invalid: that sweep exists "
+                              f"(continue it with --resume {opts.name})")
+        parent_id, experiment_id = create_parent(client, experiment_id, space, opts)
+    exp_dir = opts.folder
+    print(f"sweep {opts.name}: {opts.trials} trials of {space.path}, {opts.concurrency} at a time, "
+          f"{opts.searcher} + {opts.scheduler}; parent run {parent_id}", file=sys.stderr)
+
+    from pipelines.tracking.runs import run_guard
+
+    with run_guard(client, parent_id):
+        known = _tune(space, opts, data, uri, experiment_id, parent_id, exp_dir, restore=bool(resume))
+        return _finish(client, experiment_id, parent_id, space, opts, uri, started, known)
+
+
+def _tune(space: SearchSpace, opts: Sweep, data: Any, uri: str, experiment_id: str,
+          parent_id: str, exp_dir: Path, restore: bool) -> set[str]:
+    """Run the trials; returns the trial ids Tune knows (it may have lost some, see _finish)."""
+    import ray
+    from ray import tune
+
+    from pipelines.distributed.connect import connect, ray_address
+    from pipelines.sweep.trial import TrialContext
+    from pipelines.tracking.server import LocalServer, needs_server
+    from pipelines.tracking.store import client_for
+
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # Ray workers inherit it
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # verbose=0 is silent only in the old one
+    # Save Tune's state every second (default: >= 10 s), so a driver killed just after a
+    # trial started rarely leaves a child run that the restored sweep does not know.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    server = LocalServer(uri, exp_dir / "mlflow-server.log") if needs_server(uri, opts.concurrency) else None
+    started_ray = False
+    try:
+        started_ray = connect(ray_address(opts.ray_address), uri)
+        trial_uri = server.url() if server else uri
+        ctx = TrialContext(trial_uri, experiment_id, parent_id, opts.name, opts.cpus_per_trial,
+                           opts.gpus_per_trial, opts.workers_per_trial,
+                           str(Path(opts.storage_path).expanduser().resolve()))
+        trainable = make_trainable(data, ctx, opts)
+        if restore:
+            tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable,
+                                       resume_unfinished=True, resume_errored=True)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    search_alg=make_searcher(space, opts), scheduler=make_scheduler(space, opts),
+                    num_samples=opts.trials, max_concurrent_trials=opts.concurrency,
+                    reuse_actors=True, trial_dirname_creator=trial_dirname,
+                ),
+                run_config=tune.RunConfig(
+                    name=opts.name, storage_path=str(exp_dir.parent), verbose=0,
+                    callbacks=[_progress_callback()],
+                ),
+            )
+        grid = tuner.fit()
+        # A pruned trial closes its own run as Tune stops it; give it that moment before
+        # ray.shutdown ends its process.
+        _wait_children_closed(client_for(trial_uri), experiment_id, parent_id)
+        return {Path(grid[i].path).name.removeprefix("trial_") for i in range(len(grid))}
+    finally:
+        if server:
+            server.stop()
+        if started_ray:
+            ray.shutdown()
+
+
+def trial_dirname(trial: Any) -> str:
+    """Short trial folders (Tune's default spells out the whole config)."""
+    return f"trial_{trial.trial_id}"
+
+
+def _wait_children_closed(client: Any, experiment_id: str, parent_id: str,
+                          timeout_s: float = 15.0) -> None:
+    from pipelines.sweep.report import child_runs
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        runs = child_runs(client, experiment_id, parent_id)
+        if not any(r.info.status == "RUNNING" for r in runs):
+            return
+        time.sleep(0.5)
+
+
+def _finish(client: Any, experiment_id: str, parent_id: str, space: SearchSpace,
+            opts: Sweep, uri: str, started: float, known: set[str]) -> SweepOutcome:
+    from mlflow.entities import Metric
+
+    from pipelines.sweep.report import best_run, child_runs, log_report
+
+    runs = child_runs(client, experiment_id, parent_id)
+    for r in runs:
+        if r.data.tags.get(names.TRIAL_ID) not in known and r.data.tags.get(names.SWEEP_LOST) != "true":
+            # The driver died after this trial started but before Tune saved its state:
+            # the restored sweep replaced it with a new trial. Say so on the orphan.
+            client.set_tag(r.info.run_id, names.SWEEP_LOST, "true")
+            client.set_tag(r.info.run_id, names.STOPPED_REASON, "lost: the driver died before Tune "
+                           "recorded this trial; a new trial took its place")
+            if r.info.status == "RUNNING":
+                client.set_terminated(r.info.run_id, "KILLED")
+        elif r.info.status == "RUNNING":  # a trial whose process died cannot close its own run
+            client.set_tag(r.info.run_id, names.STOPPED_REASON,
+                           "tune: the trial's process ended before it closed its run")
+            client.set_terminated(r.info.run_id, "KILLED")
+    runs = child_runs(client, experiment_id, parent_id)
+    log_report(client, parent_id, runs, space)
+    best = best_run(runs)
+    seconds = time.time() - started
+    now = int(time.time() * 1000)
+    metrics = [Metric(names.TRIALS_FINISHED, sum(r.info.status == "FINISHED" for r in runs), now, 0),
+               Metric(names.SWEEP_SECONDS, seconds, now, 0)]
+    if best is not None:
+        metrics += [Metric(k, best.data.metrics[k], now, 0) for k in (names.FID, names.BEST_FID)
+                    if k in best.data.metrics]
+        client.set_tag(parent_id, names.BEST_RUN_ID, best.info.run_id)
+        client.set_tag(parent_id, names.BEST_TRIAL_ID, best.data.tags.get(names.TRIAL_ID, ""))
+    client.log_batch(parent_id, metrics=metrics)
+    client.set_terminated(parent_id, "FINISHED")
+    return SweepOutcome(opts.name, experiment_id, parent_id, runs, best, uri, seconds, space)

@@ -1,0 +1,100 @@
+"""A sweep's settings: SweepOptions (built by the CLI from `gan-pipeline sweep`'s flags),
+filled in from the space file's `sweep:` block and checked, one line per bad value."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from gan.config import ConfigError
+from pipelines.distributed.options import DEFAULT_STORAGE
+from pipelines.sweep.space import SearchSpace, resolve_path
+from pipelines.tracking import names
+
+DEFAULT_SPACE = "quick"
+DEFAULT_EXPERIMENT = "gan-pipelines"
+METRIC, MODE = names.FID, "min"
+SCHEDULERS = ("asha", "none")
+SEARCHERS = ("tpe", "random")
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    """A sweep's settings; None means "from the space file's `sweep:` block, else default"."""
+
+    space: str = DEFAULT_SPACE
+    trials: int | None = None
+    concurrency: int | None = None
+    scheduler: str = "asha"
+    grace_period: int | None = None  # evals a trial runs before ASHA may stop it
+    searcher: str = "tpe"
+    experiment: str = DEFAULT_EXPERIMENT
+    seed: int = 0
+    name: str | None = None
+    workers_per_trial: int = 1
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    storage_path: str = DEFAULT_STORAGE
+    ray_address: str | None = None
+
+    def resolved(self, space: SearchSpace) -> Sweep:
+        """Every None filled in; every value checked (ConfigError, one line)."""
+        d = space.sweep
+        out = Sweep(
+            space=str(resolve_path(self.space)),
+            trials=d.get("trials", 10) if self.trials is None else self.trials,
+            concurrency=d.get("concurrency", 1) if self.concurrency is None else self.concurrency,
+            scheduler=self.scheduler,
+            grace_period=d.get("grace_period", 1) if self.grace_period is None else self.grace_period,
+            searcher=self.searcher, experiment=self.experiment, seed=self.seed,
+            name=self.name or f"sweep-{Path(space.path).stem}-{time.strftime('%Y%m%d-%H%M%S')}",
+            workers_per_trial=self.workers_per_trial, cpus_per_trial=self.cpus_per_trial,
+            gpus_per_trial=self.gpus_per_trial, storage_path=self.storage_path, ray_address=self.ray_address,
+        )
+        for flag, v in (("--trials", out.trials), ("--concurrency", out.concurrency),
+                        ("--grace-period", out.grace_period),
+                        ("--workers-per-trial", out.workers_per_trial)):
+            if v < 1:
+                raise ConfigError(f"{flag} {v} is invalid: must be a positive integer")
+        if out.scheduler not in SCHEDULERS:
+            raise ConfigError(f"--scheduler {out.scheduler!r} is invalid: must be asha or none")
+        if out.searcher not in SEARCHERS:
+            raise ConfigError(f"--searcher {out.searcher!r} is invalid: must be tpe or random")
+        if not out.cpus_per_trial > 0:
+            raise ConfigError(f"--cpus-per-trial {out.cpus_per_trial} is invalid: must be > 0")
+        if not out.gpus_per_trial >= 0:
+            raise ConfigError(f"--gpus-per-trial {out.gpus_per_trial} is invalid: must be >= 0 "
+                              "(fractions share a GPU, e.g. 0.5)")
+        if out.workers_per_trial > 1 and 0 < out.gpus_per_trial < 1:
+            raise ConfigError("--gpus-per-trial below 1 is invalid with --workers-per-trial > 1: "
+                              "each Ray Train worker takes a whole GPU")
+        if not out.name or "/" in out.name or out.name.startswith("."):
+            raise ConfigError(f"--name {out.name!r} is invalid: must be a plain folder name")
+        return out
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A sweep's settings with every value filled in and checked (SweepOptions.resolved);
+    saved as sweep.json next to the Tune state, so a resumed sweep uses the same."""
+
+    space: str
+    trials: int
+    concurrency: int
+    scheduler: str
+    grace_period: int  # evals a trial runs before ASHA may stop it
+    searcher: str
+    experiment: str
+    seed: int
+    name: str
+    workers_per_trial: int
+    cpus_per_trial: float
+    gpus_per_trial: float
+    storage_path: str
+    ray_address: str | None
+
+    @property
+    def folder(self) -> Path:
+        """The Tune experiment folder of this sweep (state, space copy, server log)."""
+        return Path(self.storage_path).expanduser().resolve() / self.name

@@ -1,0 +1,11 @@
+"""MLflow tracking: everything that reads or writes the tracking store.
+
+Owns: the store (which one, probed and named for every process: store.py), the private
+`mlflow server` a sweep runs in front of sqlite (server.py), a run's lifecycle (open,
+guard, finish: runs.py), what the training loop writes into a run (callbacks.py) and
+reads back on resume (history.py), the generator's MLflow model format
+(generator_model.py), and every tag, metric and artifact name (names.py).
+
+Must not import: pipelines.training, .distributed, .sweep, .registry, .cli (it is the
+layer they all stand on), ray or optuna.
+"""

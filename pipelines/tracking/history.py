@@ -1,0 +1,63 @@
+"""Reading a run back: what it already holds, so a resumed or restarted run continues
+where it stopped (last step, newest checkpoint, sample grids, eval scores)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gan.checkpoint import load_checkpoint
+from gan.train import STEP_METRICS
+from pipelines.tracking import names
+
+# log_image names files KEY+step+N+timestamp+T+UUID.png ('%' in older MLflow versions).
+_GRID_FILE = re.compile(rf"^{names.GRID_KEY}[+%]step[+%](\d+)[+%]timestamp[+%]\d+[+%][^+%]+\.png$")
+
+
+def last_logged_step(client: Any, run_id: str) -> int:
+    """The highest step already logged for the per-step losses (0 for a fresh run)."""
+    history = client.get_metric_history(run_id, STEP_METRICS[0])
+    return max((m.step for m in history), default=0)
+
+
+def latest_checkpoint(client: Any, run_id: str, dest: str | Path) -> dict[str, Any] | None:
+    """Download and load (weights_only) the newest checkpoint artifact of a run."""
+    found = sorted(a.path for a in client.list_artifacts(run_id, names.CHECKPOINT_DIR) if a.path.endswith(".pt"))
+    if not found:
+        return None
+    local = client.download_artifacts(run_id, found[-1], str(dest))
+    return load_checkpoint(local)
+
+
+def logged_eval_history(client: Any, run_id: str) -> list[tuple[int, dict[str, float]]]:
+    """The eval metrics a run holds, by step: every metric logged at an eval step (the
+    steps of the `epoch` metric that on_eval writes) other than the per-step losses."""
+    eval_steps = {m.step for m in client.get_metric_history(run_id, names.EPOCH)}
+    keys = set(client.get_run(run_id).data.metrics) - set(STEP_METRICS) - {names.EPOCH}
+    history: dict[int, dict[str, float]] = {s: {} for s in eval_steps}
+    for key in sorted(keys):
+        for m in client.get_metric_history(run_id, key):
+            if m.step in history:
+                history[m.step][key] = m.value
+    return sorted(history.items())
+
+
+def logged_grids(client: Any, run_id: str, dest: str | Path) -> list[tuple[int, np.ndarray]]:
+    """The sample grids a run already logged, by step (to rebuild the GIF after a resume)."""
+    from PIL import Image
+
+    frames = []
+    for art in client.list_artifacts(run_id, names.IMAGES_DIR):
+        m = _GRID_FILE.match(Path(art.path).name)
+        if m:
+            path = client.download_artifacts(run_id, art.path, str(dest))
+            frames.append((int(m.group(1)), np.asarray(Image.open(path))))
+    return sorted(frames, key=lambda f: f[0])
+
+
+def eval_epochs(client: Any, run_id: str) -> dict[int, int]:
+    """step -> epoch of a run's evals (on_eval logs `epoch` at the eval's step)."""
+    return {m.step: int(m.value) for m in client.get_metric_history(run_id, names.EPOCH)}

@@ -1,0 +1,65 @@
+"""Every MLflow tag, metric, param and artifact name the product writes or reads, once.
+
+A name used by two modules lives here, so a writer and its readers (the report, promote,
+resume) cannot drift apart. MLflow's own reserved tags are named here too.
+"""
+
+from __future__ import annotations
+
+# MLflow's reserved tags
+PARENT_RUN = "mlflow.parentRunId"
+RUN_NAME = "mlflow.runName"
+GIT_COMMIT = "mlflow.source.git.commit"
+
+# every run
+DATASET = "dataset"
+DEVICE = "device"
+VERSION_PREFIX = "version."  # version.torch, version.ray, ...
+ERROR = "error"  # why a run FAILED (or was interrupted)
+STOPPED_REASON = "stopped_reason"  # why a run ended early: "health: ...", "tune: ...", "lost: ..."
+
+# Ray Train runs
+RAY_STORAGE = "ray.storage"
+RAY_RESTORED_FROM_STEP = "ray.restored_from_step"
+
+# sweeps: the parent run and its trials
+SWEEP_NAME = "sweep_name"
+SWEEP_ROLE = "sweep.role"  # "parent" on the sweep's own run
+SWEEP_STORAGE = "sweep.storage"  # the Tune experiment folder (for --resume)
+SWEEP_LOST = "sweep.lost"
+TRIAL_ID = "tune_trial_id"  # also logged as a param of each trial
+TRIAL_RESUMED_FROM_STEP = "sweep.resumed_from_step"
+TRIAL_SECONDS_TO_FIRST_STEP = "trial.seconds_to_first_step"
+BEST_RUN_ID = "best_run_id"
+BEST_TRIAL_ID = "best_trial_id"
+PLOT_PREFIX = "plot."  # plot.<name>: why a report plot was skipped
+
+# metrics (the per-step ones come from gan.train.STEP_METRICS)
+FID = "fid"
+BEST_FID = "best_fid"
+KID = "kid"
+EPOCH = "epoch"  # logged at every eval's step: the eval steps of a run
+TRIALS_FINISHED = "trials_finished"
+SWEEP_SECONDS = "sweep_seconds"
+EVAL_PREFIX = "eval_"  # eval_<backbone>_<metric>: `gan-pipeline evaluate --log`
+
+# params that are not RunConfig fields
+WORLD_SIZE = "world_size"
+
+# artifacts
+GRID_KEY = "samples"  # log_image key of the sample grids (artifact folder images/)
+IMAGES_DIR = "images"
+CHECKPOINT_DIR = "checkpoints"
+GENERATOR_DIR = "generator"
+CONFIG_FILE = "config.yaml"
+PROGRESS_GIF = "progress.gif"
+
+# registered model versions
+CHAMPION = "champion"  # the alias promote moves
+VERSION_METRIC = "metric"
+VERSION_METRIC_VALUE = "metric_value"
+VERSION_DATASET = "dataset"
+VERSION_BACKBONE = "backbone"
+VERSION_SWEEP = "sweep"
+VERSION_SOURCE_RUN = "source_run"
+VERSION_PROMOTION = "promotion"

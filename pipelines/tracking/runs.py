@@ -1,0 +1,128 @@
+"""A run's lifecycle, the same for a local run, a Ray Train run and a sweep trial: open
+(or adopt `mlflow run`'s) run, log the resolved config, guard the training so any
+failure marks the run, finish it with its GIF and generator.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from torch import nn
+
+from gan.config import RunConfig
+from pipelines.errors import TrackingError
+from pipelines.tracking import names
+from pipelines.tracking.callbacks import log_generator, log_progress_gif
+
+
+def find_resumable(client: Any, experiment_id: str, run_id: str | None) -> str:
+    """`run_id` if given, else the newest unfinished run of the experiment."""
+    if run_id and run_id != "latest":
+        try:
+            run = client.get_run(run_id)
+        except Exception:  # noqa: BLE001 - MlflowException for an unknown id
+            raise TrackingError(f"--resume {run_id}: no such MLflow run in this store") from None
+        return str(run.info.run_id)
+    runs = client.search_runs(
+        [experiment_id], "attributes.status != 'FINISHED'", order_by=["attributes.start_time DESC"], max_results=1
+    )
+    if not runs:
+        raise TrackingError("--resume: no unfinished run in this experiment to continue")
+    return str(runs[0].info.run_id)
+
+
+def adopted_run(client: Any) -> Any | None:
+    """The run `mlflow run` created for this process (MLFLOW_RUN_ID), if any and still open."""
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        return None
+    try:
+        run = client.get_run(run_id)
+    except Exception:  # noqa: BLE001 - a stale id from another store: ignore it
+        return None
+    return run if run.info.status == "RUNNING" else None
+
+
+def open_run(client: Any, experiment_id: str, run_name: str | None,
+             tags: dict[str, str]) -> tuple[str, str]:
+    """A new run, or under `mlflow run` the project's own run: (run_id, experiment_id)."""
+    project_run = adopted_run(client)
+    if project_run is None:
+        run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+        return run.info.run_id, experiment_id
+    for k, v in tags.items():
+        client.set_tag(project_run.info.run_id, k, v)
+    return project_run.info.run_id, project_run.info.experiment_id
+
+
+@contextlib.contextmanager
+def run_guard(client: Any, run_id: str) -> Iterator[None]:
+    """Any exception inside marks the run KILLED (Ctrl-C) or FAILED (with the error) and
+    propagates; what was logged before it stays."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        close_run(client, run_id, "KILLED", "interrupted by the user")
+        raise
+    except BaseException as e:
+        close_run(client, run_id, "FAILED", f"{type(e).__name__}: {e}")
+        raise
+
+
+def config_params(cfg: RunConfig, extra: dict[str, Any] | None = None) -> dict[str, str]:
+    params = {k: str(v) for k, v in cfg.to_dict().items()}
+    params.update({k: str(v) for k, v in (extra or {}).items()})
+    return params
+
+
+def log_run_config(client: Any, run_id: str, cfg: RunConfig, extra: dict[str, Any]) -> None:
+    """The resolved config (plus where it ran) as params, and as config.yaml."""
+    from mlflow.entities import Param
+
+    client.log_batch(run_id, params=[Param(k, v) for k, v in config_params(cfg, extra).items()])
+    client.log_text(run_id, cfg.to_yaml(), names.CONFIG_FILE)
+
+
+def finish_run(client: Any, run_id: str, cfg: RunConfig, generator: nn.Module,
+               frames: list[tuple[int, Any]], stopped: str | None = None) -> str:
+    """The end of a good run: progress GIF, generator model, FINISHED. Returns the model URI."""
+    import mlflow
+
+    mlflow.flush_async_logging()  # the loop's batched metrics land before the run closes
+    log_progress_gif(client, run_id, frames)
+    model_uri = log_generator(client, run_id, generator, cfg.latent_dim)
+    if stopped:
+        client.set_tag(run_id, names.STOPPED_REASON, stopped)
+    client.set_terminated(run_id, "FINISHED")
+    return model_uri
+
+
+def end_early(client: Any, run_id: str, frames: list[tuple[int, Any]], reason: str) -> None:
+    """A run stopped before its budget (pruned, diverged): GIF, reason, KILLED. Never
+    raises: the caller (a sweep trial) goes on, and the driver closes stale runs."""
+    import sys
+
+    import mlflow
+
+    try:
+        mlflow.flush_async_logging()
+        log_progress_gif(client, run_id, frames)
+        client.set_tag(run_id, names.STOPPED_REASON, reason)
+        client.set_terminated(run_id, "KILLED")
+    except Exception as e:  # noqa: BLE001
+        print(f"warning: could not close run {run_id}: {e}", file=sys.stderr)
+
+
+def close_run(client: Any, run_id: str, status: str, message: str) -> None:
+    """Mark a run ended without losing what is queued; never mask the original error."""
+    import mlflow
+
+    try:
+        mlflow.flush_async_logging()
+        client.set_tag(run_id, names.ERROR, message[:5000])
+        client.set_terminated(run_id, status)
+    except Exception:  # noqa: BLE001, S110 - the original exception matters more
+        pass

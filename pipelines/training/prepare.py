@@ -1,0 +1,32 @@
+"""Before a run exists: load the data, dry-build the models, build the evaluator. Every
+user error surfaces here, so bad input never leaves a half-created run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gan.config import RunConfig
+from gan.data import ImageData, load_dataset
+from gan.models import build_models
+from gan.train import check_batch, resolve_device
+
+DEFAULT_EXPERIMENT = "gan-pipelines"
+
+
+def prepare(cfg: RunConfig, world_size: int = 1, check_device: bool = True) -> ImageData:
+    """Load the data and dry-build the models: every user error surfaces here. A Ray
+    driver passes check_device=False: its workers, not it, hold the GPUs."""
+    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.image_size)
+    check_batch(cfg, len(data), world_size)
+    build_models(cfg, data.shape)
+    if check_device:
+        resolve_device(cfg.device)
+    return data
+
+
+def build_evaluator(cfg: RunConfig, data: ImageData, device: Any) -> Any:
+    """The FID-style evaluator for `cfg.backbone`: trains/loads the classifier and the real
+    statistics (cached on disk), so build it once per process and reuse it."""
+    from gan.metrics import Evaluator
+
+    return Evaluator(data, backbone=cfg.backbone, num_samples=cfg.eval_samples, device=device, seed=cfg.seed)
