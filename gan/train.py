@@ -26,6 +26,7 @@ from gan import distributed as dist
 from gan.checkpoint import FORMAT_VERSION
 from gan.config import ConfigError, RunConfig
 from gan.data import ImageData, rank_batch_indices, to_unit_range
+from gan.ema import ema_beta, ema_update
 from gan.losses import LOSSES
 from gan.models import build_models
 from gan.precision import Precision, amp_dtype
@@ -108,14 +109,6 @@ class _StepMetrics:
         out = [(s, dict(zip(STEP_METRICS, r, strict=True))) for s, r in zip(self.steps, table, strict=True)]
         self.steps, self.rows = [], []
         return out
-
-
-@torch.no_grad()
-def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    ema_p = list(ema.parameters())
-    torch._foreach_lerp_(ema_p, list(model.parameters()), 1.0 - decay)
-    for b_ema, b in zip(ema.buffers(), model.buffers(), strict=True):
-        b_ema.copy_(b)
 
 
 def train(
@@ -214,8 +207,8 @@ def train(
                 prec.scaler_g.update()
                 for p in d_params:
                     p.requires_grad_(True)
-                if G_ema is not None:
-                    _ema_update(G_ema, dist.unwrap(G), cfg.ema)
+                if G_ema is not None:  # warmed up: early it follows G (see gan.ema)
+                    ema_update(G_ema, dist.unwrap(G), ema_beta(cfg.ema, step))
 
                 step += 1
                 metrics.add(
