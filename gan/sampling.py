@@ -16,6 +16,7 @@ from torchvision.utils import make_grid
 from gan.data import to_uint8
 
 GRID_SAMPLES = 64
+GENERATE_BATCH = 250  # images per forward pass when generating to score
 
 
 def fixed_latents(latent_dim: int, seed: int, n: int = GRID_SAMPLES) -> torch.Tensor:
@@ -41,6 +42,21 @@ def eval_view(module: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, training in modes:
             m.training = training
+
+
+def sample_latents(n: int, latent_dim: int, seed: int) -> torch.Tensor:
+    """The n latents (on the CPU) that a seed stands for, drawn in one call: every
+    consumer (the in-loop evaluator on any number of ranks, `evaluate`, the pyfunc model)
+    gets the same z for the same (n, seed), whatever batches it then runs them in."""
+    return torch.randn(n, latent_dim, generator=torch.Generator().manual_seed(seed))
+
+
+def generate_uint8(generator: nn.Module, z: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
+    """G(z) as uint8 on the CPU, in fixed batches of GENERATE_BATCH: scoring in the loop
+    and re-scoring a saved model run the same batches, so the same numbers. The caller
+    holds G in its eval view (an exported model is frozen in eval mode already)."""
+    with torch.no_grad():
+        return torch.cat([to_uint8(generator(part.to(device))).cpu() for part in z.split(GENERATE_BATCH)])
 
 
 def generate(generator: nn.Module, z: torch.Tensor, batch: int = 512) -> torch.Tensor:

@@ -12,15 +12,14 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from gan.data import ImageData, to_uint8, to_unit_range
+from gan.data import ImageData, to_unit_range
 from gan.metrics.backbones import load_backbone
 from gan.metrics.base import MetricError
 from gan.metrics.distributed import gather_rows, rank_share, world
 from gan.metrics.engine import FeatureSet, embed_all, extract, real_features
 from gan.metrics.registry import compute_metrics
-from gan.sampling import eval_view
+from gan.sampling import eval_view, generate_uint8, sample_latents
 
-RANK_SEED_STRIDE = 1_000_003  # rank r draws latents from seed + r * stride
 MIN_SAMPLES = 10  # k-NN radii (k=5) and KID subsets need a handful of samples per set
 
 
@@ -55,16 +54,6 @@ class Evaluator:
                 f"images of shape {tuple(shape)} cannot be scored against a dataset of shape {tuple(self.image_shape)}"
             )
 
-    def _generated(self, generator: nn.Module, latent_dim: int, n: int, seed: int) -> Iterator[torch.Tensor]:
-        # fixed latents each call: epoch-to-epoch changes then come from G alone
-        g = torch.Generator().manual_seed(seed)
-        for start in range(0, n, self.extractor.batch_size):
-            size = min(self.extractor.batch_size, n - start)
-            x = generator(torch.randn(size, latent_dim, generator=g).to(self.device))
-            self._check_shape(x.shape[1:])
-            # quantised like the real uint8 data, so bit depth is no signal
-            yield to_unit_range(to_uint8(x))
-
     @torch.no_grad()
     def __call__(self, generator: nn.Module, latent_dim: int) -> dict[str, float]:
         """Generate num_samples images (outputs in [-1, 1]) and score them.
@@ -79,14 +68,26 @@ class Evaluator:
         rank, world_size = world()
         if self.num_samples < world_size:
             raise MetricError(f"eval_samples={self.num_samples} is below the world size {world_size}")
-        n = rank_share(self.num_samples, rank, world_size)
+        # Every rank draws the same num_samples latents and scores its slice: the union is
+        # what one process would score, so the value does not depend on the world size
+        # and `gan-pipeline evaluate` of the saved model reproduces it.
+        start = sum(rank_share(self.num_samples, r, world_size) for r in range(rank))
+        z = sample_latents(self.num_samples, latent_dim, self.seed)
+        z = z[start : start + rank_share(self.num_samples, rank, world_size)]
         with eval_view(generator):
-            batches = self._generated(generator, latent_dim, n, self.seed + RANK_SEED_STRIDE * rank)
-            feats, probs = embed_all(self.extractor, batches)
+            images = generate_uint8(generator, z, self.device)
+        self._check_shape(images.shape[1:])
+        feats, probs = embed_all(self.extractor, self._batches(images))
         if world_size > 1:
             feats = gather_rows(feats)
             probs = None if probs is None else gather_rows(probs)
         return compute_metrics(self.real, FeatureSet.of(feats, probs))
+
+    def _batches(self, images: torch.Tensor) -> Iterator[torch.Tensor]:
+        # uint8 then [-1, 1]: generated images are quantised like the real data (bit depth
+        # is no signal), and batched as extract() batches a saved model's images
+        for part in images.split(self.extractor.batch_size):
+            yield to_unit_range(part.to(self.device))
 
     def evaluate(self, images: torch.Tensor) -> dict[str, float]:
         """Score a uint8 image batch [N, C, H, W] (all of it, on this process only)."""

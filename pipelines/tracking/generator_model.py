@@ -17,8 +17,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from gan.data import to_uint8
-
 META_FILE = "generator.json"
 DEFAULT_NUM_IMAGES = 64
 MAX_NUM_IMAGES = 10_000
@@ -73,11 +71,13 @@ class GeneratorPyfunc:
         return generate_uint8(self.module, self.latent_dim, n, seed).numpy()
 
 
-def generate_uint8(module: nn.Module, latent_dim: int, n: int, seed: int, batch: int = 256) -> torch.Tensor:
-    """n images from latents drawn by a generator seeded with `seed` (deterministic on CPU)."""
-    z = torch.randn(n, latent_dim, generator=torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        return torch.cat([to_uint8(module(part)) for part in z.split(batch)])
+def generate_uint8(module: nn.Module, latent_dim: int, n: int, seed: int) -> torch.Tensor:
+    """n images from the latents `seed` stands for: the very images the training run
+    scored at that seed (gan.sampling), so a re-evaluation reproduces its score."""
+    from gan.sampling import generate_uint8 as generate
+    from gan.sampling import sample_latents
+
+    return generate(module, sample_latents(n, latent_dim, seed))
 
 
 def _load_pyfunc(data_path: str, model_config: Any = None) -> GeneratorPyfunc:
