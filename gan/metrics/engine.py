@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from gan.data import ImageData, to_unit_range
 from gan.metrics.base import FeatureExtractor, atomic_write, cache_root
@@ -39,26 +40,44 @@ class FeatureSet:
         return self.feats.shape[0]
 
 
+def progress_bar(total: int | None, desc: str, show: bool | None) -> tqdm:
+    """An images bar on stderr. show=None: only on a terminal (tqdm's disable=None), so
+    logs and Ray workers stay quiet, and only after 2 s, so quick extractions print nothing."""
+    return tqdm(total=total, desc=desc, unit="img", disable=None if show is None else not show,
+                delay=2.0 if show is None else 0.0, dynamic_ncols=True, leave=False)
+
+
 @torch.no_grad()
-def embed_all(extractor: FeatureExtractor, batches: Iterable[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Features (and probs) of batches of images in [-1, 1], left on the extractor's device."""
+def embed_all(
+    extractor: FeatureExtractor, batches: Iterable[torch.Tensor], *,
+    total: int | None = None, progress: bool | None = False, desc: str = "features",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Features (and probs) of batches of images in [-1, 1], left on the extractor's device.
+
+    progress: True always shows a bar, None on a terminal only, False never (the default:
+    per-epoch evaluations run under the training loop's own bar)."""
     feats, probs = [], []
     # full precision even inside a caller's autocast: the cached real features are float32
-    with torch.autocast(extractor.device.type, enabled=False):
+    with torch.autocast(extractor.device.type, enabled=False), progress_bar(total, desc, progress) as bar:
         for x in batches:
             f, p = extractor.embed(x.to(extractor.device, torch.float32))
             feats.append(f.float())
             if p is not None:
                 probs.append(p.float())
+            bar.update(x.shape[0])
     return torch.cat(feats), (torch.cat(probs) if probs else None)
 
 
-def extract(extractor: FeatureExtractor, images: torch.Tensor) -> FeatureSet:
-    """FeatureSet of a uint8 image tensor [N, C, H, W], embedded batch by batch."""
+def extract(
+    extractor: FeatureExtractor, images: torch.Tensor, progress: bool | None = None, desc: str = "features"
+) -> FeatureSet:
+    """FeatureSet of a uint8 image tensor [N, C, H, W], embedded batch by batch.
+
+    A bar shows on a terminal when it takes more than 2 s (progress=None; see embed_all)."""
     if images.dtype != torch.uint8:
         raise TypeError(f"extract takes uint8 images, got {images.dtype}")
     batches = (to_unit_range(b.to(extractor.device)) for b in images.split(extractor.batch_size))
-    return FeatureSet.of(*embed_all(extractor, batches))
+    return FeatureSet.of(*embed_all(extractor, batches, total=len(images), progress=progress, desc=desc))
 
 
 _MEMORY: dict[str, FeatureSet] = {}
@@ -96,9 +115,11 @@ def _load(path: Path) -> FeatureSet:
 
 
 def real_features(
-    data: ImageData, extractor: FeatureExtractor, num_samples: int, cache_dir: str | None = None
+    data: ImageData, extractor: FeatureExtractor, num_samples: int, cache_dir: str | None = None,
+    progress: bool | None = None,
 ) -> FeatureSet:
-    """Real statistics of min(num_samples, N) images: memory, else disk, else computed."""
+    """Real statistics of min(num_samples, N) images: memory, else disk, else computed
+    (minutes with the Inception on a CPU: a bar on a terminal, see embed_all)."""
     n = min(num_samples, len(data))
     key = f"stats-{data.fingerprint()}-{extractor.tag}-n{n}"
     with _MEMORY_LOCK:
@@ -108,7 +129,7 @@ def real_features(
     if path.exists():
         fs = _load(path)
     else:
-        fs = extract(extractor, real_subset(data, n))
+        fs = extract(extractor, real_subset(data, n), progress, desc=f"real statistics ({extractor.name})")
         _save(path, fs)
     with _MEMORY_LOCK:
         _MEMORY[key] = fs
