@@ -7,8 +7,8 @@ download. Images are repeated to 3 channels and resized to 299 bilinearly
 (pytorch-fid's protocol). Only state-dict weights carry the 1008-way head used by IS.
 
 Every source runs as one eager network (StateDictInception): batch norms folded into
-the convs, channels_last, the TF pool branch computed once. On 2 CPU cores that is about
-1.9x faster than the bundled TorchScript run as shipped (benchmarks/RESULTS.md), with
+the convs, channels_last, the TF pool branch computed once. On 2 shared CPU cores that
+is 1.9-3.3x faster than the bundled TorchScript run as shipped (benchmarks/RESULTS.md), with
 features equal to it within float rounding; `load_inception(reference=True)` gives the
 unoptimised network the equality is tested against.
 """
