@@ -216,11 +216,16 @@ def trials(sz: Sizes, device: torch.device, budget: Budget, smoke: bool) -> dict
                    "--launched", str(time.time())] + (["--smoke"] if smoke else [])
             procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(n)]
             rows = []
-            for p in procs:
-                stdout, _ = p.communicate(timeout=sz.trial_seconds + 300)
-                if p.returncode:
-                    raise RuntimeError(f"trial process exited {p.returncode}")
-                rows.append(json.loads(stdout.strip().splitlines()[-1]))
+            try:
+                for p in procs:
+                    stdout, _ = p.communicate(timeout=sz.trial_seconds + 120)
+                    if p.returncode:
+                        raise RuntimeError(f"trial process exited {p.returncode}")
+                    rows.append(json.loads(stdout.strip().splitlines()[-1]))
+            finally:  # a hung or failed trial must not outlive the benchmark
+                for p in procs:
+                    if p.poll() is None:
+                        p.kill()
             per_hour = sum(3600 / (r["startup_s"] + sz.trial_kimg * 1000 / r["images_per_s"]) for r in rows)
             total = sum(r["images_per_s"] for r in rows)
             return {"processes": rows, "images_per_s": total, "trials_per_hour": per_hour}
@@ -240,14 +245,14 @@ def _num(r: dict[str, Any], key: str, spec: str, unit: str = "") -> str:
 def markdown(report: dict[str, Any]) -> str:
     lines = [f"# GPU benchmark ({report['device']}, {report['date']})", "", f"`{report['command']}`", "",
              "| training variant | images/s | vs tutorial | status |", "|---|---|---|---|"]
-    for name, r in report["training"].items():
+    for name, r in report.get("training", {}).items():  # sections not run yet are absent
         lines.append(f"| {name} | {_num(r, 'images_per_s', '.0f')} | {_num(r, 'vs_tutorial', '.2f', 'x')}"
                      f" | {r['status']} {r.get('error', r.get('reason', ''))} |")
-    f = report["fid"]
+    f = report.get("fid", {"status": "not run"})
     lines += ["", f"FID ({f.get('images')} vs {f.get('images')} images): {f.get('fid', 'n/a')}, total "
               f"{_num(f, 'total_s', '.1f')} s ({f['status']} {f.get('error', f.get('reason', ''))})", "",
               "| trials at once | trials/hour | images/s (all) | vs 1 | status |", "|---|---|---|---|---|"]
-    for name, r in report["trials"].items():
+    for name, r in report.get("trials", {}).items():
         if isinstance(r, dict):
             lines.append(f"| {name} | {_num(r, 'trials_per_hour', '.1f')} | {_num(r, 'images_per_s', '.0f')} | "
                          f"{_num(r, 'vs_1', '.2f', 'x')} | {r['status']} {r.get('error', r.get('reason', ''))} |")
@@ -277,14 +282,20 @@ def main() -> None:
                    else f"cpu ({torch.get_num_threads()} threads)"),
         "torch": torch.__version__, "smoke": args.smoke, "sizes": asdict(sz), "loader_workers": workers,
     }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:  # after every section: a run killed at the time limit still leaves its numbers
+        report["seconds"] = (args.budget_s or sz.budget_s) - budget.left()
+        Path(f"{args.out}.json").write_text(json.dumps(report, indent=1))
+        Path(f"{args.out}.md").write_text(markdown(report))
+
     report["training"] = training(sz, device, budget, workers)
+    save()
     report["fid"] = attempt(budget, 20 if args.smoke else 90, fid, sz, device)
     print(f"fid    {report['fid']}", flush=True)
+    save()
     report["trials"] = trials(sz, device, budget, args.smoke)
-    report["seconds"] = (args.budget_s or sz.budget_s) - budget.left()
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{args.out}.json").write_text(json.dumps(report, indent=1))
-    Path(f"{args.out}.md").write_text(markdown(report))
+    save()
     print(f"wrote {args.out}.json and {args.out}.md ({report['seconds']:.0f} s)")
 
 
