@@ -62,6 +62,7 @@ class RunConfig:
     # cadence
     eval_every: int = 1  # epochs between sample grids / metrics
     checkpoint_every: int = 1  # epochs between full-state checkpoints
+    keep_checkpoints: int = 2  # newest checkpoints kept (plus the best one's); 0 keeps all
     log_every: int = 10  # steps between batched metric flushes
     # evaluation
     backbone: str = "classifier"
@@ -164,6 +165,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "seed": _non_negative_int,
     "eval_every": _positive_int,
     "checkpoint_every": _positive_int,
+    "keep_checkpoints": _non_negative_int,
     "log_every": _positive_int,
     "backbone": _one_of(BACKBONES),
     "eval_samples": _eval_samples,

@@ -10,16 +10,15 @@ and keeps the reason in TrainResult.stopped.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 
-from gan.train import Callbacks, StopTraining
+from gan.train import Callbacks, ForwardingCallbacks, StopTraining
 
 HEALTH_PREFIX = "health: "
 
 
-class HealthGuard(Callbacks):
+class HealthGuard(ForwardingCallbacks):
     """Forward everything to `inner`; stop the run on non-finite, collapsed or exploded losses.
 
     Rows are forwarded before they are judged, so the run's metrics show the failure.
@@ -27,7 +26,7 @@ class HealthGuard(Callbacks):
 
     def __init__(self, inner: Callbacks | None = None, d_floor: float = 1e-3,
                  g_ceiling: float = 50.0, window: int = 200, g_limit: float = 1e4) -> None:
-        self.inner = inner or Callbacks()
+        super().__init__(inner)
         self.d_floor, self.g_ceiling, self.window = d_floor, g_ceiling, window
         self.g_limit = g_limit  # beyond any working GAN's G loss: no need to wait a window
         self.d_low = 0  # consecutive steps with d_loss < d_floor
@@ -60,6 +59,3 @@ class HealthGuard(Callbacks):
         fid = metrics.get("fid")
         if fid is not None and not math.isfinite(fid):
             raise StopTraining(f"{HEALTH_PREFIX}non-finite FID at epoch {epoch}")
-
-    def on_checkpoint(self, epoch: int, step: int, state: dict[str, Any]) -> None:
-        self.inner.on_checkpoint(epoch, step, state)

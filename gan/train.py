@@ -48,11 +48,36 @@ class Callbacks:
     def on_metrics(self, rows: list[tuple[int, dict[str, float]]]) -> None:
         """Per-step losses [(step, {d_loss, g_loss, D_x, D_G_z})], averaged over ranks."""
 
+    def on_scored(self, epoch: int, step: int, generator: nn.Module, improved: bool, final: bool) -> None:
+        """Just before on_eval of the same step: the generator that earned its scores (the
+        live module: read it, copy what you keep). improved: its fid is the run's best so
+        far; final: this is the run's last epoch."""
+
     def on_eval(self, epoch: int, step: int, grid: np.ndarray, metrics: dict[str, float]) -> None:
         """After `epoch` epochs: the fixed-latent sample grid and the eval metrics."""
 
     def on_checkpoint(self, epoch: int, step: int, state: dict[str, Any]) -> None:
         """A full-state checkpoint after `epoch` epochs (see gan.checkpoint)."""
+
+
+class ForwardingCallbacks(Callbacks):
+    """Hands every call to `inner`; a wrapper (health guard, Tune hand-off) overrides the
+    calls it adds to, so a new hook needs forwarding in one place only."""
+
+    def __init__(self, inner: Callbacks | None = None) -> None:
+        self.inner = inner or Callbacks()
+
+    def on_metrics(self, rows: list[tuple[int, dict[str, float]]]) -> None:
+        self.inner.on_metrics(rows)
+
+    def on_scored(self, epoch: int, step: int, generator: nn.Module, improved: bool, final: bool) -> None:
+        self.inner.on_scored(epoch, step, generator, improved, final)
+
+    def on_eval(self, epoch: int, step: int, grid: np.ndarray, metrics: dict[str, float]) -> None:
+        self.inner.on_eval(epoch, step, grid, metrics)
+
+    def on_checkpoint(self, epoch: int, step: int, state: dict[str, Any]) -> None:
+        self.inner.on_checkpoint(epoch, step, state)
 
 
 @dataclass
@@ -228,11 +253,14 @@ def train(
                 sampler = G_ema if G_ema is not None else dist.unwrap(G)
                 grid = image_grid(generate(sampler, z_fixed))
                 scores = dict(evaluator(sampler, cfg.latent_dim)) if evaluator else {}
+                fid = scores.get("fid", math.nan)
+                improved = math.isfinite(fid) and fid < best.get("fid", math.inf)
                 for k in LOWER_IS_BETTER:
                     if k in scores and math.isfinite(scores[k]):
                         best[k] = min(best.get(k, math.inf), scores[k])
                         scores[f"best_{k}"] = best[k]
                 history.append((step, scores))
+                cb.on_scored(done, step, sampler, improved, done == cfg.epochs)
                 cb.on_eval(done, step, grid, scores)
             if done % cfg.checkpoint_every == 0 or done == cfg.epochs:
                 cb.on_checkpoint(done, step, _state(cfg, G, D, G_ema, opt_g, opt_d, prec, noise, done, step, best))

@@ -41,4 +41,6 @@ def test_mlflow_run_train_entry_point_becomes_the_training_run(tmp_path):
     assert run.data.tags["mlflow.project.entryPoint"] == "train"
     assert run.data.params["epochs"] == "1" and run.data.params["dcgan_width"] == "8"
     assert len(client.get_metric_history(run.info.run_id, "d_loss")) == 5000 // 128
-    assert "generator" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    from pipelines.tracking.models import model_roles
+
+    assert model_roles(client, run.info.run_id) == {"best", "final"}

@@ -14,12 +14,13 @@ import urllib.request
 import numpy as np
 import pytest
 import torch
+from mlflow.entities import Param
 
 from gan.config import make_config
 from gan.models import build_models
 from pipelines.errors import TrackingError
 from pipelines.registry.promote import promote
-from pipelines.tracking.callbacks import log_generator
+from pipelines.tracking.models import log_model
 from pipelines.tracking.names import CHAMPION
 from pipelines.tracking.store import client_for, ensure_experiment
 
@@ -28,20 +29,30 @@ LATENT = 8
 
 
 def make_run(client, exp, parent, fids, *, dataset="mnist-5k", backbone="classifier", seed=0, status="FINISHED"):
-    from mlflow.entities import Metric, Param
+    """A run whose evals scored `fids` (one per step); like a real run it keeps its best
+    generator and its final one as LoggedModels, each eval's fid linked to its model."""
+    from mlflow.entities import Metric
+
+    from pipelines.tracking.store import config_params
 
     tags = {"mlflow.parentRunId": parent} if parent else {}
     run = client.create_run(exp, tags=tags)
     rid = run.info.run_id
-    client.log_batch(rid, params=[Param("dataset", dataset), Param("backbone", backbone)],
-                     metrics=[Metric("fid", v, 0, i + 1) for i, v in enumerate(fids)]
-                     + [Metric("epoch", float(len(fids)), 0, len(fids))])
+    cfg = make_config({"dcgan_width": 4, "latent_dim": LATENT, "dataset": dataset, "backbone": backbone})
+    client.log_batch(rid, params=[Param(k, v) for k, v in config_params(cfg).items()])
     torch.manual_seed(seed)
-    G, _ = build_models(make_config({"dcgan_width": 4, "latent_dim": LATENT}), (1, 28, 28))
+    G, _ = build_models(cfg, (1, 28, 28))
     with torch.no_grad():  # DCGAN's N(0, 0.02) init emits near-constant images; spread them
         for p in G.parameters():
             p.normal_(0, 0.5)
-    log_generator(client, rid, G, LATENT)
+    best = min(range(len(fids)), key=fids.__getitem__)
+    last = len(fids) - 1
+    for i, v in enumerate(fids):
+        roles = [r for r, on in (("best", i == best), ("final", i == last)) if on]
+        model_id = (log_model(client, rid, cfg, G, (1, 28, 28), role=",".join(roles), epoch=i + 1, step=i + 1)
+                    if roles else None)
+        client.log_batch(rid, metrics=[Metric("fid", v, 0, i + 1, model_id=model_id)])
+    client.log_batch(rid, metrics=[Metric("epoch", float(len(fids)), 0, len(fids))])
     client.set_terminated(rid, status)
     return rid
 
@@ -93,7 +104,7 @@ def test_promote_errors_are_clear(tmp_path):
     with pytest.raises(TrackingError, match="no finished run to promote"):
         promote(client, sweep="empty")
     sweep(client, "ok", [[5.0]])
-    with pytest.raises(TrackingError, match="no finished run has metric 'kid'"):
+    with pytest.raises(TrackingError, match="has metric 'kid'"):
         promote(client, sweep="ok", metric="kid")
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipelines.tracking.models import model_roles
+
 pytestmark = pytest.mark.integration
 
 TINY = {
@@ -87,8 +89,9 @@ def test_three_trial_sweep_makes_a_parent_with_nested_children_and_a_report(ray_
         assert c.info.status == "FINISHED"
         assert math.isfinite(c.data.metrics["fid"]) and "best_fid" in c.data.metrics
         assert c.data.metrics["epoch"] == 2 and "d_loss" in c.data.metrics
-        assert {"images", "generator", "checkpoints", "progress.gif"} <= _artifacts(client, c.info.run_id)
-        # conditional parameters: a trial logs the width of its own architecture family
+        assert {"images", "checkpoints", "progress.gif"} <= _artifacts(client, c.info.run_id)
+        assert model_roles(client, c.info.run_id) == {"best", "final"}
+        # start-up: a trial reaches its first training step within 30 s of starting
         assert float(c.data.tags["trial.seconds_to_first_step"]) < 30
     assert out.best is not None and out.best.info.run_id == parent.data.tags["best_run_id"]
 
@@ -109,7 +112,15 @@ def test_three_trial_sweep_makes_a_parent_with_nested_children_and_a_report(ray_
     assert first.candidate.run_id == min(best_of, key=best_of.get) and first.champion_moved
     again = promote(client, sweep=out.parent_run_id, model_name="sweep-gen")
     assert again.version == first.version and not again.champion_moved
-    assert client.get_model_version_by_alias("sweep-gen", CHAMPION).run_id == first.candidate.run_id
+    champion = client.get_model_version_by_alias("sweep-gen", CHAMPION)
+    assert champion.run_id == first.candidate.run_id
+
+    # Scored == shipped: these trials train BatchNorm generators without EMA; the champion,
+    # re-evaluated with the settings its run used, gives the value its version carries.
+    from pipelines.registry.evaluate import EvalRequest, evaluate
+
+    again = evaluate(client, EvalRequest("models:/sweep-gen@champion", None, None, None, None, None, None))
+    assert again.scores["fid"] == pytest.approx(float(champion.tags["metric_value"]), rel=1e-6)
 
 
 def test_asha_stops_a_trial_with_a_broken_learning_rate(ray_session, workdir):
@@ -144,7 +155,7 @@ def test_a_diverging_trial_is_stopped_with_its_reason_and_the_sweep_goes_on(ray_
     for c in by_lr["1000.0"]:
         assert c.info.status == "KILLED"
         assert c.data.tags["stopped_reason"].startswith("health: G loss")
-        assert "generator" not in _artifacts(_client(workdir), c.info.run_id)
+        assert "final" not in model_roles(_client(workdir), c.info.run_id)
     for c in by_lr["0.0002"]:
         assert c.info.status == "FINISHED" and c.data.metrics["epoch"] == 2
     assert out.best.data.params["lr_g"] == "0.0002"

@@ -70,8 +70,12 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
     if args.min_epochs < 0:
         raise ConfigError(f"--min-epochs={args.min_epochs} is invalid: must be >= 0")
+    where = {k: str(v) for k, v in (("dataset", args.dataset), ("image_size", args.image_size),
+                                    ("backbone", args.backbone), ("eval_samples", args.eval_samples))
+             if v is not None}
     result = promote(client_for(), sweep=args.sweep, experiment=None if args.sweep else args.experiment,
-                     metric=args.metric, model_name=args.model_name, min_epochs=args.min_epochs, force=args.force)
+                     metric=args.metric, model_name=args.model_name, min_epochs=args.min_epochs,
+                     force=args.force, where=where)
     print(result.line(args.metric))
     return 0
 
@@ -97,17 +101,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from pipelines.registry.evaluate import EvalRequest, evaluate, log_scores, table
     from pipelines.tracking.store import client_for
 
-    if args.num_samples < 10:
+    if args.num_samples is not None and args.num_samples < 10:
         raise ConfigError(f"--num-samples={args.num_samples} is invalid: must be >= 10")
     client = client_for()
     req = EvalRequest(args.model, args.run_id, args.dataset, args.backbone, args.num_samples, args.seed,
                       args.data_dir)
-    scores, run, dataset = evaluate(client, req)
-    print(f"{args.model or 'run ' + args.run_id} vs {dataset} ({args.backbone}, {args.num_samples} samples)")
-    print(table(scores))
+    ev = evaluate(client, req)
+    print(f"{args.model or 'run ' + args.run_id} vs {ev.dataset} ({ev.backbone}, {ev.num_samples} samples, "
+          f"seed {ev.seed})")
+    print(table(ev.scores, ev.logged))
     if args.log:
-        if run is None:
+        if ev.run is None:
             raise ConfigError("--log needs a source run: use --run-id or a runs:/ or registered models:/ URI")
-        log_scores(client, run, args.backbone, scores)
-        print(f"logged to run {run.info.run_id} as {names.EVAL_PREFIX}{args.backbone}_*")
+        log_scores(client, ev.run, ev.backbone, ev.scores)
+        print(f"logged to run {ev.run.info.run_id} as {names.EVAL_PREFIX}{ev.backbone}_*")
     return 0

@@ -32,10 +32,12 @@ FLAG_HELP = {
     "label_smoothing": "one-sided smoothing s: D's real target is 1 - s, in [0, 0.5)",
     "loss": "GAN loss: " + ", ".join(LOSSES),
     "n_dis": "D steps per G step",
-    "ema": "EMA decay of G's weights for sampling/eval (0 = off, e.g. 0.999)",
+    "ema": "EMA decay of G's weights for sampling/eval (0 = off, e.g. 0.999); warmed up: its half-life is "
+    "at most 1%% of the images seen, so it starts as G and reaches this decay later",
     "seed": "random seed: same config + seed = same losses on CPU",
     "eval_every": "epochs between sample grids and FID-style evals",
     "checkpoint_every": "epochs between full-state checkpoints",
+    "keep_checkpoints": "newest checkpoints a run keeps, plus the one of its best eval (0: keep all)",
     "log_every": "steps between batched metric writes",
     "backbone": "feature network of the FID-style metrics: " + ", ".join(BACKBONES),
     "eval_samples": "generated images per evaluation",

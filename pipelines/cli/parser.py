@@ -41,11 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=commands.cmd_train)
     add_sweep_parser(sub, commands.cmd_sweep)
 
-    pr = sub.add_parser("promote", help="register the best finished run's generator; move alias champion if better",
-                        description="Find the best finished trial of a sweep (or run of an experiment) by its best "
-                        "logged value of --metric, register its generator as a new model version tagged with where "
-                        "it came from, and move the alias 'champion' to it only if it is strictly better than the "
-                        "current champion on the same dataset and backbone (or with --force).")
+    pr = sub.add_parser("promote", help="register the best generator; move alias champion if better",
+                        description="Rank the generator models (MLflow LoggedModels: each run's best and final) "
+                        "of a sweep's finished trials (or an experiment's finished runs) by the value of --metric "
+                        "logged for each model, register the best as a new model version tagged with its score "
+                        "and where it came from, and move the alias 'champion' to it only if it is strictly "
+                        "better than the current champion scored the same way (or with --force). Only models "
+                        "scored alike compete: narrow a mixed experiment with the filters below.")
     where = pr.add_mutually_exclusive_group()
     where.add_argument("--sweep", metavar="NAME_OR_PARENT_RUN_ID", help="a sweep's name or its parent run id")
     where.add_argument("--experiment", default="gan-pipelines",
@@ -55,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--model-name", default="gan-generator", help="registered model name (default: gan-generator)")
     pr.add_argument("--min-epochs", type=int, default=0, metavar="K", help="ignore runs with fewer epochs")
     pr.add_argument("--force", action="store_true", help="move champion even if not better")
+    f = pr.add_argument_group("filters (scores compare only on the same data, backbone and sample count)")
+    f.add_argument("--dataset", default=None, help="only models trained on this dataset")
+    f.add_argument("--image-size", type=int, default=None, metavar="PX", help="only models of this image size")
+    f.add_argument("--backbone", default=None, choices=BACKBONES, help="only models scored with this backbone")
+    f.add_argument("--eval-samples", type=int, default=None, metavar="N",
+                   help="only models scored on N generated images")
     pr.set_defaults(func=commands.cmd_promote)
 
     g = sub.add_parser("generate", help="write images from a generator model",
@@ -72,16 +80,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="FID-style scores of a generator against a dataset",
                         description="Generate --num-samples images from a logged generator and score them "
                         "(fid, kid, precision, recall, density, coverage, inception score) against the real "
-                        "dataset; dataset and image size default to what the source run trained on.")
+                        "dataset. Every setting left out is the one training scored this model with (dataset, "
+                        "image size, backbone, sample count, seed), so the scores reproduce the logged ones, "
+                        "which are printed beside them.")
     which = ev.add_mutually_exclusive_group(required=True)
     which.add_argument("--model", help="model URI: models:/NAME@champion, runs:/RUN_ID/generator, ...")
     which.add_argument("--run-id", help="a training run: scores its generator")
     ev.add_argument("--dataset", default=None, help="dataset to score against (default: the run's)")
     ev.add_argument("--data-dir", default=None, help="where torchvision datasets live (default: the run's)")
-    ev.add_argument("--backbone", default="classifier", choices=BACKBONES,
-                    help="feature network (default: classifier)")
-    ev.add_argument("--num-samples", type=int, default=1000, help="generated images (default: 1000)")
-    ev.add_argument("--seed", type=int, default=0, help="latent seed (default: 0)")
+    ev.add_argument("--backbone", default=None, choices=BACKBONES,
+                    help="feature network (default: the model's, else classifier)")
+    ev.add_argument("--num-samples", type=int, default=None,
+                    help="generated images (default: the model's eval sample count, else 1000)")
+    ev.add_argument("--seed", type=int, default=None, help="latent seed (default: the run's seed, else 0)")
     ev.add_argument("--log", action="store_true", help="log the scores to the source run as eval_<backbone>_*")
     ev.set_defaults(func=commands.cmd_evaluate)
     return parser

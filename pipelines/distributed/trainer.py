@@ -149,7 +149,8 @@ def _fit_and_finish(client: Any, experiment_id: str, run_id: str, cfg: RunConfig
     generator = final_generator(cfg, image_shape, state)
     with tempfile.TemporaryDirectory() as tmp:
         frames = logged_grids(client, run_id, tmp)  # rank 0 logged them; the GIF is made here
-    model_uri = finish_run(client, run_id, cfg, generator, frames)
+    model_uri = finish_run(client, run_id, cfg, generator, frames, image_shape,
+                           epoch=int(state["epoch"]), step=int(state["step"]))
     history = logged_eval_history(client, run_id)
     done = TrainResult(epochs_done=int(state["epoch"]), step=int(state["step"]),
                        generator=generator, eval_history=history)

@@ -21,7 +21,7 @@ import torch
 from gan.checkpoint import checkpoint_name, load_checkpoint, save_checkpoint
 from gan.config import make_config
 from gan.data import load_dataset
-from gan.train import Callbacks, train
+from gan.train import ForwardingCallbacks, train
 from pipelines.tracking import names
 from pipelines.tracking.callbacks import MlflowCallbacks
 from pipelines.tracking.history import last_logged_step
@@ -37,22 +37,18 @@ FAIL_ONCE_ENV = "GAN_PIPELINES_FAIL_ONCE"
 _FAIL_AFTER_S = 5.0
 
 
-class RayTrainCallbacks(Callbacks):
+class RayTrainCallbacks(ForwardingCallbacks):
     """Per-step and eval numbers to MLflow (rank 0); checkpoints to Ray Train (all ranks)."""
 
     def __init__(self, rank: int, tracking: MlflowCallbacks | None = None,
                  fail_once: str | None = None) -> None:
+        super().__init__(tracking)  # only rank 0 has one; the others forward to a no-op
         self.rank, self.tracking, self.fail_once = rank, tracking, fail_once
         self.last_eval: dict[str, float] = {}
 
-    def on_metrics(self, rows: list[tuple[int, dict[str, float]]]) -> None:
-        if self.tracking:
-            self.tracking.on_metrics(rows)
-
     def on_eval(self, epoch: int, step: int, grid: np.ndarray, metrics: dict[str, float]) -> None:
         self.last_eval = {k: float(v) for k, v in metrics.items()}
-        if self.tracking:
-            self.tracking.on_eval(epoch, step, grid, metrics)
+        super().on_eval(epoch, step, grid, metrics)
 
     def on_checkpoint(self, epoch: int, step: int, state: dict[str, Any]) -> None:
         import ray.train
@@ -119,7 +115,8 @@ def train_worker(config: dict[str, Any]) -> None:
     if rank == 0:
         client, run_id = client_for(config["tracking_uri"]), config["run_id"]
         # Steps this run already holds (logged before a failure) are not written again.
-        tracking = MlflowCallbacks(client, run_id, floor=last_logged_step(client, run_id))
+        tracking = MlflowCallbacks(client, run_id, floor=last_logged_step(client, run_id),
+                                   cfg=cfg, image_shape=data.shape)
         if state is not None:
             client.set_tag(run_id, names.RAY_RESTORED_FROM_STEP, str(state["step"]))
     callbacks = RayTrainCallbacks(rank, tracking, config.get("fail_once"))

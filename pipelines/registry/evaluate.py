@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipelines.errors import TrackingError
+from pipelines.registry.lookup import resolve_model
 from pipelines.tracking import names
 
 
@@ -20,55 +21,70 @@ class EvalRequest:
     model: str | None
     run_id: str | None
     dataset: str | None
-    backbone: str
-    num_samples: int
-    seed: int
+    backbone: str | None  # None: what the model was scored with in training
+    num_samples: int | None
+    seed: int | None
     data_dir: str | None
 
 
-def _source_run(client: Any, req: EvalRequest) -> Any | None:
-    """The run that produced the model: --run-id, or the registry version's source run."""
+@dataclass
+class Evaluation:
+    scores: dict[str, float]
+    run: Any | None  # the source run, when known
+    dataset: str
+    backbone: str
+    num_samples: int
+    seed: int
+    logged: dict[str, float]  # what training logged for this very model (empty if unknown)
+
+
+def _source(client: Any, req: EvalRequest) -> tuple[Any | None, Any | None, str]:
+    """(LoggedModel, source run, model URI) of the request."""
     if req.run_id:
-        try:
-            return client.get_run(req.run_id)
-        except Exception:  # noqa: BLE001 - unknown id
-            raise TrackingError(f"--run-id {req.run_id}: no such MLflow run in this store") from None
-    if req.model and req.model.startswith("runs:/"):
-        return client.get_run(req.model[len("runs:/"):].split("/")[0])
-    if req.model and req.model.startswith("models:/"):
-        import mlflow
-
-        try:
-            info = mlflow.models.get_model_info(req.model)
-            return client.get_run(info.run_id) if info.run_id else None
-        except Exception:  # noqa: BLE001 - resolved again (with a clear error) when loading
-            return None
-    return None
+        uri = f"runs:/{req.run_id}/{names.GENERATOR_DIR}"
+        model, run = resolve_model(client, uri)
+        if run is None:
+            raise TrackingError(f"--run-id {req.run_id}: no such MLflow run in this store")
+        return model, run, uri
+    assert req.model is not None
+    model, run = resolve_model(client, req.model)
+    return model, run, req.model
 
 
-def evaluate(client: Any, req: EvalRequest) -> tuple[dict[str, float], Any, str]:
-    """(scores, source run or None, dataset name) for the requested model."""
+def evaluate(client: Any, req: EvalRequest) -> Evaluation:
+    """Score the requested model. Every setting left out is the one training used for it
+    (dataset, image size, backbone, sample count, seed), so the scores reproduce the
+    values logged for that model (`logged`)."""
     import torch
 
     from gan.data import load_dataset
     from gan.metrics import evaluate_images
     from pipelines.registry.generate import generate_images
 
-    run = _source_run(client, req)
+    model, run, uri = _source(client, req)
     params = run.data.params if run else {}
+    tags = model.tags if model else {}
     dataset = req.dataset or params.get("dataset", "mnist-5k")
     data_dir = req.data_dir or params.get("data_dir", "./data")
     image_size = int(params.get("image_size", 0)) if not req.dataset else 0
-    model = req.model or f"runs:/{req.run_id}/{names.GENERATOR_DIR}"
+    backbone = req.backbone or tags.get("backbone") or params.get("backbone") or "classifier"
+    num_samples = req.num_samples or int(tags.get("eval_samples") or params.get("eval_samples") or 1000)
+    seed = req.seed if req.seed is not None else int(tags.get("seed") or params.get("seed") or 0)
+    if num_samples < 10:
+        raise TrackingError(f"--num-samples={num_samples} is invalid: must be >= 10")
     real = load_dataset(dataset, data_dir, image_size)
-    fake = torch.from_numpy(generate_images(model, req.num_samples, req.seed))
+    fake = torch.from_numpy(generate_images(uri, num_samples, seed))
     if tuple(fake.shape[1:]) != real.shape:
         raise TrackingError(
             f"the model makes {tuple(fake.shape[1:])} images but dataset {dataset!r} holds {real.shape}: "
             "pick the dataset it was trained on"
         )
-    scores = evaluate_images(real, fake, backbone=req.backbone, num_samples=req.num_samples, seed=req.seed)
-    return scores, run, dataset
+    scores = evaluate_images(real, fake, backbone=backbone, num_samples=num_samples, seed=seed)
+    logged = {}
+    if model is not None and (dataset, backbone, str(num_samples), str(seed)) == tuple(
+            tags.get(k) for k in ("dataset", "backbone", "eval_samples", "seed")):
+        logged = {m.key: m.value for m in (model.metrics or [])}
+    return Evaluation(scores, run, dataset, backbone, num_samples, seed, logged)
 
 
 def log_scores(client: Any, run: Any, backbone: str, scores: dict[str, float]) -> None:
@@ -83,6 +99,13 @@ def log_scores(client: Any, run: Any, backbone: str, scores: dict[str, float]) -
     client.log_batch(run.info.run_id, metrics=metrics)
 
 
-def table(scores: dict[str, float]) -> str:
+def table(scores: dict[str, float], logged: dict[str, float] | None = None) -> str:
+    """One line a metric; with `logged`, the value training logged for this model beside it."""
     width = max(len(k) for k in scores)
-    return "\n".join(f"{k:<{width}}  {v:10.4f}" for k, v in scores.items())
+    lines = []
+    for k, v in scores.items():
+        line = f"{k:<{width}}  {v:12.6g}"
+        if logged and k in logged:
+            line += f"   logged in training {logged[k]:12.6g}"
+        lines.append(line)
+    return "\n".join(lines)

@@ -1,10 +1,12 @@
-"""`gan-pipeline promote`: the best finished run's generator into the Model Registry.
+"""`gan-pipeline promote`: the best generator into the Model Registry.
 
-Promotion picks runs by the BEST value in each run's metric history (MLflow's
-`metrics.*` is the last value), registers the generator (the EMA copy when the run had
-one: that is what the run logged), tags the version with where it came from, and moves
-the alias `champion` only to a strictly better model on the same dataset and backbone,
-unless forced. Every decision stays visible as version tags.
+Candidates are LoggedModels (pipelines.tracking.models), each ranked by the value of
+`--metric` logged for that very model, so the version registered is exactly the model
+that earned the number on its tags. Only models of FINISHED runs compete (never a sweep
+parent, a pruned, diverged or failed run), and only comparable ones: a score depends on
+the dataset, image size, backbone and sample count, and an experiment that mixes them
+is an error naming the filter to add. The alias `champion` moves only to a strictly
+better comparable model, unless forced; every decision stays visible as version tags.
 """
 
 from __future__ import annotations
@@ -13,11 +15,14 @@ import contextlib
 import io
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 from pipelines.errors import TrackingError
+from pipelines.registry.lookup import champion_version, is_not_found
 from pipelines.tracking import names
+from pipelines.tracking.models import COMPARABLE
 from pipelines.tracking.names import CHAMPION
 
 DEFAULT_MODEL_NAME = "gan-generator"
@@ -31,12 +36,22 @@ def better(metric: str, a: float, b: float) -> bool:
 
 @dataclass
 class Candidate:
-    run: Any
+    model: Any  # a LoggedModel
+    run: Any  # its source run
     value: float
 
     @property
     def run_id(self) -> str:
-        return self.run.info.run_id
+        return str(self.run.info.run_id)
+
+    @property
+    def model_id(self) -> str:
+        return str(self.model.model_id)
+
+    @property
+    def kind(self) -> tuple[str, ...]:
+        """What the score depends on besides the generator (see tracking.models.COMPARABLE)."""
+        return tuple(self.model.tags.get(k, "") for k in COMPARABLE)
 
 
 @dataclass
@@ -49,16 +64,17 @@ class Promotion:
 
     def line(self, metric: str) -> str:
         c = self.candidate
-        return (f"registered {self.model_name} v{self.version} from run {c.run_id} "
-                f"({metric} {c.value:.4g}); {self.reason}")
+        return (f"registered {self.model_name} v{self.version} = model {c.model_id} (run {c.run_id}, "
+                f"{metric} {c.value:.4g}); {self.reason}")
 
 
 def find_sweep(client: Any, sweep: str) -> Any:
     """The sweep's parent run, by run id, by its sweep_name tag, or by run name."""
     try:
         return client.get_run(sweep)
-    except Exception:  # noqa: BLE001, S110 - not a run id; try names next
-        pass
+    except Exception as e:  # noqa: BLE001 - not a run id (or not found): try names next
+        if not is_not_found(e):
+            raise
     experiments = [e.experiment_id for e in client.search_experiments()]
     for query in (f"tags.{names.SWEEP_NAME} = '{sweep}'", f"attributes.run_name = '{sweep}'"):
         runs = client.search_runs(experiments, query, order_by=["attributes.start_time DESC"], max_results=1)
@@ -68,101 +84,136 @@ def find_sweep(client: Any, sweep: str) -> Any:
     raise TrackingError(f"--sweep {sweep!r}: no sweep parent run with that id, sweep_name tag or run name")
 
 
-def candidates(client: Any, metric: str, *, sweep: str | None, experiment: str | None,
-               min_epochs: int = 0) -> tuple[list[Candidate], str]:
-    """Finished runs with a generator and the metric, best first; and the sweep's name."""
+def _finished_runs(client: Any, sweep: str | None, experiment: str | None) -> tuple[list[Any], str, str]:
+    """(FINISHED runs that may hold models, the sweep's name, where they came from)."""
     if sweep:
         parent = find_sweep(client, sweep)
         experiment_ids = [parent.info.experiment_id]
         query = f"tags.`{names.PARENT_RUN}` = '{parent.info.run_id}' and attributes.status = 'FINISHED'"
         sweep_name = parent.data.tags.get(names.SWEEP_NAME, parent.info.run_name)
+        where = f"sweep {sweep}"
     else:
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
             raise TrackingError(f"--experiment {experiment!r}: no such experiment in this store")
         experiment_ids, query, sweep_name = [exp.experiment_id], "attributes.status = 'FINISHED'", ""
+        where = f"experiment {experiment!r}"
     runs = client.search_runs(experiment_ids, query, max_results=5000)
+    runs = [r for r in runs if r.data.tags.get(names.SWEEP_ROLE) != "parent"]
     if not runs:
-        raise TrackingError(f"no finished run to promote in {'sweep ' + sweep if sweep else experiment!r}")
+        raise TrackingError(f"no finished run to promote in {where}")
+    return runs, sweep_name, where
+
+
+def candidates(client: Any, metric: str, *, sweep: str | None, experiment: str | None,
+               min_epochs: int = 0, where: dict[str, str] | None = None) -> tuple[list[Candidate], str]:
+    """Comparable models of finished runs with a finite `metric`, best first; the sweep's name.
+
+    `where` filters on the comparable tags (dataset, image_size, backbone, eval_samples)."""
+    runs, sweep_name, origin = _finished_runs(client, sweep, experiment)
+    by_id = {r.info.run_id: r for r in runs if r.data.metrics.get(names.EPOCH, 0) >= min_epochs}
+    experiment_ids = sorted({r.info.experiment_id for r in by_id.values()})
+    models = _models(client, experiment_ids) if by_id else []
     found = []
-    for run in runs:
-        if run.data.metrics.get(names.EPOCH, 0) < min_epochs:
+    for m in models:
+        run = by_id.get(m.source_run_id)
+        if run is None or any(m.tags.get(k) != v for k, v in (where or {}).items()):
             continue
-        history = [m.value for m in client.get_metric_history(run.info.run_id, metric) if math.isfinite(m.value)]
-        if history:
-            best = max(history) if metric in HIGHER_IS_BETTER else min(history)
-            found.append(Candidate(run, best))
+        values = [x.value for x in (m.metrics or []) if x.key == metric and math.isfinite(x.value)]
+        if values:
+            found.append(Candidate(m, run, values[-1]))
     if not found:
         raise TrackingError(
-            f"no finished run has metric {metric!r}"
+            f"no model of a finished run in {origin} has metric {metric!r}"
             + (f" with at least {min_epochs} epochs" if min_epochs else "")
+            + (" and " + ", ".join(f"{k}={v}" for k, v in where.items()) if where else "")
             + ": pick a logged metric such as fid, kid or precision"
         )
+    kinds = Counter(c.kind for c in found)
+    if len(kinds) > 1:
+        raise TrackingError(_mixed_message(origin, kinds))
     found.sort(key=lambda c: -c.value if metric in HIGHER_IS_BETTER else c.value)
     return found, sweep_name
 
 
-def _existing_version(client: Any, name: str, run_id: str) -> Any | None:
-    try:
-        versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
-    except Exception:  # noqa: BLE001 - the registered model does not exist yet
-        return None
-    return versions[0] if versions else None
+def _models(client: Any, experiment_ids: list[str]) -> list[Any]:
+    out, token = [], None
+    while True:
+        page = client.search_logged_models(
+            experiment_ids, filter_string=f"model_type = '{names.MODEL_TYPE}'", max_results=1000, page_token=token)
+        out += [m for m in page if str(m.status).endswith("READY")]
+        token = page.token
+        if not token:
+            return out
 
 
-def _current_champion(client: Any, name: str) -> Any | None:
+def _mixed_message(origin: str, kinds: Counter) -> str:
+    differ = [k for i, k in enumerate(COMPARABLE) if len({kind[i] for kind in kinds}) > 1]
+    groups = "; ".join(", ".join(f"{k}={v}" for k, v in zip(COMPARABLE, kind, strict=True) if k in differ)
+                       + f" ({n} model{'s' if n > 1 else ''})" for kind, n in kinds.most_common(4))
+    flags = " ".join(f"--{k.replace('_', '-')} VALUE" for k in differ)
+    return f"{origin} mixes scores that cannot be compared: {groups}; pick one with {flags}"
+
+
+def _existing_version(client: Any, name: str, model_id: str) -> Any | None:
     try:
-        return client.get_model_version_by_alias(name, CHAMPION)
-    except Exception:  # noqa: BLE001 - no registered model or no alias yet
-        return None
+        versions = client.search_model_versions(f"name = '{name}'")
+    except Exception as e:  # noqa: BLE001 - only "no such registered model" means none
+        if is_not_found(e):
+            return None
+        raise
+    for v in versions:
+        if v.source == f"models:/{model_id}" or v.tags.get(names.VERSION_MODEL_ID) == model_id:
+            return v
+    return None
 
 
 def promote(client: Any, *, sweep: str | None = None, experiment: str | None = None, metric: str = names.FID,
-            model_name: str = DEFAULT_MODEL_NAME, min_epochs: int = 0, force: bool = False) -> Promotion:
-    """Register the best run's generator and move `champion` if it is strictly better."""
+            model_name: str = DEFAULT_MODEL_NAME, min_epochs: int = 0, force: bool = False,
+            where: dict[str, str] | None = None) -> Promotion:
+    """Register the best model and move `champion` to it if it is strictly better."""
     import mlflow
 
-    found, sweep_name = candidates(client, metric, sweep=sweep, experiment=experiment, min_epochs=min_epochs)
+    found, sweep_name = candidates(client, metric, sweep=sweep, experiment=experiment,
+                                   min_epochs=min_epochs, where=where)
     best = found[0]
-    params = best.run.data.params
-    dataset, backbone = params.get(names.DATASET, ""), params.get("backbone", "")
-    version = _existing_version(client, model_name, best.run_id)
+    version = _existing_version(client, model_name, best.model_id)
     if version is None:
         mlflow.set_tracking_uri(client.tracking_uri)
         # register_model prints its own progress lines; promote's answer is one line.
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            version = mlflow.register_model(f"runs:/{best.run_id}/{names.GENERATOR_DIR}", model_name,
-                                            await_registration_for=60)
+            version = mlflow.register_model(f"models:/{best.model_id}", model_name, await_registration_for=60)
     tags = {names.VERSION_METRIC: metric, names.VERSION_METRIC_VALUE: repr(best.value),
-            names.VERSION_DATASET: dataset, names.VERSION_BACKBONE: backbone,
-            names.VERSION_SWEEP: sweep_name, names.VERSION_SOURCE_RUN: best.run_id}
+            names.VERSION_SWEEP: sweep_name, names.VERSION_SOURCE_RUN: best.run_id,
+            names.VERSION_MODEL_ID: best.model_id, **dict(zip(COMPARABLE, best.kind, strict=True))}
     for k, v in tags.items():
         client.set_model_version_tag(model_name, version.version, k, v)
 
-    current = _current_champion(client, model_name)
-    if force:
-        moved, reason = True, "champion moved (forced)"
-    elif current is None:
-        moved, reason = True, "champion set (there was none)"
-    elif current.version == version.version:
-        moved, reason = False, f"it is already the champion (v{current.version})"
-    else:
-        ct = current.tags
-        was = (ct.get(names.VERSION_DATASET), ct.get(names.VERSION_BACKBONE), ct.get(names.VERSION_METRIC))
-        comparable = was == (dataset, backbone, metric)
-        if not comparable:
-            moved = False
-            reason = (f"champion stays v{current.version}: it was scored on {'/'.join(map(str, was))}, "
-                      f"not {dataset}/{backbone}/{metric} (use --force)")
-        elif better(metric, best.value, float(ct[names.VERSION_METRIC_VALUE])):
-            moved = True
-            reason = f"champion moved from v{current.version} ({metric} {float(ct[names.VERSION_METRIC_VALUE]):.4g})"
-        else:
-            moved = False
-            reason = (f"champion stays v{current.version}: its {metric} {float(ct[names.VERSION_METRIC_VALUE]):.4g} "
-                      "is as good or better")
+    moved, reason = _decide(client, model_name, version, best, metric, force)
     if moved:
         client.set_registered_model_alias(model_name, CHAMPION, version.version)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     client.set_model_version_tag(model_name, version.version, names.VERSION_PROMOTION, f"{stamp} {reason}")
     return Promotion(model_name, version.version, best, moved, reason)
+
+
+def _decide(client: Any, model_name: str, version: Any, best: Candidate, metric: str,
+            force: bool) -> tuple[bool, str]:
+    """(move champion?, why) against the current champion."""
+    current = champion_version(client, model_name)
+    if force:
+        return True, "champion moved (forced)"
+    if current is None:
+        return True, "champion set (there was none)"
+    if current.version == version.version:
+        return False, f"it is already the champion (v{current.version})"
+    ct = current.tags
+    was = (*(ct.get(k, "") for k in COMPARABLE), ct.get(names.VERSION_METRIC, ""))
+    now = (*best.kind, metric)
+    if was != now:
+        return False, (f"champion stays v{current.version}: it was scored on {'/'.join(was)}, "
+                       f"not {'/'.join(now)} (use --force)")
+    theirs = float(ct[names.VERSION_METRIC_VALUE])
+    if better(metric, best.value, theirs):
+        return True, f"champion moved from v{current.version} ({metric} {theirs:.4g})"
+    return False, f"champion stays v{current.version}: its {metric} {theirs:.4g} is as good or better"

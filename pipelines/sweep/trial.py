@@ -27,7 +27,7 @@ import torch
 from gan.config import RunConfig, make_config
 from gan.data import ImageData
 from gan.health import HealthGuard
-from gan.train import Callbacks, resolve_device, train
+from gan.train import Callbacks, ForwardingCallbacks, resolve_device, train
 from pipelines.tracking import names
 from pipelines.tracking.callbacks import MlflowCallbacks
 from pipelines.tracking.history import last_logged_step, latest_checkpoint, logged_grids
@@ -50,7 +50,7 @@ class TrialContext:
     storage_path: str = "./ray_results"
 
 
-class TuneCallbacks(Callbacks):
+class TuneCallbacks(ForwardingCallbacks):
     """MLflow first, then each eval's scores to Tune (ASHA and Optuna read `fid`).
 
     The last epoch's scores are reported after the run is finished (see run_trial): a
@@ -58,7 +58,8 @@ class TuneCallbacks(Callbacks):
     must keep its checkpoint and model even when ASHA ranks it low at that rung."""
 
     def __init__(self, inner: Callbacks, last_epoch: int) -> None:
-        self.inner, self.last_epoch = inner, last_epoch
+        super().__init__(inner)
+        self.last_epoch = last_epoch
         self.epoch = 0
         self.last: dict[str, float] = {}
         self.first_step_at: float | None = None
@@ -76,9 +77,6 @@ class TuneCallbacks(Callbacks):
         if epoch < self.last_epoch:
             # Tune ends a pruned trial by raising SystemExit out of report(): see run_trial.
             report(self.last)
-
-    def on_checkpoint(self, epoch: int, step: int, state: dict[str, Any]) -> None:
-        self.inner.on_checkpoint(epoch, step, state)
 
 
 def report(metrics: dict[str, float]) -> None:
@@ -147,7 +145,7 @@ def run_trial(config: dict[str, Any], data: ImageData, ctx: TrialContext) -> Non
         if state is not None:
             cfg = make_config(state["config"])
             client.set_tag(run_id, names.TRIAL_RESUMED_FROM_STEP, str(state["step"]))
-    tracking = MlflowCallbacks(client, run_id, floor=floor, frames=frames)
+    tracking = MlflowCallbacks(client, run_id, floor=floor, frames=frames, cfg=cfg, image_shape=data.shape)
     to_tune = TuneCallbacks(tracking, cfg.epochs)
     pruned = False
     with run_guard(client, run_id):
@@ -173,7 +171,8 @@ def run_trial(config: dict[str, Any], data: ImageData, ctx: TrialContext) -> Non
                 names.EPOCH: result.epochs_done, "step": result.step, "stopped": 1})
         return None
     with run_guard(client, run_id):
-        finish_run(client, run_id, cfg, result.generator, tracking.frames)
+        finish_run(client, run_id, cfg, result.generator, tracking.frames, data.shape,
+                   epoch=result.epochs_done, step=result.step)
     final = to_tune.last or _logged_scores(client, run_id)  # resumed after its last epoch: logged
     report({**final, names.EPOCH: result.epochs_done, "step": result.step})
     return None
@@ -218,4 +217,5 @@ def _run_distributed_trial(cfg: RunConfig, data: ImageData, ctx: TrialContext,
         generator = final_generator(cfg, data.shape, state)
         with tempfile.TemporaryDirectory() as tmp:
             frames = logged_grids(client, run_id, tmp)
-        finish_run(client, run_id, cfg, generator, frames)
+        finish_run(client, run_id, cfg, generator, frames, data.shape,
+                   epoch=int(state["epoch"]), step=int(state["step"]))

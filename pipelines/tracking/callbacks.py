@@ -1,6 +1,7 @@
 """Writing one run's story while it trains: the loop's callbacks (batched per-step
-metrics, sample grids with their step, eval scores, checkpoints), and at the end the
-progress GIF and the generator model. Only rank 0 writes.
+metrics, sample grids with their step, eval scores linked to the generator that earned
+them, checkpoints under a retention policy), and at the end the progress GIF. Only
+rank 0 writes.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import numpy as np
 from torch import nn
 
 from gan.checkpoint import checkpoint_name, save_checkpoint
+from gan.config import RunConfig
 from gan.sampling import save_gif
 from gan.train import Callbacks
 from pipelines.tracking import names
+from pipelines.tracking.models import BEST, FINAL, log_model, model_with_role, run_models
 
 # MLflow caps a log_batch at 1000 metrics.
 _BATCH = 900
@@ -27,13 +30,23 @@ class MlflowCallbacks(Callbacks):
 
     `floor` is the last step the run already holds (after a resume): anything at or
     below it was logged before the kill and is not written again, so the run's step
-    sequence has no duplicates.
+    sequence has no duplicates. With `cfg` and `image_shape` it also keeps the run's best
+    and final generators as LoggedModels (tracking.models), each eval's metrics carrying
+    the model_id of the generator that earned them, and prunes old checkpoints to
+    cfg.keep_checkpoints plus the best eval's.
     """
 
     def __init__(self, client: Any, run_id: str, rank: int = 0, floor: int = 0,
-                 frames: list[tuple[int, np.ndarray]] | None = None) -> None:
+                 frames: list[tuple[int, np.ndarray]] | None = None, cfg: RunConfig | None = None,
+                 image_shape: tuple[int, ...] | None = None) -> None:
         self.client, self.run_id, self.rank, self.floor = client, run_id, rank, floor
         self.frames: list[tuple[int, np.ndarray]] = list(frames or [])
+        self.cfg, self.image_shape = cfg, image_shape
+        self.model_at: tuple[int, str] | None = None  # (step, model_id) of the last model logged
+        self.best_epoch: int | None = None
+        if floor and cfg is not None and rank == 0:  # a resumed run: its best so far
+            best = model_with_role(client, run_id, BEST)
+            self.best_epoch = int(best.tags.get(names.MODEL_EPOCH, 0)) if best else None
 
     def on_metrics(self, rows: list[tuple[int, dict[str, float]]]) -> None:
         from mlflow.entities import Metric
@@ -46,6 +59,21 @@ class MlflowCallbacks(Callbacks):
         for i in range(0, len(batch), _BATCH):
             self.client.log_batch(self.run_id, metrics=batch[i : i + _BATCH], synchronous=False)
 
+    def on_scored(self, epoch: int, step: int, generator: nn.Module, improved: bool, final: bool) -> None:
+        if self.rank != 0 or step <= self.floor or self.cfg is None or self.image_shape is None:
+            return
+        roles = [r for r, on in ((BEST, improved), (FINAL, final)) if on]
+        if not roles:
+            return
+        model_id = log_model(self.client, self.run_id, self.cfg, generator, self.image_shape,
+                             role=",".join(roles), epoch=epoch, step=step)
+        self.model_at = (step, model_id)
+        if improved:
+            self.best_epoch = epoch
+            for old in run_models(self.client, self.run_id):  # a run keeps one best model
+                if old.model_id != model_id and old.tags.get(names.MODEL_ROLE) == BEST:
+                    self.client.delete_logged_model(old.model_id)
+
     def on_eval(self, epoch: int, step: int, grid: np.ndarray, metrics: dict[str, float]) -> None:
         if self.rank != 0 or step <= self.floor:
             return
@@ -55,7 +83,11 @@ class MlflowCallbacks(Callbacks):
         self.client.log_image(self.run_id, grid, key=names.GRID_KEY, step=step)
         ts = _now_ms()
         values = {**metrics, names.EPOCH: float(epoch)}
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, step) for k, v in values.items()])
+        # Scores of a generator kept as a LoggedModel are linked to it: the Models tab and
+        # search_logged_models rank models by their own numbers.
+        model_id = self.model_at[1] if self.model_at and self.model_at[0] == step else None
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, step, model_id=model_id)
+                                                    for k, v in values.items()])
 
     def on_checkpoint(self, epoch: int, step: int, state: dict[str, Any]) -> None:
         if self.rank != 0 or step < self.floor:
@@ -64,9 +96,34 @@ class MlflowCallbacks(Callbacks):
             self.log_checkpoint(save_checkpoint(state, Path(tmp) / checkpoint_name(epoch)), step)
 
     def log_checkpoint(self, path: Path, step: int) -> None:
-        """Upload a checkpoint file someone already wrote (a Ray Train worker's, say)."""
+        """Upload a checkpoint file someone already wrote (a Ray Train worker's, say), then
+        drop the ones the retention policy no longer keeps."""
         if self.rank == 0 and step >= self.floor:
             self.client.log_artifact(self.run_id, str(path), names.CHECKPOINT_DIR)
+            if self.cfg is not None and self.cfg.keep_checkpoints > 0:
+                keep_best = checkpoint_name(self.best_epoch) if self.best_epoch else None
+                prune_checkpoints(self.client, self.run_id, self.cfg.keep_checkpoints, keep_best)
+
+
+def prune_checkpoints(client: Any, run_id: str, keep: int, also_keep: str | None = None) -> list[str]:
+    """Delete a run's checkpoints but the newest `keep` (and `also_keep`, the best eval's);
+    returns what was deleted. Stores that cannot delete keep everything (with a warning)."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    found = sorted(a.path for a in client.list_artifacts(run_id, names.CHECKPOINT_DIR) if a.path.endswith(".pt"))
+    doomed = [p for p in found[:-keep] if Path(p).name != also_keep]
+    if not doomed:
+        return []
+    repo = get_artifact_repository(client.get_run(run_id).info.artifact_uri)
+    try:
+        for p in doomed:
+            repo.delete_artifacts(p)
+    except (NotImplementedError, OSError) as e:
+        import sys
+
+        print(f"warning: old checkpoints kept: this artifact store cannot delete ({e})", file=sys.stderr)
+        return []
+    return doomed
 
 
 def log_progress_gif(client: Any, run_id: str, frames: list[tuple[int, np.ndarray]]) -> None:
@@ -76,17 +133,6 @@ def log_progress_gif(client: Any, run_id: str, frames: list[tuple[int, np.ndarra
     with tempfile.TemporaryDirectory() as tmp:
         ordered = [f for _, f in sorted(frames, key=lambda f: f[0])]
         client.log_artifact(run_id, str(save_gif(ordered, Path(tmp) / names.PROGRESS_GIF)))
-
-
-def log_generator(client: Any, run_id: str, generator: nn.Module, latent_dim: int) -> str:
-    """Log G as the run's `generator` MLflow model (see generator_model); saved then
-    uploaded, so no fluent active run is needed. Returns its runs:/ URI."""
-    from pipelines.tracking.generator_model import save_generator
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = save_generator(generator, Path(tmp) / names.GENERATOR_DIR, latent_dim)
-        client.log_artifacts(run_id, str(path), names.GENERATOR_DIR)
-    return f"runs:/{run_id}/{names.GENERATOR_DIR}"
 
 
 def _now_ms() -> int:

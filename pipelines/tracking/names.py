@@ -63,3 +63,12 @@ VERSION_BACKBONE = "backbone"
 VERSION_SWEEP = "sweep"
 VERSION_SOURCE_RUN = "source_run"
 VERSION_PROMOTION = "promotion"
+
+# LoggedModels (MLflow 3): the run's best and final generator
+MODEL_TYPE = "gan-generator"
+FINAL_MODEL = GENERATOR_DIR  # so runs:/RUN_ID/generator keeps naming the final generator
+BEST_MODEL = "generator-best"
+MODEL_ROLE = "gan.role"  # "best" | "final" | "best,final"
+MODEL_STEP = "gan.step"
+MODEL_EPOCH = "gan.epoch"
+VERSION_MODEL_ID = "model_id"

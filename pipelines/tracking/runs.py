@@ -15,7 +15,9 @@ from torch import nn
 from gan.config import RunConfig
 from pipelines.errors import TrackingError
 from pipelines.tracking import names
-from pipelines.tracking.callbacks import log_generator, log_progress_gif
+from pipelines.tracking.callbacks import log_progress_gif
+from pipelines.tracking.models import FINAL, log_model, model_with_role
+from pipelines.tracking.store import config_params
 
 
 def find_resumable(client: Any, experiment_id: str, run_id: str | None) -> str:
@@ -72,12 +74,6 @@ def run_guard(client: Any, run_id: str) -> Iterator[None]:
         raise
 
 
-def config_params(cfg: RunConfig, extra: dict[str, Any] | None = None) -> dict[str, str]:
-    params = {k: str(v) for k, v in cfg.to_dict().items()}
-    params.update({k: str(v) for k, v in (extra or {}).items()})
-    return params
-
-
 def log_run_config(client: Any, run_id: str, cfg: RunConfig, extra: dict[str, Any]) -> None:
     """The resolved config (plus where it ran) as params, and as config.yaml."""
     from mlflow.entities import Param
@@ -87,17 +83,23 @@ def log_run_config(client: Any, run_id: str, cfg: RunConfig, extra: dict[str, An
 
 
 def finish_run(client: Any, run_id: str, cfg: RunConfig, generator: nn.Module,
-               frames: list[tuple[int, Any]], stopped: str | None = None) -> str:
-    """The end of a good run: progress GIF, generator model, FINISHED. Returns the model URI."""
+               frames: list[tuple[int, Any]], image_shape: tuple[int, ...], *, epoch: int, step: int,
+               stopped: str | None = None) -> str:
+    """The end of a good run: progress GIF, FINISHED. Returns the final model's URI.
+
+    The final generator was logged at the last eval (MlflowCallbacks.on_scored) with its
+    scores; a run without one (no eval at its end, or resumed past it) logs `generator`."""
     import mlflow
 
     mlflow.flush_async_logging()  # the loop's batched metrics land before the run closes
     log_progress_gif(client, run_id, frames)
-    model_uri = log_generator(client, run_id, generator, cfg.latent_dim)
+    final = model_with_role(client, run_id, FINAL)
+    model_id = final.model_id if final else log_model(client, run_id, cfg, generator, image_shape,
+                                                      role=FINAL, epoch=epoch, step=step)
     if stopped:
         client.set_tag(run_id, names.STOPPED_REASON, stopped)
     client.set_terminated(run_id, "FINISHED")
-    return model_uri
+    return f"models:/{model_id}"
 
 
 def end_early(client: Any, run_id: str, frames: list[tuple[int, Any]], reason: str) -> None:

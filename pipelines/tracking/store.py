@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from gan.config import RunConfig
 from pipelines.errors import TrackingError
 from pipelines.tracking import names
 
@@ -113,6 +114,13 @@ def environment_tags(dataset: str, device: str) -> dict[str, str]:
     except (OSError, subprocess.SubprocessError):
         pass
     return tags
+
+
+def config_params(cfg: RunConfig, extra: dict[str, Any] | None = None) -> dict[str, str]:
+    """The resolved config (plus `extra`: where it ran) as MLflow params."""
+    params = {k: str(v) for k, v in cfg.to_dict().items()}
+    params.update({k: str(v) for k, v in (extra or {}).items()})
+    return params
 
 
 def ui_hint(uri: str, experiment_id: str, run_id: str) -> str:

@@ -90,10 +90,9 @@ def execute(
         if fresh:
             where = {"world_size": 1, "device_type": str(device), "num_workers": 1}
             log_run_config(client, run_id, cfg, where)
-        callbacks = MlflowCallbacks(client, run_id, floor=floor, frames=frames)
+        callbacks = MlflowCallbacks(client, run_id, floor=floor, frames=frames, cfg=cfg, image_shape=data.shape)
         evaluator = evaluator or build_evaluator(cfg, data, device)
         result = train(cfg, data, callbacks, evaluator=evaluator, resume=state, device=device, progress=progress)
-        model_uri = finish_run(
-            client, run_id, cfg, result.generator, callbacks.frames, result.stopped
-        )
+        model_uri = finish_run(client, run_id, cfg, result.generator, callbacks.frames, data.shape,
+                               epoch=result.epochs_done, step=result.step, stopped=result.stopped)
         return RunOutcome(run_id, experiment_id, result, model_uri)

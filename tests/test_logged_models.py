@@ -1,0 +1,108 @@
+"""Scored == shipped, against a real sqlite MLflow store: a run keeps its best and final
+generators as MLflow 3 LoggedModels with their own scores, re-evaluating a kept model
+reproduces its logged score, checkpoints follow the retention policy, and promote
+refuses to rank scores that cannot be compared."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from gan.config import make_config
+from pipelines.errors import TrackingError
+from pipelines.registry.evaluate import EvalRequest, evaluate
+from pipelines.registry.lookup import champion_version, resolve_model
+from pipelines.registry.promote import promote
+from pipelines.tracking.models import run_models
+from pipelines.tracking.store import client_for
+from pipelines.training.local import run_local
+
+pytestmark = pytest.mark.integration
+
+SMALL = {"arch": "dcgan", "dcgan_width": 8, "latent_dim": 16, "device": "cpu", "eval_samples": 200,
+         "batch_size": 128}
+
+
+def train(tmp_path, monkeypatch, experiment: str, **overrides):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    out = run_local(make_config({**SMALL, **overrides}), experiment=experiment, progress=False)
+    return client_for(), out
+
+
+def reevaluate(client, model_uri: str) -> dict[str, float]:
+    return evaluate(client, EvalRequest(model_uri, None, None, None, None, None, None)).scores
+
+
+def linked(model, key: str = "fid") -> float:
+    (value,) = [m.value for m in model.metrics if m.key == key]
+    return value
+
+
+@pytest.mark.parametrize("ema", [0.0, 0.999], ids=["batchnorm-G-no-ema", "ema"])
+def test_kept_models_carry_their_own_scores_and_reevaluating_them_reproduces_them(tmp_path, monkeypatch, ema):
+    # g_norm batch with --ema 0: the scored generator is the training G itself, the case
+    # where scoring in train mode would have scored a different function than ships.
+    client, out = train(tmp_path, monkeypatch, "scores", epochs=3, ema=ema, keep_checkpoints=1)
+    rid = out.run_id
+    models = run_models(client, rid)
+    roles = sorted(r for m in models for r in m.tags["gan.role"].split(","))
+    assert roles == ["best", "final"] and len(models) in (1, 2)
+
+    fid_at = {m.step: m.value for m in client.get_metric_history(rid, "fid")}
+    for m in models:
+        # the value linked to the model is the run's fid at the step the model was kept
+        assert linked(m) == fid_at[int(m.tags["gan.step"])]
+        assert m.source_run_id == rid and m.tags["backbone"] == "classifier" and m.tags["eval_samples"] == "200"
+        again = reevaluate(client, f"models:/{m.model_id}")
+        assert again["fid"] == pytest.approx(linked(m), rel=1e-6)
+        assert again["kid"] == pytest.approx(linked(m, "kid"), rel=1e-6, abs=1e-9)
+    best = next(m for m in models if "best" in m.tags["gan.role"])
+    assert linked(best) == min(fid_at.values())
+    ranked = client.search_logged_models([client.get_run(rid).info.experiment_id],
+                                         order_by=[{"field_name": "metrics.fid", "ascending": True}])
+    assert ranked[0].model_id == best.model_id
+
+    # runs:/RUN/generator still names the final generator; the CLI printed its models:/ URI
+    final = next(m for m in models if "final" in m.tags["gan.role"])
+    assert resolve_model(client, f"runs:/{rid}/generator")[0].model_id == final.model_id
+    assert out.model_uri == f"models:/{final.model_id}"
+
+    # retention: the newest checkpoint, plus the best eval's when that is an older one
+    kept = sorted(a.path.rsplit("/", 1)[1] for a in client.list_artifacts(rid, "checkpoints"))
+    best_ckpt = f"epoch_{int(best.tags['gan.epoch']):05d}.pt"
+    assert kept == sorted({"epoch_00003.pt", best_ckpt})
+
+
+def test_promote_registers_the_ranked_model_and_its_value_reproduces(tmp_path, monkeypatch):
+    client, _ = train(tmp_path, monkeypatch, "champ", epochs=2)
+    result = promote(client, experiment="champ", model_name="g")
+    version = champion_version(client, "g")
+    assert version.tags["model_id"] == result.candidate.model_id
+    assert version.source == f"models:/{result.candidate.model_id}"
+    assert f"model {result.candidate.model_id}" in result.line("fid")
+    again = reevaluate(client, "models:/g@champion")
+    assert again["fid"] == pytest.approx(float(version.tags["metric_value"]), rel=1e-6)
+
+
+def test_promote_refuses_to_rank_scores_of_different_kinds_and_names_the_filter(tmp_path, monkeypatch):
+    client, _ = train(tmp_path, monkeypatch, "mixed", epochs=1)
+    train(tmp_path, monkeypatch, "mixed", epochs=1, eval_samples=100)
+    with pytest.raises(TrackingError, match=r"cannot be compared.*pick one with --eval-samples") as err:
+        promote(client, experiment="mixed", model_name="m")
+    assert "eval_samples=200 (1 model)" in str(err.value) and "eval_samples=100 (1 model)" in str(err.value)
+    assert "dataset" not in str(err.value)  # only what differs is named
+    picked = promote(client, experiment="mixed", model_name="m", where={"eval_samples": "100"})
+    assert picked.candidate.model.tags["eval_samples"] == "100" and math.isfinite(picked.candidate.value)
+
+
+def test_an_unreachable_registry_is_an_error_not_an_empty_one(monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+
+    dead = MlflowClient("http://127.0.0.1:9")  # discard port: nothing listens
+    with pytest.raises(Exception) as err:
+        champion_version(dead, "gan-generator")
+    assert not isinstance(err.value, TrackingError)
