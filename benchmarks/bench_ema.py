@@ -19,11 +19,12 @@ from typing import Any
 
 import torch
 
+from gan.callbacks import Callbacks
 from gan.config import make_config
 from gan.data import load_dataset
 from gan.metrics import Evaluator
 from gan.models import build_models
-from gan.train import Callbacks, train
+from gan.train import train
 
 
 class ScoreBoth(Callbacks):

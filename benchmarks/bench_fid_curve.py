@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from gan.callbacks import Callbacks
 from gan.config import make_config
 from gan.data import load_dataset
 from gan.metrics import Evaluator
-from gan.train import Callbacks, resolve_device, train
+from gan.train import resolve_device, train
 
 
 class Timed(Callbacks):

@@ -30,9 +30,10 @@ from typing import Any
 
 import torch
 
+from gan.callbacks import Callbacks, StopTraining
 from gan.config import make_config
 from gan.data import load_dataset
-from gan.train import Callbacks, StopTraining, train
+from gan.train import train
 
 
 class StepClock(Callbacks):

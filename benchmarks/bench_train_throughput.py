@@ -22,10 +22,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gan.callbacks import Callbacks
 from gan.config import make_config
 from gan.data import ImageData, load_dataset
 from gan.models import build_models
-from gan.train import Callbacks, train
+from gan.train import train
 
 
 class _Clock(Callbacks):

@@ -31,10 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmar
 from bench_train_throughput import dataloader_loop, pipeline_loop  # noqa: E402
 from step_variants import step_loop  # noqa: E402
 
+from gan.callbacks import Callbacks, StopTraining  # noqa: E402
 from gan.config import make_config  # noqa: E402
 from gan.data import ImageData, to_uint8  # noqa: E402
 from gan.models import build_models  # noqa: E402
-from gan.train import Callbacks, StopTraining  # noqa: E402
 
 
 @dataclass(frozen=True)

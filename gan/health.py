@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from gan.train import Callbacks, ForwardingCallbacks, StopTraining
+from gan.callbacks import Callbacks, ForwardingCallbacks, StopTraining
 
 HEALTH_PREFIX = "health: "
 

@@ -7,10 +7,11 @@ import copy
 import pytest
 import torch
 
+from gan.callbacks import Callbacks
 from gan.config import make_config
 from gan.ema import EMA_RAMPUP, ema_beta, ema_half_life, ema_update
 from gan.models import build_models
-from gan.train import Callbacks, train
+from gan.train import train
 
 TINY = {"dcgan_width": 8, "latent_dim": 16, "batch_size": 64, "device": "cpu"}
 

@@ -6,9 +6,10 @@ import math
 
 import pytest
 
+from gan.callbacks import Callbacks, StopTraining
 from gan.config import make_config
 from gan.health import HealthGuard
-from gan.train import Callbacks, StopTraining, train
+from gan.train import train
 
 
 def _row(d: float, g: float) -> dict[str, float]:

@@ -11,10 +11,10 @@ import socket
 import pytest
 import torch
 
+from gan.callbacks import Callbacks
 from gan.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from gan.config import ConfigError, make_config
 from gan.precision import Precision, amp_dtype
-from gan.train import Callbacks
 
 pytestmark = pytest.mark.integration
 

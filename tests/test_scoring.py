@@ -11,11 +11,12 @@ import copy
 import pytest
 import torch
 
+from gan.callbacks import Callbacks
 from gan.config import make_config
 from gan.metrics import Evaluator
 from gan.models import build_models
 from gan.sampling import eval_view, fixed_latents, generate
-from gan.train import Callbacks, train
+from gan.train import train
 
 TINY = {"arch": "dcgan", "dcgan_width": 8, "latent_dim": 16, "batch_size": 64, "device": "cpu",
         "g_norm": "batch", "ema": 0.0, "eval_samples": 100}

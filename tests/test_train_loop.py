@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
+from gan.callbacks import Callbacks, StopTraining
 from gan.checkpoint import load_checkpoint, save_checkpoint
 from gan.config import ConfigError, make_config
-from gan.train import STEP_METRICS, Callbacks, StopTraining, train
+from gan.train import STEP_METRICS, train
 
 TINY = {"dcgan_width": 8, "mlp_width": 8, "latent_dim": 16, "batch_size": 64, "device": "cpu"}
 

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -92,7 +93,7 @@ def real_subset(data: ImageData, num_samples: int) -> torch.Tensor:
 
 
 def _save(path: Path, fs: FeatureSet) -> None:
-    arrays = {"feats": fs.feats.numpy(), "mu": fs.mu.numpy(), "sigma": fs.sigma.numpy()}
+    arrays: dict[str, Any] = {"feats": fs.feats.numpy(), "mu": fs.mu.numpy(), "sigma": fs.sigma.numpy()}
     if fs.probs is not None:
         arrays["probs"] = fs.probs.numpy()
 

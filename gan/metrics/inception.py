@@ -20,6 +20,7 @@ import importlib.util
 import os
 import warnings
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -110,7 +111,7 @@ class _TFPool(nn.Module):
             pooled = F.max_pool2d(x, kernel_size=3, stride=1, padding=1)
         else:  # TF's average pool ignores the zero padding
             pooled = F.avg_pool2d(x, kernel_size=3, stride=1, padding=1, count_include_pad=False)
-        return self.branch_pool(pooled)
+        return self._chain(pooled, "branch_pool")
 
     def _chain(self, x: torch.Tensor, *names: str) -> torch.Tensor:
         for name in names:
@@ -125,7 +126,7 @@ def fid_inception_v3() -> nn.Module:
     class BlockA(_TFPool, tv.InceptionA):
         def _forward(self, x: torch.Tensor) -> list[torch.Tensor]:
             return [
-                self.branch1x1(x),
+                self._chain(x, "branch1x1"),
                 self._chain(x, "branch5x5_1", "branch5x5_2"),
                 self._chain(x, "branch3x3dbl_1", "branch3x3dbl_2", "branch3x3dbl_3"),
                 self._tf_pool_branch(x),
@@ -134,7 +135,7 @@ def fid_inception_v3() -> nn.Module:
     class BlockC(_TFPool, tv.InceptionC):
         def _forward(self, x: torch.Tensor) -> list[torch.Tensor]:
             return [
-                self.branch1x1(x),
+                self._chain(x, "branch1x1"),
                 self._chain(x, "branch7x7_1", "branch7x7_2", "branch7x7_3"),
                 self._chain(x, *(f"branch7x7dbl_{i}" for i in range(1, 6))),
                 self._tf_pool_branch(x),
@@ -142,12 +143,12 @@ def fid_inception_v3() -> nn.Module:
 
     class BlockE(_TFPool, tv.InceptionE):
         def _forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-            a = self.branch3x3_1(x)
+            a = self._chain(x, "branch3x3_1")
             b = self._chain(x, "branch3x3dbl_1", "branch3x3dbl_2")
             return [
-                self.branch1x1(x),
-                torch.cat([self.branch3x3_2a(a), self.branch3x3_2b(a)], 1),
-                torch.cat([self.branch3x3dbl_3a(b), self.branch3x3dbl_3b(b)], 1),
+                self._chain(x, "branch1x1"),
+                torch.cat([self._chain(a, "branch3x3_2a"), self._chain(a, "branch3x3_2b")], 1),
+                torch.cat([self._chain(b, "branch3x3dbl_3a"), self._chain(b, "branch3x3dbl_3b")], 1),
                 self._tf_pool_branch(x),
             ]
 
@@ -170,8 +171,9 @@ def fid_inception_v3() -> nn.Module:
 def fold_batch_norms(net: nn.Module) -> nn.Module:
     """Fold each BasicConv2d's eval-mode batch norm into its conv (one pass fewer)."""
     for module in net.modules():
-        if isinstance(getattr(module, "bn", None), nn.BatchNorm2d) and hasattr(module, "conv"):
-            module.conv = fuse_conv_bn_eval(module.conv, module.bn)
+        conv, bn = getattr(module, "conv", None), getattr(module, "bn", None)
+        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+            module.conv = fuse_conv_bn_eval(conv, bn)
             module.bn = nn.Identity()
     return net
 
@@ -188,7 +190,7 @@ def state_dict_from_torchscript(ts: torch.jit.ScriptModule) -> dict[str, torch.T
         if "var" in tensors:
             convs.append(tensors)
     names = [n for n, m in fid_inception_v3().named_modules() if type(m).__name__ == "BasicConv2d"]
-    state = {}
+    state: dict[str, torch.Tensor] = {}
     for name, t in zip(names, convs, strict=True):
         state |= {
             f"{name}.conv.weight": t["weight"],
@@ -221,7 +223,8 @@ class StateDictInception(FeatureExtractor):
     ) -> None:
         net = fid_inception_v3()
         net.load_state_dict(state)
-        self.fc = net.fc.eval().to(device) if head else None
+        fc = cast(nn.Module, net.fc)
+        self.fc = fc.eval().to(device) if head else None
         net.fc = nn.Identity()  # the net then returns the 2048-d pool features
         net.eval()
         if optimize:

@@ -18,10 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from gan.callbacks import ForwardingCallbacks
 from gan.checkpoint import checkpoint_name, load_checkpoint, save_checkpoint
 from gan.config import make_config
 from gan.data import load_dataset
-from gan.train import ForwardingCallbacks, train
+from gan.train import train
 from pipelines.tracking import names
 from pipelines.tracking.callbacks import MlflowCallbacks
 from pipelines.tracking.history import last_logged_step

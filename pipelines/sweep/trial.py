@@ -24,10 +24,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from gan.callbacks import Callbacks, ForwardingCallbacks
 from gan.config import RunConfig, make_config
 from gan.data import ImageData
 from gan.health import HealthGuard
-from gan.train import Callbacks, ForwardingCallbacks, resolve_device, train
+from gan.train import resolve_device, train
 from pipelines.tracking import names
 from pipelines.tracking.callbacks import MlflowCallbacks
 from pipelines.tracking.history import last_logged_step, latest_checkpoint, logged_grids

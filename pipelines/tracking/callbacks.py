@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from gan.callbacks import Callbacks
 from gan.checkpoint import checkpoint_name, save_checkpoint
 from gan.config import RunConfig
 from gan.sampling import save_gif
-from gan.train import Callbacks
 from pipelines.tracking import names
 from pipelines.tracking.models import BEST, FINAL, log_model, model_with_role, run_models
 

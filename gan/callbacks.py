@@ -1,0 +1,55 @@
+"""Where the training loop's numbers go: the `Callbacks` interface the loop calls on every
+rank, a forwarding base for wrappers, and `StopTraining`, the signal a callback raises to
+end a run early."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+
+class StopTraining(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Raised by a callback to end the run early; the reason is kept in the result."""
+
+
+class Callbacks:
+    """Where the loop's numbers go. The default does nothing; pipelines subclass it."""
+
+    def on_metrics(self, rows: list[tuple[int, dict[str, float]]]) -> None:
+        """Per-step losses [(step, {d_loss, g_loss, D_x, D_G_z})], averaged over ranks."""
+
+    def on_scored(self, epoch: int, step: int, generator: nn.Module, improved: bool, final: bool) -> None:
+        """Just before on_eval of the same step: the generator that earned its scores (the
+        live module: read it, copy what you keep). improved: its fid is the run's best so
+        far; final: this is the run's last epoch."""
+
+    def on_eval(self, epoch: int, step: int, grid: np.ndarray, metrics: dict[str, float]) -> None:
+        """After `epoch` epochs: the fixed-latent sample grid and the eval metrics."""
+
+    def on_checkpoint(self, epoch: int, step: int, state: dict[str, Any]) -> None:
+        """A full-state checkpoint after `epoch` epochs (see gan.checkpoint)."""
+
+
+class ForwardingCallbacks(Callbacks):
+    """Hands every call to `inner`; a wrapper (health guard, Tune hand-off) overrides the
+    calls it adds to, so a new hook needs forwarding in one place only."""
+
+    def __init__(self, inner: Callbacks | None = None) -> None:
+        self.inner = inner or Callbacks()
+
+    def on_metrics(self, rows: list[tuple[int, dict[str, float]]]) -> None:
+        self.inner.on_metrics(rows)
+
+    def on_scored(self, epoch: int, step: int, generator: nn.Module, improved: bool, final: bool) -> None:
+        self.inner.on_scored(epoch, step, generator, improved, final)
+
+    def on_eval(self, epoch: int, step: int, grid: np.ndarray, metrics: dict[str, float]) -> None:
+        self.inner.on_eval(epoch, step, grid, metrics)
+
+    def on_checkpoint(self, epoch: int, step: int, state: dict[str, Any]) -> None:
+        self.inner.on_checkpoint(epoch, step, state)
+
+
+__all__ = ["Callbacks", "ForwardingCallbacks", "StopTraining"]
