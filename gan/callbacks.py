@@ -14,6 +14,11 @@ class StopTraining(Exception):  # noqa: N818 - a control-flow signal, not an err
     """Raised by a callback to end the run early; the reason is kept in the result."""
 
 
+class Diverged(StopTraining):
+    """The GAN failed (non-finite losses or images, D collapse, G blow-up): the run ends
+    early and is a failure, not a score."""
+
+
 class Callbacks:
     """Where the loop's numbers go. The default does nothing; pipelines subclass it."""
 
@@ -52,4 +57,4 @@ class ForwardingCallbacks(Callbacks):
         self.inner.on_checkpoint(epoch, step, state)
 
 
-__all__ = ["Callbacks", "ForwardingCallbacks", "StopTraining"]
+__all__ = ["Callbacks", "Diverged", "ForwardingCallbacks", "StopTraining"]

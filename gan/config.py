@@ -64,6 +64,12 @@ class RunConfig:
     checkpoint_every: int = 1  # epochs between full-state checkpoints
     keep_checkpoints: int = 2  # newest checkpoints kept (plus the best one's); 0 keeps all
     log_every: int = 10  # steps between batched metric flushes
+    # health guard: a diverged run stops and fails (see gan.health)
+    health_guard: bool = True
+    health_d_floor: float = 1e-3  # D loss below this for health_window steps: D won outright
+    health_g_ceiling: float = 50.0  # G loss above this for health_window steps: G blew up
+    health_window: int = 200  # steps a collapse or blow-up must last to count
+    health_g_limit: float = 1e4  # G loss beyond any working GAN's: stop at once
     # evaluation
     backbone: str = "classifier"
     eval_samples: int = 1000
@@ -167,6 +173,11 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "checkpoint_every": _positive_int,
     "keep_checkpoints": _non_negative_int,
     "log_every": _positive_int,
+    "health_guard": _bool,
+    "health_d_floor": _positive_float,
+    "health_g_ceiling": _positive_float,
+    "health_window": _positive_int,
+    "health_g_limit": _positive_float,
     "backbone": _one_of(BACKBONES),
     "eval_samples": _eval_samples,
     "device": _device,

@@ -1,10 +1,13 @@
 """Training health: stop a run whose GAN has visibly failed, with the reason.
 
 `HealthGuard` wraps any Callbacks object, watches the per-step losses the loop hands to
-on_metrics and raises gan.train.StopTraining(reason) when they become NaN/inf, when D's
+on_metrics and raises gan.callbacks.Diverged(reason) when they become NaN/inf, when D's
 loss collapses to ~0 for a sustained window (D wins outright, G gets no gradient) or
 when G's loss explodes for a sustained window. The loop ends cleanly on StopTraining
-and keeps the reason in TrainResult.stopped.
+and keeps the reason in TrainResult.stopped (and diverged=True). The training loop
+wraps every run's callbacks in it unless cfg.health_guard is off, so a local run, each
+Ray Train rank (the losses are already averaged across ranks, so all ranks stop at the
+same step) and a sweep trial obey the same rules and thresholds.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import math
 
 import numpy as np
 
-from gan.callbacks import Callbacks, ForwardingCallbacks, StopTraining
+from gan.callbacks import Callbacks, Diverged, ForwardingCallbacks
+from gan.config import RunConfig
 
 HEALTH_PREFIX = "health: "
 
@@ -31,13 +35,28 @@ class HealthGuard(ForwardingCallbacks):
         self.g_limit = g_limit  # beyond any working GAN's G loss: no need to wait a window
         self.d_low = 0  # consecutive steps with d_loss < d_floor
         self.g_high = 0  # consecutive steps with g_loss > g_ceiling
+        self.last_finite: tuple[int, dict[str, float]] | None = None
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig, inner: Callbacks | None = None) -> HealthGuard:
+        """The guard with the run's thresholds (RunConfig health_* fields)."""
+        return cls(inner, d_floor=cfg.health_d_floor, g_ceiling=cfg.health_g_ceiling,
+                   window=cfg.health_window, g_limit=cfg.health_g_limit)
 
     def on_metrics(self, rows: list[tuple[int, dict[str, float]]]) -> None:
         self.inner.on_metrics(rows)
         for step, row in rows:
             reason = self.check(step, row)
             if reason:
-                raise StopTraining(HEALTH_PREFIX + reason)
+                raise Diverged(HEALTH_PREFIX + reason + self._last_finite())
+            self.last_finite = (step, row)
+
+    def _last_finite(self) -> str:
+        """Where the run last looked sane, so the user sees what it diverged from."""
+        if self.last_finite is None:
+            return "; no finite losses before it"
+        step, row = self.last_finite
+        return f"; last finite losses at step {step}: d_loss={row['d_loss']:.4g}, g_loss={row['g_loss']:.4g}"
 
     def check(self, step: int, row: dict[str, float]) -> str | None:
         """The reason to stop after this step's losses, or None."""
@@ -58,4 +77,4 @@ class HealthGuard(ForwardingCallbacks):
         self.inner.on_eval(epoch, step, grid, metrics)
         fid = metrics.get("fid")
         if fid is not None and not math.isfinite(fid):
-            raise StopTraining(f"{HEALTH_PREFIX}non-finite FID at epoch {epoch}")
+            raise Diverged(f"{HEALTH_PREFIX}non-finite FID at epoch {epoch}")

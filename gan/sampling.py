@@ -16,6 +16,11 @@ from torchvision.utils import make_grid
 from gan.data import to_uint8
 
 GRID_SAMPLES = 64
+
+
+class NonFiniteImages(ValueError):
+    """A generator emitted NaN/inf: there is nothing to score."""
+
 GENERATE_BATCH = 250  # images per forward pass when generating to score
 
 
@@ -55,8 +60,15 @@ def generate_uint8(generator: nn.Module, z: torch.Tensor, device: torch.device |
     """G(z) as uint8 on the CPU, in fixed batches of GENERATE_BATCH: scoring in the loop
     and re-scoring a saved model run the same batches, so the same numbers. The caller
     holds G in its eval view (an exported model is frozen in eval mode already)."""
+    out = []
     with torch.no_grad():
-        return torch.cat([to_uint8(generator(part.to(device))).cpu() for part in z.split(GENERATE_BATCH)])
+        for part in z.split(GENERATE_BATCH):
+            x = generator(part.to(device))
+            if not bool(torch.isfinite(x).all()):
+                # uint8 would turn NaN into plausible-looking pixels: refuse to score them
+                raise NonFiniteImages("the generator's images are not finite (NaN or inf)")
+            out.append(to_uint8(x).cpu())
+    return torch.cat(out)
 
 
 def generate(generator: nn.Module, z: torch.Tensor, batch: int = 512) -> torch.Tensor:

@@ -23,15 +23,16 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from gan import distributed as dist
-from gan.callbacks import Callbacks, StopTraining
+from gan.callbacks import Callbacks, Diverged, StopTraining
 from gan.checkpoint import FORMAT_VERSION
 from gan.config import ConfigError, RunConfig
 from gan.data import ImageData, rank_batch_indices, to_unit_range
 from gan.ema import ema_beta, ema_update
+from gan.health import HEALTH_PREFIX, HealthGuard
 from gan.losses import LOSSES
 from gan.models import build_models
 from gan.precision import Precision, amp_dtype
-from gan.sampling import fixed_latents, generate, image_grid
+from gan.sampling import NonFiniteImages, fixed_latents, generate, image_grid
 
 STEP_METRICS = ("d_loss", "g_loss", "D_x", "D_G_z")
 LOWER_IS_BETTER = ("fid", "kid")
@@ -46,6 +47,7 @@ class TrainResult:
     generator: nn.Module  # the sampling generator (EMA copy if enabled), unwrapped, on CPU
     eval_history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     stopped: str | None = None
+    diverged: bool = False  # stopped by the health guard: a failure, not a score
 
 
 def resolve_device(name: str) -> torch.device:
@@ -107,6 +109,8 @@ def train(
 ) -> TrainResult:
     """Train a GAN on `data` as `cfg` says; resume from a checkpoint dict if given."""
     cb = callbacks or Callbacks()
+    if cfg.health_guard:  # every mode gets the same guard: local, each Ray Train rank, a trial
+        cb = HealthGuard.from_config(cfg, cb)
     device = device or resolve_device(cfg.device)
     rank, world = dist.rank(), dist.world_size()
     check_batch(cfg, len(data), world)
@@ -159,6 +163,7 @@ def train(
         unit="step", dynamic_ncols=True, desc="train",
     )
     stopped: str | None = None
+    diverged = False
     epochs_done = start_epoch
     try:
         for epoch in range(start_epoch, cfg.epochs):
@@ -212,7 +217,7 @@ def train(
             if done % cfg.eval_every == 0 or done == cfg.epochs:
                 sampler = G_ema if G_ema is not None else dist.unwrap(G)
                 grid = image_grid(generate(sampler, z_fixed))
-                scores = dict(evaluator(sampler, cfg.latent_dim)) if evaluator else {}
+                scores = _score(evaluator, sampler, cfg, done)
                 fid = scores.get("fid", math.nan)
                 improved = math.isfinite(fid) and fid < best.get("fid", math.inf)
                 for k in LOWER_IS_BETTER:
@@ -226,6 +231,7 @@ def train(
                 cb.on_checkpoint(done, step, _state(cfg, G, D, G_ema, opt_g, opt_d, prec, noise, done, step, best))
     except StopTraining as stop:
         stopped = str(stop) or "stopped"
+        diverged = isinstance(stop, Diverged)
     finally:
         bar.close()
 
@@ -236,7 +242,21 @@ def train(
         generator=copy.deepcopy(final).cpu().eval(),
         eval_history=history,
         stopped=stopped,
+        diverged=diverged,
     )
+
+
+def _score(evaluator: Evaluator | None, sampler: nn.Module, cfg: RunConfig, epoch: int) -> dict[str, float]:
+    """The eval's scores; none for non-finite images (there is nothing to score), which
+    under the health guard means the run diverged."""
+    if evaluator is None:
+        return {}
+    try:
+        return dict(evaluator(sampler, cfg.latent_dim))
+    except NonFiniteImages:
+        if cfg.health_guard:
+            raise Diverged(f"{HEALTH_PREFIX}the generator's images are not finite (NaN/inf) at epoch {epoch}") from None
+        return {}
 
 
 def _state(

@@ -21,4 +21,9 @@ class SearchSpaceError(ConfigError):
     """A search space file is invalid; the message names the file and the key."""
 
 
-__all__ = ["ClusterError", "ConfigError", "SearchSpaceError", "TrackingError", "UserError"]
+class RunDiverged(RuntimeError):
+    """Not a user error (exit 1): the health guard stopped a run whose GAN failed; the run
+    is FAILED with the reason in its stopped_reason tag and keeps what it logged."""
+
+
+__all__ = ["ClusterError", "ConfigError", "RunDiverged", "SearchSpaceError", "TrackingError", "UserError"]

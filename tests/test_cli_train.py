@@ -194,3 +194,18 @@ def test_help_describes_every_flag():
     top = subprocess.run([sys.executable, "-m", "pipelines.cli", "--help"],
                          capture_output=True, text=True, check=True).stdout
     assert "train" in top
+
+
+def test_an_absurd_learning_rate_fails_the_run_with_its_reason_and_no_score(tmp_path):
+    from pipelines.tracking.models import model_roles
+
+    p = cli(tmp_path, "train", "--arch", "mlp", "--epochs", "1", "--lr-g", "1e300", "--experiment", "nan", *FAST)
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 1, err
+    assert err.count("\n") == 1 and "RunDiverged" in err and "health: non-finite losses at step" in err
+    c = client(tmp_path)
+    (run,) = c.search_runs([c.get_experiment_by_name("nan").experiment_id])
+    assert run.info.status == "FAILED"
+    assert run.data.tags["stopped_reason"].startswith("health: non-finite losses at step")
+    assert "fid" not in run.data.metrics and c.get_metric_history(run.info.run_id, "d_loss")  # kept what it logged
+    assert model_roles(c, run.info.run_id) == set()  # nothing for promote to pick

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from gan.callbacks import Callbacks, StopTraining
 from gan.config import make_config
@@ -63,3 +64,52 @@ def test_the_loop_ends_cleanly_with_the_reason(mnist_small):
     result = train(cfg, mnist_small, HealthGuard(ForceNan()))
     assert result.stopped and result.stopped.startswith("health: non-finite losses at step 4")
     assert result.epochs_done == 0
+
+
+def test_the_guard_is_on_in_every_run_and_a_diverged_run_says_where_it_was_last_sane(mnist_small):
+    # No guard passed in: the loop wraps every run's callbacks itself (local, Ray rank, trial).
+    cfg = make_config({"arch": "mlp", "mlp_width": 16, "epochs": 2, "batch_size": 64, "log_every": 2,
+                       "lr_g": 1e300, "lr_d": 1e300})
+    result = train(cfg, mnist_small)
+    # stopped at the first flush of losses (log_every=2) that held a NaN: step 1's G loss
+    assert result.diverged and result.epochs_done == 0 and result.step == 2
+    assert result.stopped.startswith("health: non-finite losses at step 1")
+    assert result.stopped.endswith("no finite losses before it")
+
+
+def test_no_health_guard_lets_a_run_fail_in_plain_sight(mnist_small):
+    cfg = make_config({"arch": "mlp", "mlp_width": 16, "epochs": 1, "batch_size": 64,
+                       "lr_g": 1e300, "lr_d": 1e300, "health_guard": False})
+    result = train(cfg, mnist_small)
+    assert not result.diverged and result.stopped is None and result.epochs_done == 1
+
+
+class _NanGenerator(torch.nn.Module):
+    def forward(self, z):
+        return torch.full((len(z), 1, 28, 28), math.nan)
+
+
+def test_scoring_refuses_non_finite_images_and_the_run_logs_no_score_for_them(mnist5k, tmp_path):
+    from gan.metrics import Evaluator
+    from gan.sampling import NonFiniteImages
+
+    evaluator = Evaluator(mnist5k, num_samples=50, cache_dir=str(tmp_path))
+    with pytest.raises(NonFiniteImages):
+        evaluator(_NanGenerator(), 8)
+
+    class Scores(Callbacks):
+        evals: list = []
+
+        def on_eval(self, epoch, step, grid, metrics):
+            self.evals.append(metrics)
+
+    # A loop whose generator emits NaN: with the guard the run diverges at that eval and
+    # nothing is scored; without it the eval logs no metric at all.
+    def nan_eval(generator, latent_dim):
+        return evaluator(_NanGenerator(), latent_dim)
+
+    base = {"arch": "mlp", "mlp_width": 16, "epochs": 1, "batch_size": 256}
+    guarded = train(make_config(base), mnist5k, Scores(), evaluator=nan_eval)
+    assert guarded.diverged and "images are not finite" in guarded.stopped and Scores.evals == []
+    watched = train(make_config({**base, "health_guard": False}), mnist5k, Scores(), evaluator=nan_eval)
+    assert not watched.diverged and Scores.evals == [{}]

@@ -216,6 +216,18 @@ def test_two_worker_run_logs_one_mlflow_run_whose_checkpoint_resumes_in_process(
     assert result.epochs_done == 2 and result.step == 2 * STEPS_PER_EPOCH
 
 
+def test_a_diverged_ray_train_run_fails_with_the_guards_reason(ray_session, tmp_path, monkeypatch, capsys):
+    from pipelines.cli import main
+
+    client = _store(tmp_path, monkeypatch)
+    rc = main(["train", "--workers", "2", "--epochs", "1", "--lr-g", "1e300", "--experiment", "nan2",
+               "--ray-storage", str(tmp_path / "ray"), *TINY])
+    assert rc == 1 and "health: " in capsys.readouterr().err
+    run = _only_run(client, "nan2")
+    assert run.info.status == "FAILED" and run.data.tags["stopped_reason"].startswith("health: ")
+    assert "fid" not in run.data.metrics
+
+
 def test_a_worker_killed_after_the_first_checkpoint_restarts_and_logs_every_step_once(
         ray_session, tmp_path, monkeypatch):
     from pipelines.cli import main

@@ -18,6 +18,15 @@ def rank_share(total: int, rank: int, world_size: int) -> int:
     return total // world_size + (1 if rank < total % world_size else 0)
 
 
+def any_rank(flag: bool, world_size: int, device: torch.device) -> bool:
+    """True on every rank when `flag` is True on any (a collective: all ranks must call)."""
+    if world_size == 1:
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def trim_padding(padded: list[torch.Tensor], counts: list[int]) -> torch.Tensor:
     """Concatenate each rank's rows without its padding rows (no duplicate samples)."""
     return torch.cat([t[:c] for t, c in zip(padded, counts, strict=True)])

@@ -15,10 +15,10 @@ from torch import nn
 from gan.data import ImageData, to_unit_range
 from gan.metrics.backbones import load_backbone
 from gan.metrics.base import MetricError
-from gan.metrics.distributed import gather_rows, rank_share, world
+from gan.metrics.distributed import any_rank, gather_rows, rank_share, world
 from gan.metrics.engine import FeatureSet, embed_all, extract, real_features
 from gan.metrics.registry import compute_metrics
-from gan.sampling import eval_view, generate_uint8, sample_latents
+from gan.sampling import NonFiniteImages, eval_view, generate_uint8, sample_latents
 
 MIN_SAMPLES = 10  # k-NN radii (k=5) and KID subsets need a handful of samples per set
 
@@ -74,8 +74,14 @@ class Evaluator:
         start = sum(rank_share(self.num_samples, r, world_size) for r in range(rank))
         z = sample_latents(self.num_samples, latent_dim, self.seed)
         z = z[start : start + rank_share(self.num_samples, rank, world_size)]
-        with eval_view(generator):
-            images = generate_uint8(generator, z, self.device)
+        try:
+            with eval_view(generator):
+                images = generate_uint8(generator, z, self.device)
+            broken = False
+        except NonFiniteImages:
+            broken = True
+        if any_rank(broken, world_size, self.device):  # every rank refuses, or none does
+            raise NonFiniteImages("the generator's images are not finite (NaN or inf): nothing to score")
         self._check_shape(images.shape[1:])
         feats, probs = embed_all(self.extractor, self._batches(images))
         if world_size > 1:

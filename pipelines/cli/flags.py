@@ -39,6 +39,12 @@ FLAG_HELP = {
     "checkpoint_every": "epochs between full-state checkpoints",
     "keep_checkpoints": "newest checkpoints a run keeps, plus the one of its best eval (0: keep all)",
     "log_every": "steps between batched metric writes",
+    "health_guard": "stop (and fail) a run whose losses or images turn NaN/inf, whose D loss collapses "
+    "or whose G loss blows up (--no-health-guard: watch it fail)",
+    "health_d_floor": "health: D loss below this for --health-window steps means D won outright",
+    "health_g_ceiling": "health: G loss above this for --health-window steps means G blew up",
+    "health_window": "health: steps a collapse or blow-up must last to count",
+    "health_g_limit": "health: a G loss beyond this stops the run at once",
     "backbone": "feature network of the FID-style metrics: " + ", ".join(BACKBONES),
     "eval_samples": "generated images per evaluation",
     "device": "auto (cuda if present), cpu, cuda or cuda:N",
@@ -96,12 +102,13 @@ def add_sweep_parser(subparsers: Any, command: Any) -> argparse.ArgumentParser:
     """`gan-pipeline sweep` and its flags."""
     s = subparsers.add_parser(
         "sweep", help="sweep hyperparameters: Ray Tune + Optuna, nested MLflow runs",
-        description="Sweep a search space (search_spaces/*.yaml) with Ray Tune + Optuna TPE and "
+        description="Sweep a search space (a YAML file, or a shipped one: gan-pipeline spaces) with "
+        "Ray Tune + Optuna TPE and "
         "ASHA early stopping; one parent MLflow run with a nested child run per trial and a "
         "summary table, parameter plots and the best trials' samples. With no arguments: "
-        "search_spaces/quick.yaml on the embedded mnist-5k, a few minutes on a CPU.")
+        "the shipped space quick on the embedded mnist-5k, a few minutes on a CPU.")
     s.add_argument("--space", default=DEFAULT_SPACE, metavar="FILE",
-                   help="search space YAML, or a name in search_spaces/ (default: quick)")
+                   help="search space YAML, or a shipped space's name (gan-pipeline spaces; default: quick)")
     s.add_argument("--trials", type=int, default=None, metavar="N",
                    help="trials in all (default: the space's sweep.trials, else 10)")
     s.add_argument("--concurrency", type=int, default=None, metavar="N",

@@ -20,7 +20,7 @@ from gan.config import RunConfig
 from gan.errors import UserError
 from pipelines.distributed.connect import connect, ray_address
 from pipelines.distributed.options import RayOptions, run_params, worker_config
-from pipelines.errors import ClusterError
+from pipelines.errors import ClusterError, RunDiverged
 from pipelines.tracking import names
 
 if TYPE_CHECKING:
@@ -124,7 +124,7 @@ def _fit_and_finish(client: Any, experiment_id: str, run_id: str, cfg: RunConfig
     from gan.train import TrainResult
     from pipelines.distributed.worker import FAIL_ONCE_ENV, checkpoint_file
     from pipelines.tracking.history import logged_eval_history, logged_grids
-    from pipelines.tracking.runs import finish_run, log_run_config
+    from pipelines.tracking.runs import diverged_reason, fail_diverged, finish_run, log_run_config
     from pipelines.training.local import RunOutcome
 
     log_run_config(client, run_id, cfg, run_params(opts))
@@ -142,6 +142,11 @@ def _fit_and_finish(client: Any, experiment_id: str, run_id: str, cfg: RunConfig
         if isinstance(first, UserError):
             raise first from e  # already one line for the user (a dataset missing on a node)
         raise DistributedTrainingError(_worker_summary(e, causes)) from e
+    reason = diverged_reason(client, run_id)  # rank 0 wrote it when the guard stopped the loop
+    if reason:
+        with tempfile.TemporaryDirectory() as tmp:
+            fail_diverged(client, run_id, logged_grids(client, run_id, tmp), reason)
+        raise RunDiverged(f"run {run_id} is FAILED: {reason}")
     if result.checkpoint is None:
         raise DistributedTrainingError("the workers finished without reporting a checkpoint")
     with result.checkpoint.as_directory() as folder:

@@ -122,8 +122,10 @@ def train_worker(config: dict[str, Any]) -> None:
             client.set_tag(run_id, names.RAY_RESTORED_FROM_STEP, str(state["step"]))
     callbacks = RayTrainCallbacks(rank, tracking, config.get("fail_once"))
     try:
-        train(cfg, data, callbacks, evaluator=build_evaluator(cfg, data, device),
-              resume=state, device=device, progress=False)
+        result = train(cfg, data, callbacks, evaluator=build_evaluator(cfg, data, device),
+                       resume=state, device=device, progress=False)
+        if result.diverged and tracking:  # every rank stopped at the same step; the driver fails the run
+            tracking.client.set_tag(tracking.run_id, names.STOPPED_REASON, result.stopped)
     finally:
         if tracking:
             import mlflow

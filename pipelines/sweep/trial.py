@@ -1,15 +1,16 @@
 """What one Tune trial of a sweep runs: find or create its nested MLflow child run, then
 train in-process (one worker, the one loop via pipelines.training's pieces) or launch a
-Ray Train TorchTrainer (N workers, pipelines.ray_train) and forward its reports to Tune.
+Ray Train TorchTrainer (N workers, pipelines.distributed) and forward its reports to Tune.
 
 A trial's MLflow run is found by its Tune trial id, so a trial restarted by a resumed
 sweep continues its own child run from its last MLflow checkpoint instead of starting
 a duplicate. How a trial ends is written on its run:
 
-    FINISHED  ran its whole budget; has the generator model
-    KILLED    stopped early, tag stopped_reason = "health: ..." (diverged, no model) or
-              "tune: ..." (ASHA pruned it, or the sweep was stopped); metrics and grids kept
-    FAILED    crashed; tag error
+    FINISHED  ran its whole budget; has its best and final generator models
+    KILLED    stopped early by Tune, tag stopped_reason = "tune: ..." (ASHA pruned it, or
+              the sweep was stopped); metrics, grids and its best model so far kept
+    FAILED    diverged (tag stopped_reason = "health: ...", the loop's health guard) or
+              crashed (tag error); what it logged is kept, promote never picks it
 """
 
 from __future__ import annotations
@@ -27,12 +28,11 @@ import torch
 from gan.callbacks import Callbacks, ForwardingCallbacks
 from gan.config import RunConfig, make_config
 from gan.data import ImageData
-from gan.health import HealthGuard
 from gan.train import resolve_device, train
 from pipelines.tracking import names
 from pipelines.tracking.callbacks import MlflowCallbacks
 from pipelines.tracking.history import last_logged_step, latest_checkpoint, logged_grids
-from pipelines.tracking.runs import end_early, finish_run, log_run_config, run_guard
+from pipelines.tracking.runs import diverged_reason, end_early, fail_diverged, finish_run, log_run_config, run_guard
 from pipelines.tracking.store import client_for, environment_tags
 from pipelines.training.prepare import build_evaluator
 
@@ -154,7 +154,7 @@ def run_trial(config: dict[str, Any], data: ImageData, ctx: TrialContext) -> Non
             log_run_config(client, run_id, cfg, {"world_size": 1, "device_type": str(device),
                                                  "num_workers": 1, names.TRIAL_ID: trial_id})
         try:
-            result = train(cfg, data, HealthGuard(to_tune), evaluator=cached_evaluator(cfg, data, device),
+            result = train(cfg, data, to_tune, evaluator=cached_evaluator(cfg, data, device),
                            resume=state, device=device, progress=False)
         except SystemExit:  # Tune stopped this trial (ASHA pruned it, or the sweep ended)
             pruned = True
@@ -166,8 +166,9 @@ def run_trial(config: dict[str, Any], data: ImageData, ctx: TrialContext) -> Non
         end_early(client, run_id, tracking.frames, f"tune: stopped by the scheduler after "
                    f"epoch {to_tune.epoch} (its FID was not competitive)")
         raise SystemExit(0)
-    if result.stopped:  # the health guard: diverged, no model worth keeping
-        end_early(client, run_id, tracking.frames, result.stopped)
+    if result.diverged:  # the health guard stopped it: FAILED, no final model; the sweep goes on
+        assert result.stopped is not None
+        fail_diverged(client, run_id, tracking.frames, result.stopped)
         report({names.FID: math.nan, names.BEST_FID: to_tune.last.get(names.BEST_FID, math.nan),
                 names.EPOCH: result.epochs_done, "step": result.step, "stopped": 1})
         return None
@@ -211,12 +212,17 @@ def _run_distributed_trial(cfg: RunConfig, data: ImageData, ctx: TrialContext,
         callbacks: list[Any] = [*(trainer.run_config.callbacks or []), TuneReportCallback()]
         trainer.run_config.callbacks = callbacks
         result = trainer.fit()
+        with tempfile.TemporaryDirectory() as tmp:
+            frames = logged_grids(client, run_id, tmp)
+        reason = diverged_reason(client, run_id)  # rank 0 wrote it when the guard stopped the loop
+        if reason:
+            fail_diverged(client, run_id, frames, reason)
+            report({names.FID: math.nan, names.EPOCH: cfg.epochs, "stopped": 1})
+            return
         if result.checkpoint is None:
             raise RuntimeError("the trial's workers finished without reporting a checkpoint")
         with result.checkpoint.as_directory() as folder:
             state = load_checkpoint(checkpoint_file(folder))
         generator = final_generator(cfg, data.shape, state)
-        with tempfile.TemporaryDirectory() as tmp:
-            frames = logged_grids(client, run_id, tmp)
         finish_run(client, run_id, cfg, generator, frames, data.shape,
                    epoch=int(state["epoch"]), step=int(state["step"]))

@@ -13,6 +13,7 @@ from typing import Any
 from torch import nn
 
 from gan.config import RunConfig
+from gan.health import HEALTH_PREFIX
 from pipelines.errors import TrackingError
 from pipelines.tracking import names
 from pipelines.tracking.callbacks import log_progress_gif
@@ -116,6 +117,23 @@ def end_early(client: Any, run_id: str, frames: list[tuple[int, Any]], reason: s
         client.set_terminated(run_id, "KILLED")
     except Exception as e:  # noqa: BLE001
         print(f"warning: could not close run {run_id}: {e}", file=sys.stderr)
+
+
+def fail_diverged(client: Any, run_id: str, frames: list[tuple[int, Any]], reason: str) -> None:
+    """A run the health guard stopped: GIF, stopped_reason, FAILED. What it logged and its
+    checkpoints (all taken before the divergence was confirmed) stay; no final model."""
+    import mlflow
+
+    mlflow.flush_async_logging()
+    log_progress_gif(client, run_id, frames)
+    client.set_tag(run_id, names.STOPPED_REASON, reason)
+    close_run(client, run_id, "FAILED", f"diverged: {reason}")
+
+
+def diverged_reason(client: Any, run_id: str) -> str | None:
+    """The health guard's reason when a run (a Ray Train rank 0 wrote it) diverged."""
+    reason = client.get_run(run_id).data.tags.get(names.STOPPED_REASON, "")
+    return reason if reason.startswith(HEALTH_PREFIX) else None
 
 
 def close_run(client: Any, run_id: str, status: str, message: str) -> None:

@@ -15,10 +15,10 @@ from typing import Any
 from gan.config import RunConfig, make_config
 from gan.data import ImageData
 from gan.train import TrainResult, resolve_device, train
-from pipelines.errors import TrackingError
+from pipelines.errors import RunDiverged, TrackingError
 from pipelines.tracking.callbacks import MlflowCallbacks
 from pipelines.tracking.history import last_logged_step, latest_checkpoint, logged_grids
-from pipelines.tracking.runs import find_resumable, finish_run, log_run_config, open_run, run_guard
+from pipelines.tracking.runs import fail_diverged, find_resumable, finish_run, log_run_config, open_run, run_guard
 from pipelines.tracking.store import (
     check_writable,
     client_for,
@@ -93,6 +93,10 @@ def execute(
         callbacks = MlflowCallbacks(client, run_id, floor=floor, frames=frames, cfg=cfg, image_shape=data.shape)
         evaluator = evaluator or build_evaluator(cfg, data, device)
         result = train(cfg, data, callbacks, evaluator=evaluator, resume=state, device=device, progress=progress)
+        if result.diverged:
+            assert result.stopped is not None
+            fail_diverged(client, run_id, callbacks.frames, result.stopped)
+            raise RunDiverged(f"run {run_id} is FAILED: {result.stopped}")
         model_uri = finish_run(client, run_id, cfg, result.generator, callbacks.frames, data.shape,
                                epoch=result.epochs_done, step=result.step, stopped=result.stopped)
         return RunOutcome(run_id, experiment_id, result, model_uri)
