@@ -140,3 +140,23 @@ def test_sweep_flags_below_one_are_config_errors(flag):
 
     with pytest.raises(ConfigError, match=f"--{flag.replace('_', '-')} 0 is invalid"):
         SweepOptions(**{flag: 0}).resolved(load_space("quick"))
+
+
+def test_shipped_spaces_resolve_by_name_from_any_folder(tmp_path, monkeypatch):
+    from pipelines.sweep.space import SPACES_DIR, resolve_path
+
+    monkeypatch.chdir(tmp_path)  # no search_spaces/ here: the names come from the package
+    assert resolve_path("quick") == SPACES_DIR / "quick.yaml" and resolve_path("quick").is_file()
+    assert load_space("quick").sweep["trials"] >= 1
+
+
+def test_spaces_command_lists_name_trials_and_description(tmp_path, monkeypatch, capsys):
+    from pipelines.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["spaces"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    names = [line.split()[0] for line in lines]
+    assert names == sorted(names) and {"quick", "default", "cifar10-gpu"} <= set(names)
+    quick = next(line for line in lines if line.startswith("quick "))
+    assert "10 trials" in quick and "quick CPU sweep on mnist-5k" in quick

@@ -64,6 +64,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_spaces(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pipelines.sweep.space import shipped
+
+    spaces = shipped()
+    width = max(len(Path(s.path).stem) for s in spaces)
+    for s in spaces:
+        trials = s.sweep.get("trials", 10)
+        print(f"{Path(s.path).stem:<{width}}  {trials:>3} trials  {s.description}")
+    return 0
+
+
 def cmd_promote(args: argparse.Namespace) -> int:
     from pipelines.registry.promote import promote
     from pipelines.tracking.store import client_for

@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_ray_flags(t)
     t.set_defaults(func=commands.cmd_train)
     add_sweep_parser(sub, commands.cmd_sweep)
+    sp = sub.add_parser("spaces", help="list the search spaces that ship with the package",
+                        description="List the shipped search spaces (name, default trials, description); "
+                        "pass a name to `gan-pipeline sweep --space NAME` from any folder.")
+    sp.set_defaults(func=commands.cmd_spaces)
 
     pr = sub.add_parser("promote", help="register the best generator; move alias champion if better",
                         description="Rank the generator models (MLflow LoggedModels: each run's best and final) "

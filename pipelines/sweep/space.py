@@ -1,4 +1,5 @@
-"""Search spaces: the YAML files under search_spaces/ parsed, validated and sampled.
+"""Search spaces: YAML files (the shipped ones in pipelines/sweep/spaces/, package data)
+parsed, validated and sampled; shipped() lists them for `gan-pipeline spaces`.
 
 A space file is data, not code. Its keys are RunConfig field names:
 
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 KINDS = ("float", "int", "categorical")
 SWEEP_KEYS = {"trials": int, "concurrency": int, "grace_period": int}
 TOP_KEYS = ("description", "sweep", "params")
-SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
+SPACES_DIR = Path(__file__).resolve().parent / "spaces"  # package data: works from any folder
 
 
 @dataclass(frozen=True)
@@ -122,11 +123,16 @@ class SearchSpace:
 
 
 def resolve_path(name: str | Path) -> Path:
-    """A path as given, else a bare name looked up in search_spaces/ ('quick' too)."""
+    """A path as given, else a bare name of a shipped space ('quick', 'default', ...)."""
     p = Path(name)
     if p.exists() or p.suffix or len(p.parts) > 1:
         return p
     return SPACES_DIR / f"{name}.yaml"
+
+
+def shipped() -> list[SearchSpace]:
+    """The spaces that ship with the package, by name (their file's stem)."""
+    return [load_space(p) for p in sorted(SPACES_DIR.glob("*.yaml"))]
 
 
 def load_space(path: str | Path) -> SearchSpace:
