@@ -211,6 +211,26 @@ def make_config(values: Mapping[str, Any] | None = None) -> RunConfig:
     return RunConfig(**clean)
 
 
+MAX_YAML_BYTES = 1 << 20  # a config or search space is a few hundred bytes
+# Aliases expand: nine levels of nine aliases name 9^9 values in a few lines (a "YAML
+# bomb"). With at most 20 the largest expansion is a few thousand values.
+MAX_YAML_ALIASES = 20
+
+
+def safe_yaml(text: str, where: str) -> Any:
+    """yaml.safe_load with limits on size and aliases; one-line ConfigErrors."""
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError(f"{where} is {len(text)} bytes: a config file must be under {MAX_YAML_BYTES} bytes")
+    try:
+        aliases = sum(isinstance(e, yaml.AliasEvent) for e in yaml.parse(text, Loader=yaml.SafeLoader))
+        if aliases > MAX_YAML_ALIASES:
+            raise ConfigError(f"{where} uses {aliases} YAML aliases: at most {MAX_YAML_ALIASES} are allowed")
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        first = str(e).splitlines()[0][:200] if str(e) else "parse error"
+        raise ConfigError(f"{where} is not valid YAML: {first}") from None
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file into a dict of overrides, with one-line errors."""
     p = Path(path)
@@ -218,11 +238,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         text = p.read_text()
     except OSError as e:
         raise ConfigError(f"config file {str(p)!r} cannot be read: {e.strerror or e}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        first = str(e).splitlines()[0] if str(e) else "parse error"
-        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {first}") from None
+    data = safe_yaml(text, f"config file {str(p)!r}")
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -14,10 +14,11 @@ import hashlib
 import importlib.util
 import pickle
 import struct
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -149,15 +150,47 @@ def _mnist_family(name: str, folder: str) -> Callable[[Path], ImageData]:
     return load
 
 
+# The official CIFAR-10 python batches are pickles: a file planted in --data-dir could run
+# code when unpickled. Each file must match its published MD5 (torchvision's table)
+# before it is read, and even then only numpy arrays and plain containers unpickle.
+CIFAR10_MD5 = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+}
+_PICKLE_ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+                   ("numpy._core.multiarray", "_reconstruct")}
+
+
+class _ArraysOnly(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _PICKLE_ALLOWED:
+            raise DataError(f"refusing to unpickle {module}.{name}: the CIFAR-10 batches hold only arrays")
+        return super().find_class(module, name)
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def _cifar10(data_dir: Path) -> ImageData:
     root = data_dir / "cifar-10-batches-py"
-    batches = [root / f"data_batch_{i}" for i in range(1, 6)]
+    batches = [root / name for name in CIFAR10_MD5]
     if not all(b.exists() for b in batches):
         _download("cifar10", data_dir, str(root))
     images, labels = [], []
     for b in batches:
+        if _md5(b) != CIFAR10_MD5[b.name]:
+            raise DataError(f"{b} does not match the official CIFAR-10 checksum: refusing to read it "
+                            "(delete the folder to download it again)")
         with open(b, "rb") as f:
-            d = pickle.load(f, encoding="bytes")  # the official format is a pickle of arrays
+            d = _ArraysOnly(f, encoding="bytes").load()
         images.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
         labels.extend(d[b"labels"])
     return ImageData(
@@ -194,8 +227,13 @@ def _folder(path: Path, size: int) -> ImageData:
     pil_images = []
     for f in files:
         try:
-            with Image.open(f) as im:
-                pil_images.append(im.copy())
+            with warnings.catch_warnings():  # PIL only warns below 2x its limit: refuse those too
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(f) as im:
+                    pil_images.append(im.copy())
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise DataError(f"dataset folder file {str(f)!r} is too large to decode safely (over "
+                            f"{Image.MAX_IMAGE_PIXELS} pixels): resize it") from None
         except (UnidentifiedImageError, OSError):
             raise DataError(f"dataset folder file {str(f)!r} is not a readable image") from None
     gray = all(im.mode in ("1", "L", "I", "I;16", "F") for im in pil_images)

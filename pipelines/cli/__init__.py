@@ -38,7 +38,7 @@ def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namesp
     except UserError as e:
         if debug:
             raise
-        print(f"gan-pipeline {args.command}: error: {e}", file=sys.stderr)
+        print(f"gan-pipeline {args.command}: error: {_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"gan-pipeline {args.command}: interrupted", file=sys.stderr)
@@ -46,10 +46,17 @@ def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namesp
     except Exception as e:  # noqa: BLE001 - one line for the user, the run is already marked
         if debug:
             raise
-        first = str(e).splitlines()[0] if str(e) else ""
-        print(f"gan-pipeline {args.command}: failed: {type(e).__name__}: {first} "
+        print(f"gan-pipeline {args.command}: failed: {type(e).__name__}: {_line(e)} "
               "(GAN_PIPELINES_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 1
+
+
+MAX_LINE = 300  # an error is one line a person reads, not a dump of the input
+
+
+def _line(error: BaseException) -> str:
+    first = (str(error).splitlines() or [""])[0]
+    return first if len(first) <= MAX_LINE else first[: MAX_LINE - 3] + "..."
 
 
 def _quiet() -> None:
@@ -57,6 +64,11 @@ def _quiet() -> None:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    # A lost tracking server: MLflow's defaults retry one call for minutes in silence.
+    # Bounded: ~4 tries, 30 s each at most, then the command fails with one line.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     warnings.filterwarnings("ignore")
     import logging
 

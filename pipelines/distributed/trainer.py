@@ -78,13 +78,14 @@ def run_distributed(cfg: RunConfig, opts: RayOptions, experiment: str | None = N
     """Train over opts.workers Ray Train workers and record one MLflow run.
 
     --workers 1 is a local run (in-process, no Ray; on cuda with --gpu)."""
+    from pipelines.tracking.lease import lease
     from pipelines.tracking.runs import open_run, run_guard
     from pipelines.tracking.store import (
         absolute_uri,
-        check_writable,
         client_for,
         ensure_experiment,
         environment_tags,
+        probe_store,
         tracking_uri,
     )
     from pipelines.training.local import run_local
@@ -98,7 +99,7 @@ def run_distributed(cfg: RunConfig, opts: RayOptions, experiment: str | None = N
     # ---- everything a user can get wrong, before the MLflow run exists
     cfg = worker_config(cfg, opts)
     uri = absolute_uri(tracking_uri())  # workers open the store from their own folders
-    check_writable(uri)
+    probe_store(uri)  # bounded; before anything exists
     data = prepare(cfg, opts.workers, check_device=False)
     client = client_for(uri)
     experiment_id = ensure_experiment(client, experiment)
@@ -109,7 +110,7 @@ def run_distributed(cfg: RunConfig, opts: RayOptions, experiment: str | None = N
         check_resources(opts, fixed=local)
         tags = environment_tags(cfg.dataset, f"{opts.workers}x{'cuda' if opts.gpu else 'cpu'}")
         run_id, experiment_id = open_run(client, experiment_id, run_name, tags)
-        with run_guard(client, run_id):
+        with lease(client, run_id), run_guard(client, run_id):
             return _fit_and_finish(client, experiment_id, run_id, cfg, opts, uri, data.shape)
     finally:
         if started:

@@ -25,7 +25,7 @@ from gan.data import load_dataset
 from gan.train import train
 from pipelines.tracking import names
 from pipelines.tracking.callbacks import MlflowCallbacks
-from pipelines.tracking.history import last_logged_step
+from pipelines.tracking.history import last_eval_step, last_logged_step
 from pipelines.tracking.store import client_for
 from pipelines.training.prepare import build_evaluator
 
@@ -117,7 +117,7 @@ def train_worker(config: dict[str, Any]) -> None:
         client, run_id = client_for(config["tracking_uri"]), config["run_id"]
         # Steps this run already holds (logged before a failure) are not written again.
         tracking = MlflowCallbacks(client, run_id, floor=last_logged_step(client, run_id),
-                                   cfg=cfg, image_shape=data.shape)
+                                   eval_floor=last_eval_step(client, run_id), cfg=cfg, image_shape=data.shape)
         if state is not None:
             client.set_tag(run_id, names.RAY_RESTORED_FROM_STEP, str(state["step"]))
     callbacks = RayTrainCallbacks(rank, tracking, config.get("fail_once"))

@@ -25,9 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
-from gan.config import FIELD_NAMES, ConfigError, RunConfig, make_config
+from gan.config import FIELD_NAMES, ConfigError, RunConfig, make_config, safe_yaml
 from pipelines.errors import SearchSpaceError
 
 if TYPE_CHECKING:
@@ -140,12 +138,13 @@ def load_space(path: str | Path) -> SearchSpace:
     p = resolve_path(path)
     where = str(p)
     try:
-        data = yaml.safe_load(p.read_text())
+        text = p.read_text()
     except OSError as e:
         raise SearchSpaceError(f"search space {where}: cannot be read: {e.strerror or e}") from None
-    except yaml.YAMLError as e:
-        first = str(e).splitlines()[0] if str(e) else "parse error"
-        raise SearchSpaceError(f"search space {where}: not valid YAML: {first}") from None
+    try:
+        data = safe_yaml(text, f"search space {where}")
+    except ConfigError as e:
+        raise SearchSpaceError(str(e)) from None
     return parse_space(data, where)
 
 

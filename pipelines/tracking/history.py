@@ -4,6 +4,7 @@ where it stopped (last step, newest checkpoint, sample grids, eval scores)."""
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +24,35 @@ def last_logged_step(client: Any, run_id: str) -> int:
     return max((m.step for m in history), default=0)
 
 
+def last_eval_step(client: Any, run_id: str) -> int:
+    """The step of the run's last logged eval (0 for none): each metric kind resumes from
+    its own floor, so an eval a kill interrupted is redone, once."""
+    return max((m.step for m in client.get_metric_history(run_id, names.EPOCH)), default=0)
+
+
+class NoIntactCheckpoint(Exception):  # noqa: N818 - a condition the caller reports
+    """Every checkpoint of the run is unreadable (the message names them)."""
+
+
 def latest_checkpoint(client: Any, run_id: str, dest: str | Path) -> dict[str, Any] | None:
-    """Download and load (weights_only) the newest checkpoint artifact of a run."""
+    """Download and load (weights_only) the newest intact checkpoint of a run: a torn or
+    corrupt newest one falls back to the one before it, with a warning. None when the run
+    has none; NoIntactCheckpoint when it has some and none loads."""
     found = sorted(a.path for a in client.list_artifacts(run_id, names.CHECKPOINT_DIR) if a.path.endswith(".pt"))
-    if not found:
-        return None
-    local = client.download_artifacts(run_id, found[-1], str(dest))
-    return load_checkpoint(local)
+    bad = []
+    for name in reversed(found):
+        local = client.download_artifacts(run_id, name, str(dest))
+        try:
+            state = load_checkpoint(local)
+        except Exception as e:  # noqa: BLE001 - torn zip, wrong format, unpickling refused: all unusable
+            bad.append(f"{Path(name).name} ({type(e).__name__})")
+            print(f"warning: checkpoint {name} of run {run_id} is unreadable ({type(e).__name__}); "
+                  "trying the one before it", file=sys.stderr)
+            continue
+        return state
+    if bad:
+        raise NoIntactCheckpoint(f"run {run_id} has no intact checkpoint left: {', '.join(bad)}")
+    return None
 
 
 def logged_eval_history(client: Any, run_id: str) -> list[tuple[int, dict[str, float]]]:

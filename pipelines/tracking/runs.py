@@ -17,24 +17,53 @@ from gan.health import HEALTH_PREFIX
 from pipelines.errors import TrackingError
 from pipelines.tracking import names
 from pipelines.tracking.callbacks import log_progress_gif
+from pipelines.tracking.lease import check_free
 from pipelines.tracking.models import FINAL, log_model, model_with_role
 from pipelines.tracking.store import config_params
 
 
-def find_resumable(client: Any, experiment_id: str, run_id: str | None) -> str:
-    """`run_id` if given, else the newest unfinished run of the experiment."""
+def find_resumable(client: Any, experiment_id: str, run_id: str | None, extend_to: int | None = None) -> Any:
+    """The run `--resume [RUN_ID]` may continue, by the rules a user can rely on:
+
+    - no RUN_ID: the newest unfinished run of the experiment, never a pruned or diverged
+      sweep trial or a sweep's parent (those only by id);
+    - a FINISHED run only with a larger --epochs (`extend_to`), which extends it;
+    - never a run whose lease is fresh (someone is still training it)."""
     if run_id and run_id != "latest":
         try:
             run = client.get_run(run_id)
         except Exception:  # noqa: BLE001 - MlflowException for an unknown id
             raise TrackingError(f"--resume {run_id}: no such MLflow run in this store") from None
-        return str(run.info.run_id)
-    runs = client.search_runs(
-        [experiment_id], "attributes.status != 'FINISHED'", order_by=["attributes.start_time DESC"], max_results=1
-    )
-    if not runs:
-        raise TrackingError("--resume: no unfinished run in this experiment to continue")
-    return str(runs[0].info.run_id)
+    else:
+        runs = client.search_runs([experiment_id], "attributes.status != 'FINISHED'",
+                                  order_by=["attributes.start_time DESC"], max_results=200)
+        runs = [r for r in runs if _continuable(r)]
+        if not runs:
+            raise TrackingError("--resume: no unfinished run in this experiment to continue (pruned or "
+                                "diverged sweep trials are resumed only by id: --resume RUN_ID)")
+        run = runs[0]
+    if run.data.tags.get(names.SWEEP_ROLE) == "parent":
+        raise TrackingError(f"--resume {run.info.run_id}: it is a sweep's parent run: continue the sweep "
+                            f"with gan-pipeline sweep --resume {run.data.tags.get(names.SWEEP_NAME, '')}")
+    if run.info.status == "FINISHED":
+        done = int(run.data.params.get("epochs", 0))
+        if not extend_to or extend_to <= done:
+            raise TrackingError(f"--resume {run.info.run_id}: the run is FINISHED ({done} epochs): pass "
+                                f"--epochs N with N > {done} to extend it")
+    check_free(run)
+    return run
+
+
+def _continuable(run: Any) -> bool:
+    reason = run.data.tags.get(names.STOPPED_REASON, "")
+    return run.data.tags.get(names.SWEEP_ROLE) != "parent" and not reason.startswith(("tune:", "health:"))
+
+
+def clear_stale_tags(client: Any, run: Any) -> None:
+    """A resumed run starts clean: the error or stop reason of its last life is history."""
+    for key in (names.ERROR, names.STOPPED_REASON):
+        if key in run.data.tags:
+            client.delete_tag(run.info.run_id, key)
 
 
 def adopted_run(client: Any) -> Any | None:
@@ -75,11 +104,13 @@ def run_guard(client: Any, run_id: str) -> Iterator[None]:
         raise
 
 
-def log_run_config(client: Any, run_id: str, cfg: RunConfig, extra: dict[str, Any]) -> None:
-    """The resolved config (plus where it ran) as params, and as config.yaml."""
+def log_run_config(client: Any, run_id: str, cfg: RunConfig, extra: dict[str, Any],
+                   omit: tuple[str, ...] = ()) -> None:
+    """The resolved config (plus where it ran, less `omit`) as params, and all of it as
+    config.yaml."""
     from mlflow.entities import Param
 
-    client.log_batch(run_id, params=[Param(k, v) for k, v in config_params(cfg, extra).items()])
+    client.log_batch(run_id, params=[Param(k, v) for k, v in config_params(cfg, extra, omit).items()])
     client.log_text(run_id, cfg.to_yaml(), names.CONFIG_FILE)
 
 
