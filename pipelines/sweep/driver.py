@@ -24,6 +24,9 @@ from pipelines.sweep.space import SearchSpace, load_space
 from pipelines.tracking import names
 
 DATA_KEYS = ("dataset", "data_dir", "image_size")  # loaded once per sweep: never searched
+# A trial whose process or node dies (a lost spot worker) is restarted, on any node, and
+# continues its own MLflow run from its last checkpoint (trial.py); a crash twice more ends it.
+TRIAL_RETRIES = 2
 
 
 @dataclass
@@ -228,6 +231,7 @@ def _tune(space: SearchSpace, opts: Sweep, data: Any, uri: str, experiment_id: s
                 run_config=tune.RunConfig(
                     name=opts.name, storage_path=str(exp_dir.parent), verbose=0,
                     callbacks=[_progress_callback()],
+                    failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
                 ),
             )
         grid = tuner.fit()

@@ -100,13 +100,23 @@ def open_child(client: Any, ctx: TrialContext, trial_id: str, cfg: RunConfig,
                device: str) -> tuple[str, bool]:
     """(run id, fresh): this trial's existing child run reopened, else a new nested one."""
     run = find_child(client, ctx, trial_id)
+    node = _node_tag()  # where it runs now: a trial restarted after its node died moves
     if run is not None:
         client.update_run(run.info.run_id, status="RUNNING")
+        for key, value in node.items():
+            client.set_tag(run.info.run_id, key, value)
         return run.info.run_id, False
     tags = {**environment_tags(cfg.dataset, device), names.PARENT_RUN: ctx.parent_run_id,
-            names.TRIAL_ID: trial_id, names.SWEEP_NAME: ctx.sweep_name}
+            names.TRIAL_ID: trial_id, names.SWEEP_NAME: ctx.sweep_name, **node}
     run = client.create_run(ctx.experiment_id, run_name=f"{ctx.sweep_name}-{trial_id}", tags=tags)
     return run.info.run_id, True
+
+
+def _node_tag() -> dict[str, str]:
+    """The Ray node this trial runs on, as a tag (placement is visible on each run)."""
+    import ray
+
+    return {names.NODE_ID: ray.get_runtime_context().get_node_id()} if ray.is_initialized() else {}
 
 
 _EVALUATORS: dict[tuple, Any] = {}

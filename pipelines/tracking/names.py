@@ -14,6 +14,7 @@ GIT_COMMIT = "mlflow.source.git.commit"
 # every run
 DATASET = "dataset"
 DEVICE = "device"
+NODE_ID = "ray.node_id"  # the Ray node a trial ran on
 VERSION_PREFIX = "version."  # version.torch, version.ray, ...
 ERROR = "error"  # why a run FAILED (or was interrupted)
 STOPPED_REASON = "stopped_reason"  # why a run ended early: "health: ...", "tune: ...", "lost: ..."

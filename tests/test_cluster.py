@@ -1,0 +1,161 @@
+"""From laptop to cluster, for real, on this machine: a two-node Ray cluster started with
+`ray start` (token auth on), an MLflow server on PostgreSQL with proxied artifacts, sweeps
+submitted with `ray job submit`, then promote and generate from another process against
+the same server. No mock; the fixtures stop every process by PID (tests/cluster_parts.py).
+
+The README's "Run on a cluster" guide runs these same commands."""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cluster_parts import RayCluster, mlflow_server, pg_bindir, pids_mentioning, postgres  # noqa: E402
+
+from pipelines.tracking import names  # noqa: E402
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(pg_bindir() is None, reason="needs Debian's postgresql (.ci/run installs it)")]
+
+# Tiny trials: the point is where they run and where their numbers go, not the GAN.
+TINY = {"dataset": "mnist-5k", "arch": "mlp", "mlp_width": 16, "latent_dim": 16, "batch_size": 128,
+        "eval_every": 1, "checkpoint_every": 1, "eval_samples": 200, "device": "cpu",
+        "lr_g": {"type": "float", "low": 2.0e-4, "high": 1.0e-3, "log": True}}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """PostgreSQL -> MLflow server -> two Ray nodes whose processes log to that server."""
+    root = tmp_path_factory.mktemp("cluster")
+    password = secrets.token_urlsafe(24)  # this run's only; travels as PGPASSWORD
+    with postgres(password) as db, \
+            mlflow_server(db, password, root / "artifacts", root / "mlflow-server.log") as server:
+        url = server.url
+        # Like ray_cluster.yaml: every node's processes (job drivers, trials) inherit it.
+        env = {"MLFLOW_TRACKING_URI": url, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+               "PYTHONWARNINGS": "ignore", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true", "GAN_PIPELINES_DEBUG": "1"}
+        ray_cluster = RayCluster(root, env)  # starts while the server migrates its database
+        try:
+            server.wait()
+            yield SimpleNamespace(url=url, ray=ray_cluster, root=root, artifacts=root / "artifacts")
+        finally:
+            ray_cluster.stop()
+            marker = str(ray_cluster.temp)
+    assert not pids_mentioning(marker), "a Ray process of the test cluster survived"
+
+
+def _job_dir(cluster, name: str, epochs: int) -> Path:
+    """The job's --working-dir: just the space file (the code is installed on every node)."""
+    folder = cluster.root / name
+    folder.mkdir()
+    space = {"description": "cluster test", "params": {**TINY, "epochs": epochs}}
+    (folder / "tiny.yaml").write_text(yaml.safe_dump(space))
+    return folder
+
+
+def _submit(job: Path, name: str, *extra: str) -> list[str]:
+    """`ray job submit` of a sweep (the README's command): the space file travels in the
+    working dir; the job's driver finds the cluster in $RAY_ADDRESS and the server in
+    $MLFLOW_TRACKING_URI, both set on every node."""
+    return ["job", "submit", "--working-dir", str(job), "--submission-id", f"{name}-{secrets.token_hex(3)}",
+            "--", "gan-pipeline", "sweep", "--space", "tiny.yaml", "--scheduler", "none", "--name", name,
+            "--ray-storage", "ray_results", *extra]
+
+
+def _children(client, name: str) -> list:
+    from pipelines.registry.promote import find_sweep
+    from pipelines.sweep.report import child_runs
+
+    parent = find_sweep(client, name)
+    return child_runs(client, parent.info.experiment_id, parent.info.run_id)
+
+
+def _client(cluster):
+    from pipelines.tracking.store import client_for
+
+    return client_for(cluster.url)
+
+
+def test_a_sweep_submitted_as_a_ray_job_runs_on_both_nodes_and_logs_through_the_server(cluster):
+    job = _job_dir(cluster, "job-two-nodes", epochs=1)
+    done = cluster.ray.cli(*_submit(job, "two-nodes", "--trials", "2", "--concurrency", "2"), check=False)
+    assert done.returncode == 0 and "succeeded" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
+
+    client = _client(cluster)
+    runs = _children(client, "two-nodes")
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    nodes = cluster.ray.alive_nodes()
+    assert {nodes[r.data.tags[names.NODE_ID]] for r in runs} == {"node_a", "node_b"}  # one trial on each
+    # Proxied artifacts: runs name the server's artifact route; the files land in its folder.
+    assert all(r.info.artifact_uri.startswith("mlflow-artifacts:") for r in runs)
+    assert any(p.suffix == ".pt" for p in cluster.artifacts.rglob("*"))
+
+    # promote and generate: other processes, the same server (the URI from the environment)
+    env = {**cluster.ray.env, "MLFLOW_TRACKING_URI": cluster.url}
+    promote = subprocess.run(["gan-pipeline", "promote", "--sweep", "two-nodes", "--model-name", "cluster-gen"],
+                             env=env, capture_output=True, text=True, timeout=300, cwd=cluster.root)
+    assert promote.returncode == 0, promote.stderr
+    grid = cluster.root / "grid.png"
+    generate = subprocess.run(["gan-pipeline", "generate", "--model", "models:/cluster-gen@champion", "-n", "4",
+                               "--out", str(grid)], env=env, capture_output=True, text=True, timeout=300)
+    assert generate.returncode == 0 and grid.stat().st_size > 0, generate.stderr
+
+
+def test_a_lost_worker_node_s_trial_resumes_from_its_checkpoint_on_the_head(cluster):
+    job = _job_dir(cluster, "job-node-loss", epochs=8)  # long enough to be caught mid-run
+    args = _submit(job, "node-loss", "--trials", "2", "--concurrency", "2")
+    env = {**cluster.ray.env, "RAY_API_SERVER_ADDRESS": cluster.ray.dashboard}
+    submit = subprocess.Popen([str(Path(sys.executable).parent / "ray"), *args], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    client = _client(cluster)
+    nodes = cluster.ray.alive_nodes()
+    node_b = next(n for n, name in nodes.items() if name == "node_b")
+    lost = None
+    deadline = time.time() + 240
+    while lost is None:  # the trial on node_b, once it has a checkpoint to resume from
+        assert time.time() < deadline and submit.poll() is None, "no checkpoint on node_b in time"
+        try:
+            for r in _children(client, "node-loss"):
+                if r.data.tags.get(names.NODE_ID) == node_b and any(
+                        a.path.endswith(".pt") for a in client.list_artifacts(r.info.run_id, names.CHECKPOINT_DIR)):
+                    lost = r
+        except Exception:  # noqa: BLE001 - the parent run does not exist yet
+            pass
+        time.sleep(1)
+    cluster.ray.kill_node("node_b")
+    out, _ = submit.communicate(timeout=400)
+    try:
+        assert submit.returncode == 0 and "succeeded" in out, out[-4000:]
+        runs = _children(client, "node-loss")
+        trial_ids = [r.data.tags[names.TRIAL_ID] for r in runs]
+        assert len(runs) == 2 and len(set(trial_ids)) == 2  # every trial accounted for, no duplicate run
+        assert all(r.info.status == "FINISHED" for r in runs)
+        resumed = client.get_run(lost.info.run_id)
+        assert names.TRIAL_RESUMED_FROM_STEP in resumed.data.tags, (resumed.data.tags, out[-4000:])
+        assert int(resumed.data.tags[names.TRIAL_RESUMED_FROM_STEP]) > 0  # from its checkpoint, not from scratch
+        assert nodes[resumed.data.tags[names.NODE_ID]] == "node_a"  # finished on the head
+    finally:
+        cluster.ray.add_node("node_b")  # the next test needs two nodes again
+
+
+def test_workers_per_trial_2_makes_one_ddp_group_across_both_nodes(cluster):
+    import json
+
+    job = _job_dir(cluster, "job-ddp", epochs=1)
+    done = cluster.ray.cli(*_submit(job, "ddp", "--trials", "1", "--workers-per-trial", "2"), check=False)
+    assert done.returncode == 0 and "succeeded" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
+    (run,) = _children(_client(cluster), "ddp")
+    assert run.info.status == "FINISHED" and run.data.params["world_size"] == "2"
+    listed = cluster.ray.cli("list", "actors", "--filter", "class_name=RayTrainWorker", "--detail",
+                         "--format", "json", "--limit", "100", "--address", cluster.ray.dashboard)
+    workers = json.loads(listed.stdout)  # only this sweep had Ray Train workers
+    nodes = cluster.ray.alive_nodes()
+    assert {nodes.get(a["node_id"]) for a in workers} == {"node_a", "node_b"}, workers
