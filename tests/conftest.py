@@ -1,8 +1,14 @@
-"""Shared fixtures: small configs and the embedded dataset loaded once per session."""
+"""Shared fixtures: small configs, the embedded dataset loaded once per session, and a
+real `mlflow server` on 127.0.0.1 (registry and browser tests)."""
 
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 
 import pytest
 
@@ -25,3 +31,34 @@ def mnist_small(mnist5k):
 
     idx = torch.randperm(len(mnist5k), generator=torch.Generator().manual_seed(0))[:512]
     return ImageData("mnist-512", mnist5k.images[idx].clone(), mnist5k.labels[idx].clone())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        # No background job runners (a dozen huey processes): this server only tracks.
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2)
+            break
+        except OSError:
+            assert proc.poll() is None, "mlflow server exited"
+            time.sleep(0.5)
+    yield url
+    os.killpg(proc.pid, 9)  # its graceful shutdown takes ~10 s; the store is a throwaway
+    proc.wait(timeout=30)

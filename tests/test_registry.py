@@ -5,11 +5,8 @@ their fid histories are written by the test so the right answer is known."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 
 import numpy as np
 import pytest
@@ -146,37 +143,6 @@ def test_pyfunc_and_pytorch_faces_of_a_registered_generator(tmp_path):
     assert model.metadata.signature.params.to_dict()[0]["name"] == "num_images"
     module = mlflow.pytorch.load_model(uri)
     assert module(torch.randn(2, LATENT)).shape == (2, 1, 28, 28)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def mlflow_server(tmp_path):
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        # No background job runners (a dozen huey processes): this server only tracks.
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=2)
-            break
-        except OSError:
-            assert proc.poll() is None, "mlflow server exited"
-            time.sleep(0.5)
-    yield url
-    os.killpg(proc.pid, 9)  # its graceful shutdown takes ~10 s; the store is a throwaway
-    proc.wait(timeout=30)
 
 
 def test_promotion_against_a_real_tracking_server(mlflow_server, tmp_path, monkeypatch):

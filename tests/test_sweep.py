@@ -93,13 +93,28 @@ def test_three_trial_sweep_makes_a_parent_with_nested_children_and_a_report(ray_
         assert model_roles(client, c.info.run_id) == {"best", "final"}
         # start-up: a trial reaches its first training step within 30 s of starting
         assert float(c.data.tags["trial.seconds_to_first_step"]) < 30
+        # readable in the UI: a short name, a description, only the active params, the
+        # dataset, the package's own commit, the kimg clock, a fixed grid name per eval
+        assert c.info.run_name.startswith("t0") and c.info.run_name.split()[0] in c.data.tags["mlflow.note.content"]
+        inactive = "dcgan_width" if c.data.params["arch"] == "mlp" else "mlp_width"
+        assert inactive not in c.data.params
+        assert c.data.tags.get("mlflow.source.git.commit") or c.data.tags.get("source.version")
+        datasets = [(d.dataset.name, d.dataset.digest) for d in c.inputs.dataset_inputs]
+        assert datasets == [("mnist-5k", "1680ceb83f00b2ba")]
+        assert c.data.metrics["kimg"] == pytest.approx(2 * 78 * 64 / 1000)
+        assert {"grids/epoch_000.png", "grids/epoch_002.png"} <= _artifacts(client, c.info.run_id, "grids")
+        assert c.data.metrics["resources/wall_s"] > 0 and c.data.metrics["resources/peak_memory_mb"] > 0
+    assert client.get_experiment(parent.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert set(parent.data.metrics) == {"sweep.fid", "sweep.best_fid", "sweep.trials_finished", "sweep.seconds"}
+    assert "| # | trial |" in parent.data.tags["mlflow.note.content"]
     assert out.best is not None and out.best.info.run_id == parent.data.tags["best_run_id"]
 
     import pandas as pd
 
     local = client.download_artifacts(out.parent_run_id, "summary/summary.csv", str(workdir))
     table = pd.read_csv(local)
-    assert len(table) == 3 and {"status", "best_fid", "epochs_run", "lr_g", "arch"} <= set(table.columns)
+    assert len(table) == 3 and {"status", "best_fid", "epochs_run", "lr_g", "arch", "name", "wall_s", "cpu_h",
+                                "gpu_h", "peak_mem_mb", "node"} <= set(table.columns)
 
     # Promotion from this real sweep picks the child with the best (lowest) fid in its
     # history, and a second promotion of the same sweep keeps that champion.

@@ -34,7 +34,10 @@ class Evaluator:
         device: torch.device | str = "cpu",
         seed: int = 0,
         cache_dir: str | None = None,
+        progress: bool | None = None,
     ) -> None:
+        """progress: a bar on stderr for the real statistics and each eval's features when
+        they take over 2 s; None: only on a terminal, True always, False never."""
         if min(num_samples, len(data)) < MIN_SAMPLES:
             raise MetricError(
                 f"num_samples={num_samples} with {len(data)} real images is too few: "
@@ -46,7 +49,8 @@ class Evaluator:
         self.seed = seed
         # fail fast (before training starts) on a backbone the dataset cannot use
         self.extractor = load_backbone(backbone, data, self.device, cache_dir)
-        self.real = real_features(data, self.extractor, num_samples, cache_dir)
+        self.progress = progress
+        self.real = real_features(data, self.extractor, num_samples, cache_dir, progress=progress)
 
     def _check_shape(self, shape: tuple[int, ...]) -> None:
         if tuple(shape) != tuple(self.image_shape):
@@ -83,7 +87,8 @@ class Evaluator:
         if any_rank(broken, world_size, self.device):  # every rank refuses, or none does
             raise NonFiniteImages("the generator's images are not finite (NaN or inf): nothing to score")
         self._check_shape(images.shape[1:])
-        feats, probs = embed_all(self.extractor, self._batches(images))
+        feats, probs = embed_all(self.extractor, self._batches(images), total=len(images),
+                                 progress=self.progress and rank == 0, desc=f"scoring ({self.extractor.name})")
         if world_size > 1:
             feats = gather_rows(feats)
             probs = None if probs is None else gather_rows(probs)

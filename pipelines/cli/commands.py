@@ -60,7 +60,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
           f"FID {m.get(names.FID, math.nan):.2f} (best during training {m.get(names.BEST_FID, math.nan):.2f}, "
           f"{b.data.params.get('backbone', '')} backbone)")
     print(f"  {params}")
-    print(ui_hint(out.tracking_uri, out.experiment_id, b.info.run_id))
+    print(ui_hint(out.tracking_uri, out.experiment_id, b.info.run_id, sweep=out.name,
+                  parent_run_id=out.parent_run_id))
     return 0
 
 

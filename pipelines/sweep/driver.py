@@ -215,7 +215,8 @@ def _tune(space: SearchSpace, opts: Sweep, data: Any, uri: str, experiment_id: s
         trial_uri = server.url() if server else uri
         ctx = TrialContext(trial_uri, experiment_id, parent_id, opts.name, opts.cpus_per_trial,
                            opts.gpus_per_trial, opts.workers_per_trial,
-                           str(Path(opts.storage_path).expanduser().resolve()))
+                           str(Path(opts.storage_path).expanduser().resolve()),
+                           searched=tuple(p.name for p in space.params))
         trainable = make_trainable(data, ctx, opts)
         if restore:
             tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable,
@@ -284,15 +285,15 @@ def _finish(client: Any, experiment_id: str, parent_id: str, space: SearchSpace,
                            "tune: the trial's process ended before it closed its run")
             client.set_terminated(r.info.run_id, "KILLED")
     runs = child_runs(client, experiment_id, parent_id)
-    log_report(client, parent_id, runs, space)
+    runs = log_report(client, parent_id, runs, space)  # as renamed and described
     best = best_run(runs)
     seconds = time.time() - started
     now = int(time.time() * 1000)
     metrics = [Metric(names.TRIALS_FINISHED, sum(r.info.status == "FINISHED" for r in runs), now, 0),
                Metric(names.SWEEP_SECONDS, seconds, now, 0)]
     if best is not None:
-        metrics += [Metric(k, best.data.metrics[k], now, 0) for k in (names.FID, names.BEST_FID)
-                    if k in best.data.metrics]
+        metrics += [Metric(f"{names.SWEEP_PREFIX}{k}", best.data.metrics[k], now, 0)
+                    for k in (names.FID, names.BEST_FID) if k in best.data.metrics]
         client.set_tag(parent_id, names.BEST_RUN_ID, best.info.run_id)
         client.set_tag(parent_id, names.BEST_TRIAL_ID, best.data.tags.get(names.TRIAL_ID, ""))
     client.log_batch(parent_id, metrics=metrics)

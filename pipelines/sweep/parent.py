@@ -14,7 +14,7 @@ from pipelines.sweep.options import Sweep, SweepOptions
 from pipelines.sweep.space import SearchSpace, load_space
 from pipelines.tracking import names
 from pipelines.tracking.runs import open_run
-from pipelines.tracking.store import environment_tags
+from pipelines.tracking.store import environment_tags, share_sweep_view
 
 PARENT_ROLE = "parent"
 
@@ -39,6 +39,7 @@ def create_parent(client: Any, experiment_id: str, space: SearchSpace,
     params.update({f"fixed.{k}": v for k, v in space.fixed.items()})
     client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
     client.log_artifact(run_id, space.path, "search_space")
+    share_sweep_view(client, experiment_id, opts.name, [p.name for p in space.params])  # the printed URL's view
     return run_id, experiment_id
 
 

@@ -1,6 +1,7 @@
 """The sweep's closing report on its parent MLflow run: a summary table of every trial
-(CSV and HTML), Optuna's parameter-importance and parallel-coordinate plots, and the
-best trials' sample grids side by side at the same epoch.
+(CSV and HTML, with each trial's resource use), Optuna's parameter-importance and
+parallel-coordinate plots, and the best trials' sample grids side by side at the same
+epoch; each trial renamed to what tells it apart, and every run's description written.
 
 Built from the child runs in MLflow (not Tune's in-memory results), so a resumed sweep
 reports the trials of every driver that worked on it.
@@ -14,6 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from pipelines.sweep.naming import differing, trial_name
+from pipelines.sweep.notes import parent_note, trial_note
 from pipelines.sweep.space import SearchSpace
 from pipelines.tracking import names
 from pipelines.tracking.history import eval_epochs, logged_grids
@@ -58,6 +61,10 @@ def sampled_params(run: Any, space: SearchSpace) -> dict[str, Any]:
     return values
 
 
+RESOURCES = {names.WALL_S: "wall_s", names.CPU_HOURS: "cpu_h", names.GPU_HOURS: "gpu_h",
+             names.PEAK_MEMORY_MB: "peak_mem_mb"}
+
+
 def summary_frame(runs: list[Any], space: SearchSpace) -> Any:
     import pandas as pd
 
@@ -65,14 +72,18 @@ def summary_frame(runs: list[Any], space: SearchSpace) -> Any:
     for r in runs:
         m = r.data.metrics
         rows.append({
+            "name": r.info.run_name,
             "trial_id": r.data.tags.get(names.TRIAL_ID, ""),
             "run_id": r.info.run_id,
             "status": r.info.status,
             names.STOPPED_REASON: r.data.tags.get(names.STOPPED_REASON, ""),
+            names.ERROR: r.data.tags.get(names.ERROR, ""),
             names.FID: m.get(names.FID),
             names.BEST_FID: m.get(names.BEST_FID),
             "epochs_run": int(m[names.EPOCH]) if names.EPOCH in m else 0,
             **sampled_params(r, space),
+            **{col: m.get(key) for key, col in RESOURCES.items()},
+            "node": r.data.tags.get(names.NODE_ID, "")[:12],
         })
     frame = pd.DataFrame(rows)
     return frame.sort_values(names.BEST_FID, na_position="last").reset_index(drop=True) if rows else frame
@@ -93,38 +104,83 @@ def study_from_runs(runs: list[Any], space: SearchSpace) -> Any:
     return study
 
 
-def log_report(client: Any, parent_run_id: str, runs: list[Any], space: SearchSpace) -> None:
+def log_report(client: Any, parent_run_id: str, runs: list[Any], space: SearchSpace) -> list[Any]:
     """Summary table, plots and comparison image on the parent run; a plot that cannot be
-    drawn (too few finished trials) is skipped with a note, never fails the sweep."""
+    drawn (too few finished trials) is skipped with a note, never fails the sweep.
+    Returns the runs as the report left them (renamed, described)."""
     import matplotlib
 
     matplotlib.use("Agg")
+    runs = name_trials(client, runs, space)
+    from pipelines.tracking.store import share_sweep_view
+
+    parent = client.get_run(parent_run_id)
+    share_sweep_view(client, parent.info.experiment_id, parent.data.tags.get(names.SWEEP_NAME, ""),
+                     [p.name for p in space.params])
     frame = summary_frame(runs, space)
+    describe(client, parent_run_id, runs, frame)
     with tempfile.TemporaryDirectory() as tmp:
         csv, html = Path(tmp) / "summary.csv", Path(tmp) / "summary.html"
         frame.to_csv(csv, index=False)
         frame.to_html(html, index=False, na_rep="")
         client.log_artifact(parent_run_id, str(csv), "summary")
         client.log_artifact(parent_run_id, str(html), "summary")
-    _log_plots(client, parent_run_id, study_from_runs(runs, space))
+    _log_plots(client, parent_run_id, study_from_runs(runs, space), _objective(runs))
     try:
         _log_comparison(client, parent_run_id, runs)
     except Exception as e:  # noqa: BLE001 - a missing grid must not lose the rest
         print(f"note: no comparison image: {e}", file=sys.stderr)
+    return [client.get_run(r.info.run_id) for r in runs]
 
 
-def _log_plots(client: Any, run_id: str, study: Any) -> None:
+def name_trials(client: Any, runs: list[Any], space: SearchSpace) -> list[Any]:
+    """Rename each trial to its number (in start order) and the sampled values that differ
+    across trials; returns the runs as renamed."""
+    runs = sorted(runs, key=lambda r: r.info.start_time)
+    values = {r.info.run_id: sampled_params(r, space) for r in runs}
+    keep = differing(list(values.values()))
+    for number, r in enumerate(runs, 1):
+        name = trial_name(number, values[r.info.run_id], keep)
+        if name != r.info.run_name:
+            client.update_run(r.info.run_id, name=name)
+    return [client.get_run(r.info.run_id) for r in runs]
+
+
+def describe(client: Any, parent_run_id: str, runs: list[Any], frame: Any) -> None:
+    """Each trial's description (how it ended, its rank) and the parent's (top trials)."""
+    from pipelines.tracking.store import run_url, runs_table_url
+
+    exp = runs[0].info.experiment_id if runs else client.get_run(parent_run_id).info.experiment_id
+    sweep = client.get_run(parent_run_id).data.tags.get(names.SWEEP_NAME, "")
+    scored = [row["run_id"] for row in frame.to_dict("records") if row[names.BEST_FID] == row[names.BEST_FID]
+              and row[names.BEST_FID] is not None]
+    for row in frame.to_dict("records"):
+        rank = scored.index(row["run_id"]) + 1 if row["run_id"] in scored else None
+        client.set_tag(row["run_id"], names.NOTE,
+                       trial_note(row, rank, len(scored), sweep, run_url("", exp, parent_run_id)))
+    client.set_tag(parent_run_id, names.NOTE, parent_note(frame, sweep, runs_table_url("", exp, sweep),
+                                                          lambda run_id: run_url("", exp, run_id)))
+
+
+def _objective(runs: list[Any]) -> str:
+    backbone = next((r.data.params.get("backbone") for r in runs if r.data.params.get("backbone")), "?")
+    return f"final FID ({backbone} backbone, lower is better)"
+
+
+def _log_plots(client: Any, run_id: str, study: Any, objective: str) -> None:
     import matplotlib.pyplot as plt
     import optuna.visualization.matplotlib as ovm
 
     for name, plot in (("param_importances", ovm.plot_param_importances),
                        ("parallel_coordinate", ovm.plot_parallel_coordinate)):
         try:
-            ax = plot(study)
+            ax = plot(study, target_name=objective)
         except Exception as e:  # noqa: BLE001 - e.g. fewer than 2 finished trials
             client.set_tag(run_id, f"{names.PLOT_PREFIX}{name}", f"skipped: {type(e).__name__}: {e}"[:500])
             continue
-        fig: Any = (ax[0] if hasattr(ax, "__len__") else ax).figure  # type: ignore[index]
+        axis: Any = ax[0] if hasattr(ax, "__len__") else ax  # type: ignore[index]
+        fig: Any = axis.figure
+        axis.set_title(f"{name.replace('_', ' ')}: {objective}")
         fig.set_size_inches(10, 6)
         fig.tight_layout()
         client.log_figure(run_id, fig, f"plots/{name}.png")
@@ -150,17 +206,18 @@ def _log_comparison(client: Any, parent_run_id: str, runs: list[Any]) -> None:
     if not common:
         return
     epoch = max(common)
-    fig, axes = plt.subplots(1, len(per_run), figsize=(4 * len(per_run), 4.4), squeeze=False)
-    for ax, (r, grids) in zip(axes[0], per_run, strict=True):
+    fig, axes = plt.subplots(1, len(per_run), figsize=(4.5 * len(per_run), 5.2), squeeze=False,
+                             layout="constrained")
+    for i, (ax, (r, grids)) in enumerate(zip(axes[0], per_run, strict=True), 1):
         epochs = eval_epochs(client, r.info.run_id)
         fid_at = {epochs[m.step]: m.value for m in client.get_metric_history(r.info.run_id, names.FID)
                   if m.step in epochs}
         grid = grids[epoch]
         ax.imshow(grid.squeeze(), cmap="gray" if grid.ndim == 2 or grid.shape[-1] == 1 else None)
-        ax.set_title(f"trial {r.data.tags.get(names.TRIAL_ID, '?')}\nFID {fid_at.get(epoch, math.nan):.1f}",
-                     fontsize=10)
+        ax.set_title(f"#{i} {r.info.run_name}\n"
+                     f"FID {fid_at.get(epoch, math.nan):.2f} at epoch {epoch}", fontsize=10)
         ax.axis("off")
-    fig.suptitle(f"best {len(per_run)} trials by best FID, sample grids at epoch {epoch}")
-    fig.tight_layout()
+    backbone = ranked[0].data.params.get("backbone", "?")
+    fig.suptitle(f"best {len(per_run)} trials by best FID ({backbone} backbone), samples at epoch {epoch}")
     client.log_figure(parent_run_id, fig, f"comparison/best_trials_epoch{epoch}.png")
     plt.close(fig)

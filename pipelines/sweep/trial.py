@@ -29,9 +29,12 @@ from gan.callbacks import Callbacks, ForwardingCallbacks
 from gan.config import RunConfig, make_config
 from gan.data import ImageData
 from gan.train import resolve_device, train
+from pipelines.sweep.naming import trial_name
 from pipelines.tracking import names
 from pipelines.tracking.callbacks import MlflowCallbacks
 from pipelines.tracking.history import last_logged_step, latest_checkpoint, logged_grids
+from pipelines.tracking.inputs import log_dataset
+from pipelines.tracking.resources import log_resources, system_metrics
 from pipelines.tracking.runs import diverged_reason, end_early, fail_diverged, finish_run, log_run_config, run_guard
 from pipelines.tracking.store import client_for, environment_tags
 from pipelines.training.prepare import build_evaluator
@@ -49,6 +52,7 @@ class TrialContext:
     gpus_per_trial: float = 0
     workers_per_trial: int = 1
     storage_path: str = "./ray_results"
+    searched: tuple[str, ...] = ()  # the space's parameter names (a trial samples the active ones)
 
 
 class TuneCallbacks(ForwardingCallbacks):
@@ -97,8 +101,9 @@ def find_child(client: Any, ctx: TrialContext, trial_id: str) -> Any | None:
 
 
 def open_child(client: Any, ctx: TrialContext, trial_id: str, cfg: RunConfig,
-               device: str) -> tuple[str, bool]:
-    """(run id, fresh): this trial's existing child run reopened, else a new nested one."""
+               device: str, sampled: dict[str, Any]) -> tuple[str, bool]:
+    """(run id, fresh): this trial's existing child run reopened, else a new nested one,
+    named by its number and `sampled` values."""
     run = find_child(client, ctx, trial_id)
     node = _node_tag()  # where it runs now: a trial restarted after its node died moves
     if run is not None:
@@ -108,7 +113,9 @@ def open_child(client: Any, ctx: TrialContext, trial_id: str, cfg: RunConfig,
         return run.info.run_id, False
     tags = {**environment_tags(cfg.dataset, device), names.PARENT_RUN: ctx.parent_run_id,
             names.TRIAL_ID: trial_id, names.SWEEP_NAME: ctx.sweep_name, **node}
-    run = client.create_run(ctx.experiment_id, run_name=f"{ctx.sweep_name}-{trial_id}", tags=tags)
+    started = client.search_runs([ctx.experiment_id], f"tags.`{names.PARENT_RUN}` = '{ctx.parent_run_id}'",
+                                 max_results=10_000)
+    run = client.create_run(ctx.experiment_id, run_name=trial_name(len(started) + 1, sampled), tags=tags)
     return run.info.run_id, True
 
 
@@ -139,14 +146,18 @@ def run_trial(config: dict[str, Any], data: ImageData, ctx: TrialContext) -> Non
     started = time.time()
     trial_id = tune.get_context().get_trial_id()
     cfg = make_config(config)
+    # Only the parameters this trial sampled are its params (no mlp_width on a dcgan
+    # trial); its name shows them too (the report shortens it to those that differ).
+    inactive = tuple(k for k in ctx.searched if k not in config)
+    sampled = {k: config[k] for k in ctx.searched if k in config}
     if ctx.gpus_per_trial > 0 and cfg.device in ("auto", "cpu"):
         cfg = dataclasses.replace(cfg, device="cuda")
     if ctx.workers_per_trial > 1:
-        return _run_distributed_trial(cfg, data, ctx, trial_id)
+        return _run_distributed_trial(cfg, data, ctx, trial_id, sampled, inactive)
     torch.set_num_threads(max(1, int(ctx.cpus_per_trial)))
     device = resolve_device(cfg.device)
     client = client_for(ctx.tracking_uri)
-    run_id, fresh = open_child(client, ctx, trial_id, cfg, str(device))
+    run_id, fresh = open_child(client, ctx, trial_id, cfg, str(device), sampled)
     state, floor, frames = None, 0, []
     if not fresh:  # a resumed sweep restarted this trial: continue its run, no duplicate
         with tempfile.TemporaryDirectory() as tmp:
@@ -162,12 +173,15 @@ def run_trial(config: dict[str, Any], data: ImageData, ctx: TrialContext) -> Non
     with run_guard(client, run_id):
         if fresh or state is None:
             log_run_config(client, run_id, cfg, {"world_size": 1, "device_type": str(device),
-                                                 "num_workers": 1, names.TRIAL_ID: trial_id})
+                                                 "num_workers": 1, names.TRIAL_ID: trial_id}, omit=inactive)
+            log_dataset(client, run_id, cfg.dataset, data)
         try:
-            result = train(cfg, data, to_tune, evaluator=cached_evaluator(cfg, data, device),
-                           resume=state, device=device, progress=False)
+            with system_metrics(run_id, ctx.tracking_uri, resumed=not fresh):
+                result = train(cfg, data, to_tune, evaluator=cached_evaluator(cfg, data, device),
+                               resume=state, device=device, progress=False)
         except SystemExit:  # Tune stopped this trial (ASHA pruned it, or the sweep ended)
             pruned = True
+        log_resources(client, run_id, started, ctx.cpus_per_trial, ctx.gpus_per_trial)
         if to_tune.first_step_at is not None:
             client.set_tag(run_id, names.TRIAL_SECONDS_TO_FIRST_STEP,
                            f"{to_tune.first_step_at - started:.2f}")
@@ -196,7 +210,7 @@ def _logged_scores(client: Any, run_id: str) -> dict[str, float]:
 
 
 def _run_distributed_trial(cfg: RunConfig, data: ImageData, ctx: TrialContext,
-                           trial_id: str) -> None:
+                           trial_id: str, sampled: dict[str, Any], inactive: tuple[str, ...]) -> None:
     """N Ray Train workers for this trial (Train V2 inside Tune): trainer.fit() here, the
     workers' reports forwarded to Tune by TuneReportCallback."""
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -211,17 +225,22 @@ def _run_distributed_trial(cfg: RunConfig, data: ImageData, ctx: TrialContext,
     # Ray Train reports at checkpoints: checkpointing at every eval puts `fid` in each report.
     cfg = worker_config(dataclasses.replace(cfg, checkpoint_every=cfg.eval_every), opts)
     client = client_for(ctx.tracking_uri)
-    run_id, fresh = open_child(client, ctx, trial_id, cfg, f"{opts.workers}x{'cuda' if opts.gpu else 'cpu'}")
+    run_id, fresh = open_child(client, ctx, trial_id, cfg, f"{opts.workers}x{'cuda' if opts.gpu else 'cpu'}", sampled)
+    started = time.time()
     with run_guard(client, run_id):
         if fresh:
-            log_run_config(client, run_id, cfg, {**run_params(opts), names.TRIAL_ID: trial_id})
+            log_run_config(client, run_id, cfg, {**run_params(opts), names.TRIAL_ID: trial_id}, omit=inactive)
+            log_dataset(client, run_id, cfg.dataset, data)
         loop_config = {"cfg": cfg.to_dict(), "tracking_uri": ctx.tracking_uri, "run_id": run_id,
                        "threads": opts.cpus_per_worker, "fail_once": None}
         trainer = make_trainer(opts, loop_config, f"gan-{run_id}")
         # make_trainer builds the Train RunConfig; the Tune hand-off is this sweep's business.
         callbacks: list[Any] = [*(trainer.run_config.callbacks or []), TuneReportCallback()]
         trainer.run_config.callbacks = callbacks
-        result = trainer.fit()
+        with system_metrics(run_id, ctx.tracking_uri, resumed=not fresh):
+            result = trainer.fit()
+        log_resources(client, run_id, started, ctx.cpus_per_trial * opts.workers,
+                      ctx.gpus_per_trial * opts.workers)
         with tempfile.TemporaryDirectory() as tmp:
             frames = logged_grids(client, run_id, tmp)
         reason = diverged_reason(client, run_id)  # rank 0 wrote it when the guard stopped the loop

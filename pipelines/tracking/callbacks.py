@@ -2,6 +2,13 @@
 metrics, sample grids with their step, eval scores linked to the generator that earned
 them, checkpoints under a retention policy), and at the end the progress GIF. Only
 rank 0 writes.
+
+The clock: MLflow steps are optimizer steps (one sequence per run: resume and dedup rely
+on it), and every logged row also carries `kimg` (thousands of real images D has seen),
+so a chart with kimg as its x-axis lines up trials of different batch sizes. Grids are
+upscaled to >= 512 px and kept twice: by step for the run page's image slider, and as
+grids/epoch_NNN.png, a name every run of a sweep shares (an epoch is one pass over the
+same data), so the compare page shows two runs' samples side by side.
 """
 
 from __future__ import annotations
@@ -17,12 +24,13 @@ from torch import nn
 from gan.callbacks import Callbacks
 from gan.checkpoint import checkpoint_name, save_checkpoint
 from gan.config import RunConfig
-from gan.sampling import save_gif
+from gan.sampling import fixed_latents, generate, image_grid, save_gif
 from pipelines.tracking import names
 from pipelines.tracking.models import BEST, FINAL, log_model, model_with_role, run_models
 
 # MLflow caps a log_batch at 1000 metrics.
 _BATCH = 900
+MIN_GRID_PX = 512  # a person sees digits, not specks, on the run page and the compare page
 
 
 class MlflowCallbacks(Callbacks):
@@ -43,6 +51,7 @@ class MlflowCallbacks(Callbacks):
         self.frames: list[tuple[int, np.ndarray]] = list(frames or [])
         self.cfg, self.image_shape = cfg, image_shape
         self.model_at: tuple[int, str] | None = None  # (step, model_id) of the last model logged
+        self.started = floor > 0  # a fresh run logs its untrained generator's grid at step 0
         self.best_epoch: int | None = None
         if floor and cfg is not None and rank == 0:  # a resumed run: its best so far
             best = model_with_role(client, run_id, BEST)
@@ -54,8 +63,11 @@ class MlflowCallbacks(Callbacks):
         rows = [(s, r) for s, r in rows if s > self.floor]
         if self.rank != 0 or not rows:
             return
+        if not self.started:
+            self.started = True
+            self._log_untrained()
         ts = _now_ms()
-        batch = [Metric(k, v, ts, s) for s, r in rows for k, v in r.items()]
+        batch = [Metric(k, v, ts, s) for s, r in rows for k, v in {**r, **self._kimg(s)}.items()]
         for i in range(0, len(batch), _BATCH):
             self.client.log_batch(self.run_id, metrics=batch[i : i + _BATCH], synchronous=False)
 
@@ -79,15 +91,44 @@ class MlflowCallbacks(Callbacks):
             return
         from mlflow.entities import Metric
 
-        self.frames.append((step, grid))
-        self.client.log_image(self.run_id, grid, key=names.GRID_KEY, step=step)
+        self._log_grid(epoch, step, grid)
         ts = _now_ms()
-        values = {**metrics, names.EPOCH: float(epoch)}
+        values = {**metrics, names.EPOCH: float(epoch), **self._kimg(step)}
         # Scores of a generator kept as a LoggedModel are linked to it: the Models tab and
         # search_logged_models rank models by their own numbers.
         model_id = self.model_at[1] if self.model_at and self.model_at[0] == step else None
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, step, model_id=model_id)
                                                     for k, v in values.items()])
+
+    def _kimg(self, step: int) -> dict[str, float]:
+        if self.cfg is None:
+            return {}
+        return {names.KIMG: step * self.cfg.batch_size * self.cfg.n_dis / 1000}
+
+    def _log_grid(self, epoch: int, step: int, grid: np.ndarray) -> None:
+        big = upscale(grid)
+        self.frames.append((step, big))
+        self.client.log_image(self.run_id, big, key=names.GRID_KEY, step=step)
+        from PIL import Image
+
+        with tempfile.TemporaryDirectory(prefix="gan-grid-") as tmp:
+            path = Path(tmp) / f"epoch_{epoch:03d}.png"
+            Image.fromarray(big).save(path)
+            self.client.log_artifact(self.run_id, str(path), names.GRIDS_DIR)
+
+    def _log_untrained(self) -> None:
+        """The grid of the generator before its first step (train() seeds cfg.seed, then
+        builds the models: the same weights), so the slider starts at step 0."""
+        if self.cfg is None or self.image_shape is None:
+            return
+        import torch
+
+        from gan.models import build_models
+
+        torch.manual_seed(self.cfg.seed)  # train() reseeds before it builds its own
+        c, h, w = self.image_shape
+        G, _ = build_models(self.cfg, (c, h, w))  # noqa: N806
+        self._log_grid(0, 0, image_grid(generate(G, fixed_latents(self.cfg.latent_dim, self.cfg.seed))))
 
     def on_checkpoint(self, epoch: int, step: int, state: dict[str, Any]) -> None:
         if self.rank != 0 or step < self.floor:
@@ -126,13 +167,41 @@ def prune_checkpoints(client: Any, run_id: str, keep: int, also_keep: str | None
     return doomed
 
 
+def upscale(grid: np.ndarray, min_px: int = MIN_GRID_PX) -> np.ndarray:
+    """Nearest-neighbour upscale by a whole factor so the shorter side is >= min_px."""
+    factor = -(-min_px // min(grid.shape[:2]))
+    return np.repeat(np.repeat(grid, factor, axis=0), factor, axis=1) if factor > 1 else grid
+
+
 def log_progress_gif(client: Any, run_id: str, frames: list[tuple[int, np.ndarray]]) -> None:
-    """The (step, grid) frames as progress.gif in step order; nothing when there are none."""
+    """The (step, grid) frames as progress.gif in step order, each labelled with its epoch
+    and FID (read back from the run, so a resumed run's frames get theirs too)."""
     if not frames:
         return
+    epochs = {m.step: int(m.value) for m in client.get_metric_history(run_id, names.EPOCH)}
+    fids = {m.step: m.value for m in client.get_metric_history(run_id, names.FID)}
     with tempfile.TemporaryDirectory() as tmp:
-        ordered = [f for _, f in sorted(frames, key=lambda f: f[0])]
+        ordered = [_labelled(f, _frame_label(s, epochs, fids)) for s, f in sorted(frames, key=lambda f: f[0])]
         client.log_artifact(run_id, str(save_gif(ordered, Path(tmp) / names.PROGRESS_GIF)))
+
+
+def _frame_label(step: int, epochs: dict[int, int], fids: dict[int, float]) -> str:
+    if step == 0:
+        return "epoch 0 (untrained)"
+    label = f"epoch {epochs[step]}" if step in epochs else f"step {step}"
+    return label + (f"   FID {fids[step]:.2f}" if step in fids else "")
+
+
+def _labelled(frame: np.ndarray, text: str) -> np.ndarray:
+    """The frame (RGB) under a black strip with `text` in white."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    rgb = np.stack([frame] * 3, axis=-1) if frame.ndim == 2 else frame[..., :3]
+    size = max(14, rgb.shape[1] // 24)
+    canvas = Image.new("RGB", (rgb.shape[1], rgb.shape[0] + size + 12))
+    canvas.paste(Image.fromarray(np.ascontiguousarray(rgb)), (0, size + 12))
+    ImageDraw.Draw(canvas).text((8, 6), text, fill=(255, 255, 255), font=ImageFont.load_default(size=size))
+    return np.asarray(canvas)
 
 
 def _now_ms() -> int:

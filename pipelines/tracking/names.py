@@ -10,10 +10,16 @@ from __future__ import annotations
 PARENT_RUN = "mlflow.parentRunId"
 RUN_NAME = "mlflow.runName"
 GIT_COMMIT = "mlflow.source.git.commit"
+SOURCE_NAME = "mlflow.source.name"
+NOTE = "mlflow.note.content"  # the run's description (markdown) on its page
+EXPERIMENT_KIND = "mlflow.experimentKind"  # experiment tag: which view MLflow 3's UI opens
+MODEL_DEVELOPMENT = "custom_model_development"  # the classic runs table, not the GenAI view
+SHARED_VIEW_PREFIX = "mlflow.sharedViewState."  # experiment tag: a saved runs-table view
 
 # every run
 DATASET = "dataset"
 DEVICE = "device"
+SOURCE_VERSION = "source.version"  # the installed gan-pipelines version when there is no checkout
 NODE_ID = "ray.node_id"  # the Ray node a trial ran on
 VERSION_PREFIX = "version."  # version.torch, version.ray, ...
 ERROR = "error"  # why a run FAILED (or was interrupted)
@@ -40,8 +46,15 @@ FID = "fid"
 BEST_FID = "best_fid"
 KID = "kid"
 EPOCH = "epoch"  # logged at every eval's step: the eval steps of a run
-TRIALS_FINISHED = "trials_finished"
-SWEEP_SECONDS = "sweep_seconds"
+TRIALS_FINISHED = "sweep.trials_finished"
+SWEEP_SECONDS = "sweep.seconds"
+KIMG = "kimg"  # thousands of real images shown to D: the clock trials share (see README)
+SWEEP_PREFIX = "sweep."  # the parent's own metrics (sweep.best_fid, ...): apart from the trials'
+RESOURCE_PREFIX = "resources/"  # a trial's resource use; "/" groups them in the UI's charts
+WALL_S = "resources/wall_s"
+CPU_HOURS = "resources/cpu_hours"
+GPU_HOURS = "resources/gpu_hours"
+PEAK_MEMORY_MB = "resources/peak_memory_mb"
 EVAL_PREFIX = "eval_"  # eval_<backbone>_<metric>: `gan-pipeline evaluate --log`
 
 # params that are not RunConfig fields
@@ -54,6 +67,7 @@ CHECKPOINT_DIR = "checkpoints"
 GENERATOR_DIR = "generator"
 CONFIG_FILE = "config.yaml"
 PROGRESS_GIF = "progress.gif"
+GRIDS_DIR = "grids"  # grids/epoch_002.png: one fixed name per eval, the same in every run
 
 # registered model versions
 CHAMPION = "champion"  # the alias promote moves

@@ -10,6 +10,8 @@ created.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import os
 import subprocess
@@ -17,7 +19,7 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import quote, urlencode, urlparse
 
 from gan.config import RunConfig
 from pipelines.errors import TrackingError
@@ -80,18 +82,24 @@ def client_for(uri: str | None = None) -> Any:
 
 
 def ensure_experiment(client: Any, name: str) -> str:
-    """The experiment's id, creating it once; local stores keep artifacts next to the db."""
+    """The experiment's id, creating it once; local stores keep artifacts next to the db.
+    Tagged as model development (also an older one without the tag): MLflow 3's UI
+    otherwise opens it in the GenAI view, with no runs table."""
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             raise TrackingError(f"experiment {name!r} is deleted: restore it or pick another --experiment")
+        if exp.tags.get(names.EXPERIMENT_KIND) != names.MODEL_DEVELOPMENT:
+            with contextlib.suppress(Exception):  # a read-only user still gets to log runs
+                client.set_experiment_tag(exp.experiment_id, names.EXPERIMENT_KIND, names.MODEL_DEVELOPMENT)
         return str(exp.experiment_id)
     location = None
     db = sqlite_path(client.tracking_uri)
     if db is not None:
         location = (db.expanduser().resolve().parent / "mlartifacts" / name).as_uri()
     try:
-        return str(client.create_experiment(name, artifact_location=location))
+        return str(client.create_experiment(name, artifact_location=location,
+                                            tags={names.EXPERIMENT_KIND: names.MODEL_DEVELOPMENT}))
     except Exception:  # noqa: BLE001 - a concurrent creator won the race; use theirs
         exp = client.get_experiment_by_name(name)
         if exp is None:
@@ -100,32 +108,92 @@ def ensure_experiment(client: Any, name: str) -> str:
 
 
 def environment_tags(dataset: str, device: str) -> dict[str, str]:
-    """Tags that explain where a run came from: git commit, package versions, data, device."""
-    tags = {names.DATASET: dataset, names.DEVICE: device}
+    """Tags that explain where a run came from: source commit, package versions, data, device."""
+    tags = {names.DATASET: dataset, names.DEVICE: device, **source_tags()}
     for pkg in ("gan-pipelines", "torch", "torchvision", "ray", "mlflow", "optuna"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             tags[f"{names.VERSION_PREFIX}{pkg}"] = metadata.version(pkg)
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
-        ).stdout.strip()
-        if commit:
-            tags[names.GIT_COMMIT] = commit
-    except (OSError, subprocess.SubprocessError):
-        pass
     return tags
 
 
-def config_params(cfg: RunConfig, extra: dict[str, Any] | None = None) -> dict[str, str]:
-    """The resolved config (plus `extra`: where it ran) as MLflow params."""
-    params = {k: str(v) for k, v in cfg.to_dict().items()}
+def source_tags() -> dict[str, str]:
+    """The code that ran: the commit of the package's own checkout (not of the working
+    directory, which for a trial is Ray's trial folder), else the installed version."""
+    package_dir = Path(__file__).resolve().parents[2]
+    tags = {names.SOURCE_NAME: "gan-pipelines"}
+    try:
+        commit = subprocess.run(["git", "-C", str(package_dir), "rev-parse", "HEAD"],
+                                capture_output=True, text=True, timeout=5, check=False).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    if commit:
+        tags[names.GIT_COMMIT] = commit
+    else:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            tags[names.SOURCE_VERSION] = metadata.version("gan-pipelines")
+    return tags
+
+
+def config_params(cfg: RunConfig, extra: dict[str, Any] | None = None,
+                  omit: tuple[str, ...] = ()) -> dict[str, str]:
+    """The resolved config (plus `extra`: where it ran) as MLflow params; `omit`: fields
+    that do not apply (a sweep's inactive conditional parameters; config.yaml keeps all)."""
+    params = {k: str(v) for k, v in cfg.to_dict().items() if k not in omit}
     params.update({k: str(v) for k, v in (extra or {}).items()})
     return params
 
 
-def ui_hint(uri: str, experiment_id: str, run_id: str) -> str:
-    """The command (or URL) that opens the MLflow UI on a run."""
-    url = f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run_id}"
-    if uri.startswith("sqlite:"):
-        return f"open it: mlflow ui --backend-store-uri {uri} --port 5000   then {url}"
-    return f"open it: {uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+def ui_base(uri: str) -> str:
+    """Where the MLflow UI of a store is: the server itself, or a local `mlflow ui`."""
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+
+
+def _page(base: str, path: str, query: dict[str, str]) -> str:
+    # workflowType: MLflow 3's UI opens an experiment without it in its GenAI view
+    return f"{base}/#/{path}?{urlencode({'workflowType': 'machine_learning', **query}, quote_via=quote)}"
+
+
+def run_url(base: str, experiment_id: str, run_id: str) -> str:
+    return _page(base, f"experiments/{experiment_id}/runs/{run_id}", {})
+
+
+def runs_table_url(base: str, experiment_id: str, sweep: str | None = None) -> str:
+    """The experiment's runs table; for a sweep, its saved view (share_sweep_view)."""
+    query = {"viewStateShareKey": sweep_view_key(sweep)} if sweep else {}
+    return _page(base, f"experiments/{experiment_id}/runs", query)
+
+
+def sweep_view_key(sweep: str) -> str:
+    return "sweep-" + hashlib.sha256(sweep.encode()).hexdigest()[:12]
+
+
+def share_sweep_view(client: Any, experiment_id: str, sweep: str, params: list[str]) -> None:
+    """A saved view of the runs table that the printed URL opens (MLflow's UI reads the
+    experiment tag mlflow.sharedViewState.KEY; URL query parameters cannot choose
+    columns): the sweep's trials only (flat, not folded under the parent), best first,
+    with their FIDs, sampled `params` and why each stopped as the columns after the run
+    name (the table draws only the columns in view, so no others come first)."""
+    columns = [f"metrics.`{names.BEST_FID}`", f"metrics.`{names.FID}`", f"metrics.`{names.EPOCH}`",
+               *(f"params.`{p}`" for p in params), f"tags.`{names.STOPPED_REASON}`"]
+    state = {"searchFilter": f"tags.{names.SWEEP_NAME} = '{sweep}' and tags.{names.TRIAL_ID} LIKE '%'",
+             "orderByKey": f"metrics.`{names.BEST_FID}`", "orderByAsc": True, "startTime": "ALL",
+             "lifecycleFilter": "Active", "datasetsFilter": [], "modelVersionFilter": "All Runs",
+             "selectedColumns": columns}
+    client.set_experiment_tag(experiment_id, f"{names.SHARED_VIEW_PREFIX}{sweep_view_key(sweep)}", json.dumps(state))
+
+
+def ui_hint(uri: str, experiment_id: str, run_id: str, *, sweep: str | None = None,
+            parent_run_id: str | None = None) -> str:
+    """The command (for a local store) and the URLs that open the MLflow UI on a run, and
+    for a sweep on its trials table and its report (the parent run)."""
+    base = ui_base(uri)
+    lines = [f"open it: mlflow ui --backend-store-uri {uri} --port 5000   then"] if uri.startswith("sqlite:") \
+        else ["open it:"]
+    if sweep:
+        lines.append(f"  trials, best first: {runs_table_url(base, experiment_id, sweep)}")
+        lines.append(f"  best trial:         {run_url(base, experiment_id, run_id)}")
+        if parent_run_id:
+            lines.append(f"  sweep report:       {run_url(base, experiment_id, parent_run_id)}")
+    else:
+        lines.append(f"  {run_url(base, experiment_id, run_id)}")
+    return "\n".join(lines)

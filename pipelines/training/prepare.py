@@ -24,9 +24,12 @@ def prepare(cfg: RunConfig, world_size: int = 1, check_device: bool = True) -> I
     return data
 
 
-def build_evaluator(cfg: RunConfig, data: ImageData, device: Any) -> Any:
+def build_evaluator(cfg: RunConfig, data: ImageData, device: Any, progress: bool | None = None) -> Any:
     """The FID-style evaluator for `cfg.backbone`: trains/loads the classifier and the real
-    statistics (cached on disk), so build it once per process and reuse it."""
+    statistics (cached on disk), so build it once per process and reuse it. progress=None:
+    a bar for the long waits (real statistics, each eval's features with Inception) on a
+    terminal only, so Ray workers and logs stay quiet."""
     from gan.metrics import Evaluator
 
-    return Evaluator(data, backbone=cfg.backbone, num_samples=cfg.eval_samples, device=device, seed=cfg.seed)
+    return Evaluator(data, backbone=cfg.backbone, num_samples=cfg.eval_samples, device=device, seed=cfg.seed,
+                     progress=progress)

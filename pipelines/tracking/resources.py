@@ -1,0 +1,72 @@
+"""What a run used: MLflow system metrics while it trains (CPU, memory, disk, network and
+NVIDIA GPUs, under system/ in the run's charts), the Ray node it ran on, and a resource
+summary at its end (wall s, CPU-hours, GPU-hours, peak memory) that the sweep's summary
+table lists per trial."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import resource
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from pipelines.tracking import names
+
+SAMPLING_S = 5.0  # MLflow's default is 10 s: most CPU trials would end before one sample
+
+
+@contextlib.contextmanager
+def system_metrics(run_id: str, tracking_uri: str, *, resumed: bool = False) -> Iterator[None]:
+    """MLflow's SystemMetricsMonitor on `run_id` while the block runs (no fluent active run
+    needed); a resumed run continues its system metrics' steps. Never fails the run."""
+    monitor = None
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=SAMPLING_S, samples_before_logging=1,
+                                       resume_logging=resumed, tracking_uri=tracking_uri)
+        monitor.start()
+    except Exception as e:  # noqa: BLE001 - e.g. psutil missing: train anyway
+        print(f"note: no system metrics: {e}", file=sys.stderr)
+        monitor = None
+    try:
+        yield
+    finally:
+        if monitor is not None:
+            with contextlib.suppress(Exception):
+                monitor.finish()
+
+
+def ray_node_id() -> str | None:
+    """The Ray node this process runs on (None outside Ray)."""
+    try:
+        import ray
+
+        return str(ray.get_runtime_context().get_node_id()) if ray.is_initialized() else None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def peak_memory_mb() -> float:
+    """This process's peak resident memory (a reused Ray actor: over all its trials so far)."""
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024 if sys.platform != "darwin" else kb / 2**20
+
+
+def log_resources(client: Any, run_id: str, started: float, cpus: float, gpus: float) -> dict[str, float]:
+    """The run's resource summary as metrics (and its node as a tag); returns the numbers."""
+    from mlflow.entities import Metric
+
+    wall = time.time() - started
+    usage = {names.WALL_S: wall, names.CPU_HOURS: wall * cpus / 3600, names.GPU_HOURS: wall * gpus / 3600,
+             names.PEAK_MEMORY_MB: peak_memory_mb()}
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in usage.items()])
+    node = ray_node_id()
+    if node:
+        client.set_tag(run_id, names.NODE_ID, node)
+    return usage

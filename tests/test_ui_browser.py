@@ -1,0 +1,145 @@
+"""The MLflow UI as a new user meets it: a real `mlflow server`, a small real sweep and a
+promote run as the CLI, then Debian's headless Chromium (driven by selenium) opens the
+URLs the sweep printed and finds the trials by name with their fid, a sample grid, and
+the champion in the registry. Screenshots go under the test's tmp_path, and to
+benchmarks/ui_screenshots/ when GAN_PIPELINES_SCREENSHOTS=1 (so a person can look)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+SHOTS_ENV = "GAN_PIPELINES_SCREENSHOTS"
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+                       reason="needs Debian's chromium and chromium-driver (.ci/run installs them)"),
+]
+
+SPACE = {"params": {
+    "dataset": "mnist-5k", "arch": "mlp", "mlp_width": 16, "epochs": 2, "eval_every": 1,
+    "eval_samples": 200, "latent_dim": 16, "batch_size": 128, "device": "cpu",
+    "lr_g": {"type": "float", "low": 1e-4, "high": 2e-3, "log": True},
+    "loss": {"type": "categorical", "choices": ["bce", "hinge"]},
+}}
+
+
+def _cli(args: list[str], env: dict[str, str], cwd: Path) -> str:
+    done = subprocess.run([sys.executable, "-m", "pipelines.cli", *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+@pytest.fixture
+def browser(tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = str(CHROMIUM)
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1800,1000", f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
+    yield driver
+    driver.quit()
+
+
+def _wait_for(driver, check, what: str, timeout: float = 45) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if check(driver):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"the page never showed {what}; it shows: {_text(driver)[:1500]}")
+
+
+def _text(driver) -> str:
+    return driver.find_element("tag name", "body").text
+
+
+def _shot(driver, folder: Path, name: str) -> None:
+    time.sleep(1.5)  # charts and images fade in
+    driver.save_screenshot(str(folder / f"{name}.png"))
+
+
+def test_a_new_user_finds_the_best_trial_its_samples_and_the_champion(mlflow_server, browser, tmp_path):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1",
+           "PYTHONPATH": str(REPO)}
+    space = tmp_path / "ui.yaml"
+    space.write_text(yaml.safe_dump(SPACE))
+    out = _cli(["sweep", "--space", str(space), "--trials", "3", "--concurrency", "2", "--scheduler", "none",
+                "--name", "ui", "--experiment", "ui-test", "--ray-storage", str(tmp_path / "ray")], env, tmp_path)
+    _cli(["promote", "--sweep", "ui", "--model-name", "ui-gen"], env, tmp_path)
+    urls = dict(re.findall(r"^\s+(trials, best first|best trial|sweep report):\s+(\S+)$", out, re.M))
+    assert set(urls) == {"trials, best first", "best trial", "sweep report"}, out
+
+    from pipelines.tracking.store import client_for
+
+    client = client_for(mlflow_server)
+    best_id = urls["best trial"].split("/runs/")[1].split("?")[0]
+    best = client.get_run(best_id)
+    trials = client.search_runs([best.info.experiment_id], "tags.sweep_name = 'ui' and tags.tune_trial_id LIKE '%'")
+    names = [t.info.run_name for t in trials]
+    assert len(names) == 3 and all(n.startswith("t0") for n in names)
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+
+    # 1. the printed trials URL: the runs table (not the GenAI view), every trial by its
+    # name, the fid columns, best first
+    browser.get(urls["trials, best first"])
+    browser.execute_script("localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false')")  # room for the table
+    browser.get(urls["trials, best first"])
+    _wait_for(browser, lambda d: all(n in _text(d) for n in names), f"the trial names {names}")
+    def headers(d) -> list[str]:
+        return [h.text for h in d.find_elements("css selector", "[role=columnheader]")]
+
+    _wait_for(browser, lambda d: {"best_fid", "fid", "lr_g", "loss"} <= set(headers(d)), "the fid and param columns")
+    text = _text(browser)
+    assert text.index(best.info.run_name) < min(text.index(n) for n in names if n != best.info.run_name)
+    _shot(browser, shots, "1_trials_best_first")
+
+    # 2. the best trial's page: its description says how it ended and its rank
+    browser.get(urls["best trial"])
+    _wait_for(browser, lambda d: "#1 of 3" in _text(d), "the best trial's description")
+    _shot(browser, shots, "2_best_trial")
+
+    # 3. a sample grid, under the name every trial shares
+    grid = f"{urls['best trial'].split('?')[0]}/artifactPath/grids/epoch_002.png?workflowType=machine_learning"
+    browser.get(grid)
+
+    def image_loaded(d) -> bool:
+        return any(d.execute_script("return arguments[0].naturalWidth", img) >= 512
+                   for img in d.find_elements("tag name", "img"))
+
+    _wait_for(browser, image_loaded, "the 512 px sample grid")
+    _shot(browser, shots, "3_sample_grid")
+
+    # 4. the sweep's report: the parent's description has the top trials as a table
+    browser.get(urls["sweep report"])
+    _wait_for(browser, lambda d: all(n in _text(d) for n in names), "the parent's table of trials")
+    _shot(browser, shots, "4_sweep_report")
+
+    # 5. the registry: the champion alias on the promoted version
+    browser.get(f"{mlflow_server}/#/models/ui-gen")
+    _wait_for(browser, lambda d: "champion" in _text(d), "the champion alias")
+    _shot(browser, shots, "5_registry_champion")
+
+    if os.environ.get(SHOTS_ENV):
+        dest = REPO / "benchmarks" / "ui_screenshots"
+        dest.mkdir(parents=True, exist_ok=True)
+        for png in shots.glob("*.png"):
+            shutil.copy(png, dest / png.name)
