@@ -78,6 +78,7 @@ def run_distributed(cfg: RunConfig, opts: RayOptions, experiment: str | None = N
     """Train over opts.workers Ray Train workers and record one MLflow run.
 
     --workers 1 is a local run (in-process, no Ray; on cuda with --gpu)."""
+    from pipelines.tracking.inputs import log_dataset
     from pipelines.tracking.lease import lease
     from pipelines.tracking.runs import open_run, run_guard
     from pipelines.tracking.store import (
@@ -110,6 +111,7 @@ def run_distributed(cfg: RunConfig, opts: RayOptions, experiment: str | None = N
         check_resources(opts, fixed=local)
         tags = environment_tags(cfg.dataset, f"{opts.workers}x{'cuda' if opts.gpu else 'cpu'}")
         run_id, experiment_id = open_run(client, experiment_id, run_name, tags)
+        log_dataset(client, run_id, cfg.dataset, data)
         with lease(client, run_id), run_guard(client, run_id):
             return _fit_and_finish(client, experiment_id, run_id, cfg, opts, uri, data.shape)
     finally:

@@ -26,6 +26,7 @@ from gan.train import train
 from pipelines.tracking import names
 from pipelines.tracking.callbacks import MlflowCallbacks
 from pipelines.tracking.history import last_eval_step, last_logged_step
+from pipelines.tracking.resources import system_metrics
 from pipelines.tracking.store import client_for
 from pipelines.training.prepare import build_evaluator
 
@@ -121,9 +122,13 @@ def train_worker(config: dict[str, Any]) -> None:
         if state is not None:
             client.set_tag(run_id, names.RAY_RESTORED_FROM_STEP, str(state["step"]))
     callbacks = RayTrainCallbacks(rank, tracking, config.get("fail_once"))
+    # rank 0's machine in the run's system metrics (the other ranks' nodes are not sampled)
+    usage = system_metrics(config["run_id"], config["tracking_uri"], resumed=True) if rank == 0 \
+        else contextlib.nullcontext()
     try:
-        result = train(cfg, data, callbacks, evaluator=build_evaluator(cfg, data, device),
-                       resume=state, device=device, progress=False)
+        with usage:
+            result = train(cfg, data, callbacks, evaluator=build_evaluator(cfg, data, device),
+                           resume=state, device=device, progress=False)
         if result.diverged and tracking:  # every rank stopped at the same step; the driver fails the run
             tracking.client.set_tag(tracking.run_id, names.STOPPED_REASON, result.stopped)
     finally:
