@@ -237,8 +237,7 @@ def _run_distributed_trial(cfg: RunConfig, data: ImageData, ctx: TrialContext,
         # make_trainer builds the Train RunConfig; the Tune hand-off is this sweep's business.
         callbacks: list[Any] = [*(trainer.run_config.callbacks or []), TuneReportCallback()]
         trainer.run_config.callbacks = callbacks
-        with system_metrics(run_id, ctx.tracking_uri, resumed=not fresh):
-            result = trainer.fit()
+        result = trainer.fit()  # rank 0 samples the run's system metrics (distributed.worker)
         log_resources(client, run_id, started, ctx.cpus_per_trial * opts.workers,
                       ctx.gpus_per_trial * opts.workers)
         with tempfile.TemporaryDirectory() as tmp:
