@@ -157,25 +157,31 @@ def postgres(password: str) -> Iterator[str]:
 
 @contextlib.contextmanager
 def mlflow_server(backend_uri: str, password: str, artifacts: Path, log: Path) -> Iterator[MlflowServer]:
-    """`mlflow server` on 127.0.0.1 over `backend_uri` (password from PGPASSWORD), proxying
-    artifacts to `artifacts`: clients upload through it and never touch the folder.
-    Yields at once (its start-up overlaps the caller's); .wait() blocks until it answers."""
+    """`mlflow server --app-name basic-auth` on 127.0.0.1 over `backend_uri` (database password
+    from PGPASSWORD), proxying artifacts to `artifacts`: clients upload through it and never
+    touch the folder or the database. Its admin password and Flask secret are generated here
+    and given as environment variables; `.client_env` is what a client needs. Yields at once
+    (its start-up overlaps the caller's); .wait() blocks until it answers."""
     (port,) = free_ports(1)
     cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", backend_uri,
            "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port),
-           "--workers", "1"]
-    env = {**os.environ, "PGPASSWORD": password, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+           "--workers", "1", "--app-name", "basic-auth"]
+    admin = secrets.token_urlsafe(24)
+    env = {**os.environ, "PGPASSWORD": password, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+           "MLFLOW_AUTH_ADMIN_PASSWORD": admin, "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32)}
+    with open(log, "ab") as out:  # cwd: its basic_auth.db (users) goes next to the log
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                cwd=log.parent)
     try:
-        yield MlflowServer(f"http://127.0.0.1:{port}", proc, log)
+        yield MlflowServer(f"http://127.0.0.1:{port}", proc, log,
+                           {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": admin})
     finally:
         stop_group(proc, grace_s=2.0)
 
 
 class MlflowServer:
-    def __init__(self, url: str, proc: subprocess.Popen, log: Path) -> None:
-        self.url, self.proc, self.log = url, proc, log
+    def __init__(self, url: str, proc: subprocess.Popen, log: Path, client_env: dict[str, str]) -> None:
+        self.url, self.proc, self.log, self.client_env = url, proc, log, client_env
 
     def wait(self, timeout_s: float = 180.0) -> None:
         wait_http(f"{self.url}/health", self.proc, self.log, timeout_s)
@@ -189,7 +195,7 @@ class RayCluster:
     the head (node_a) and a worker (node_b). Token auth is on (RAY_AUTH_MODE=token, a
     token generated for this cluster): `env` is what a client process needs."""
 
-    def __init__(self, root: Path, extra_env: dict[str, str]) -> None:
+    def __init__(self, root: Path, extra_env: dict[str, str], second_node: bool = True) -> None:
         # Unix socket paths must stay short: a short private temp dir, not pytest's tmp_path.
         self.temp = Path(tempfile.mkdtemp(prefix="gp-ray-"))
         self.root = root
@@ -205,7 +211,8 @@ class RayCluster:
                                "--include-dashboard", "true"], 10100)
         wait_http(f"{self.dashboard}/api/version", self.nodes["node_a"], self.log("node_a"), 90,
                   {"Authorization": f"Bearer {self.env['RAY_AUTH_TOKEN']}"})
-        self.add_node("node_b")
+        if second_node:
+            self.add_node("node_b")
 
     def log(self, name: str) -> Path:
         return self.root / f"ray-{name}.log"

@@ -11,6 +11,8 @@ import secrets
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -39,8 +41,12 @@ def cluster(tmp_path_factory):
     with postgres(password) as db, \
             mlflow_server(db, password, root / "artifacts", root / "mlflow-server.log") as server:
         url = server.url
-        # Like ray_cluster.yaml: every node's processes (job drivers, trials) inherit it.
-        env = {"MLFLOW_TRACKING_URI": url, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        # Like ray_cluster.yaml: every node's processes (job drivers, trials) inherit the
+        # server's address and credentials; so does this process (it reads the runs).
+        patch = pytest.MonkeyPatch()
+        for key, value in server.client_env.items():
+            patch.setenv(key, value)
+        env = {"MLFLOW_TRACKING_URI": url, **server.client_env, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
                "PYTHONWARNINGS": "ignore", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true", "GAN_PIPELINES_DEBUG": "1"}
         ray_cluster = RayCluster(root, env)  # starts while the server migrates its database
         try:
@@ -48,6 +54,7 @@ def cluster(tmp_path_factory):
             yield SimpleNamespace(url=url, ray=ray_cluster, root=root, artifacts=root / "artifacts")
         finally:
             ray_cluster.stop()
+            patch.undo()
             marker = str(ray_cluster.temp)
     assert not pids_mentioning(marker), "a Ray process of the test cluster survived"
 
@@ -97,6 +104,8 @@ def test_a_sweep_submitted_as_a_ray_job_runs_on_both_nodes_and_logs_through_the_
     # Proxied artifacts: runs name the server's artifact route; the files land in its folder.
     assert all(r.info.artifact_uri.startswith("mlflow-artifacts:") for r in runs)
     assert any(p.suffix == ".pt" for p in cluster.artifacts.rglob("*"))
+    with pytest.raises(urllib.error.HTTPError, match="401"):  # basic-auth: no credentials, no runs
+        urllib.request.urlopen(f"{cluster.url}/api/2.0/mlflow/experiments/search?max_results=1", timeout=10)
 
     # promote and generate: other processes, the same server (the URI from the environment)
     env = {**cluster.ray.env, "MLFLOW_TRACKING_URI": cluster.url}

@@ -37,9 +37,27 @@ def test_every_node_installs_this_package_and_the_head_runs_a_database_backed_tr
     full = ray_checks(config)
     assert any("pip install" in c and "gan-pipelines" in c for c in full["worker_setup_commands"])
     head = " ".join(full["head_start_ray_commands"])
-    assert "mlflow server" in head and "postgresql://" in head and "sqlite" not in head
+    assert "mlflow server" in head and "postgresql+psycopg2://" in head and "sqlite" not in head
     assert "--serve-artifacts" in head and "s3://" in head
     assert "MLFLOW_TRACKING_URI=http://$RAY_HEAD_IP:5000" in " ".join(full["worker_start_ray_commands"])
+
+
+def test_no_secret_in_the_file_the_server_authenticates_and_everything_stops_by_pid(config):
+    """The same rules as the cluster test: a server reached over the network asks for a login,
+    secrets are generated on the head (never written here), the dashboard binds 127.0.0.1,
+    and a process is stopped by the PID it recorded, never by name."""
+    full = ray_checks(config)
+    everything = yaml.safe_dump(full)
+    head = " ".join(full["head_start_ray_commands"])
+    assert "--app-name basic-auth" in head and "--host 0.0.0.0" in head  # open port: login required
+    assert "--dashboard-host=127.0.0.1" in head and "--dashboard-host=0.0.0.0" not in head
+    assert "pkill" not in everything and "killall" not in everything
+    assert "~/mlflow-server.pid" in head and "echo $! > ~/mlflow-server.pid" in head
+    assert "mlflow:mlflow@" not in everything and "WITH PASSWORD 'mlflow'" not in everything
+    assert "import secrets" in " ".join(full["head_setup_commands"])
+    assert "~/gan-secrets/client.env" in full["cluster_synced_files"]
+    for node in ("head_start_ray_commands", "worker_start_ray_commands"):
+        assert ". ~/gan-secrets/client.env" in " ".join(full[node])  # every node's trials log in
 
 
 def test_a_broken_copy_is_rejected_with_rays_own_error(config):
