@@ -205,8 +205,13 @@ def test_resume_after_killing_the_driver_finishes_the_trials_without_duplicate_r
             if not parents:
                 continue
             kids = _children(client, exp.experiment_id, parents[0].info.run_id)
-            if any(k.info.status == "FINISHED" for k in kids) and any(
-                    k.info.status == "RUNNING" and "epoch" in k.data.metrics for k in kids):
+            running = [k.data.tags["tune_trial_id"] for k in kids
+                       if k.info.status == "RUNNING" and "epoch" in k.data.metrics]
+            # ...and once Tune's saved state knows that trial: a trial Tune never recorded is
+            # replaced on resume (its run is then tagged sweep.lost and KILLED)
+            saved = "".join(f.read_text() for f in (workdir / "ray_results" / "resumable").glob(
+                "experiment_state*.json"))
+            if any(k.info.status == "FINISHED" for k in kids) and running and running[0] in saved:
                 break
         else:
             pytest.fail("the sweep did not get far enough to be killed")

@@ -13,6 +13,14 @@ from pipelines.cli.flags import config_from_args, ray_options, sweep_options
 from pipelines.tracking import names
 
 
+def _store_ready(*, reads: bool = False) -> None:
+    """Every command that touches the store probes it first (bounded, one line, exit 2);
+    one that only reads (reads=True) refuses a local store that does not exist yet."""
+    from pipelines.tracking.store import probe_store, tracking_uri
+
+    probe_store(tracking_uri(), must_exist=reads)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from pipelines.distributed.trainer import run_distributed
     from pipelines.tracking.store import tracking_uri, ui_hint
@@ -20,6 +28,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     opts = ray_options(args)
+    if opts.workers == 1 and opts.ray_address:
+        raise ConfigError(f"--ray-address {opts.ray_address} is invalid with --workers 1: a one-worker run "
+                          "trains in this process (use --workers N > 1 to train on the cluster)")
+    _store_ready()
     if opts.workers > 1:
         if args.resume:
             raise ConfigError("--resume is invalid with --workers > 1: Ray Train restarts failed "
@@ -27,7 +39,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         out = run_distributed(cfg, opts, experiment=args.experiment, run_name=args.run_name)
     else:  # in-process, no Ray; --gpu just means cuda
         cfg = dataclasses.replace(cfg, device="cuda") if opts.gpu else cfg
-        out = run_local(cfg, experiment=args.experiment, run_name=args.run_name, resume=args.resume)
+        out = run_local(cfg, experiment=args.experiment, run_name=args.run_name, resume=args.resume,
+                        extend_to=args.epochs)
     r = out.result
     last = r.eval_history[-1][1] if r.eval_history else {}
     score = f", {cfg.backbone} FID {last[names.FID]:.2f}" if names.FID in last else ""
@@ -42,6 +55,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from pipelines.sweep.report import sampled_params
     from pipelines.tracking.store import ui_hint
 
+    _store_ready()
     resume = args.resume
     if resume and args.name and resume == "latest":
         resume = args.name
@@ -87,6 +101,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
     where = {k: str(v) for k, v in (("dataset", args.dataset), ("image_size", args.image_size),
                                     ("backbone", args.backbone), ("eval_samples", args.eval_samples))
              if v is not None}
+    _store_ready(reads=True)
     result = promote(client_for(), sweep=args.sweep, experiment=None if args.sweep else args.experiment,
                      metric=args.metric, model_name=args.model_name, min_epochs=args.min_epochs,
                      force=args.force, where=where)
@@ -102,9 +117,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise ConfigError(f"-n={args.num_images} is invalid: must be in [1, 10000]")
     if not args.out and not args.out_dir:
         raise ConfigError("nothing to write: give --out FILE and/or --out-dir DIR")
+    _store_ready(reads=True)
     client_for()  # sets the tracking URI that models:/ and runs:/ resolve against
     images = generate_images(args.model, args.num_images, args.seed)
-    written = write_images(images, args.out, args.out_dir)
+    try:
+        written = write_images(images, args.out, args.out_dir)
+    except OSError as e:
+        raise ConfigError(f"--out/--out-dir cannot be written ({e.filename}: {e.strerror or e}): "
+                          "pick a writable place") from None
     shape = "x".join(str(d) for d in images.shape[1:])
     print(f"wrote {len(images)} images ({shape}, seed {args.seed}) from {args.model}: "
           + (str(written[0]) if args.out else "") + (f" {args.out_dir}/" if args.out_dir else ""))
@@ -117,6 +137,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if args.num_samples is not None and args.num_samples < 10:
         raise ConfigError(f"--num-samples={args.num_samples} is invalid: must be >= 10")
+    _store_ready(reads=True)
     client = client_for()
     req = EvalRequest(args.model, args.run_id, args.dataset, args.backbone, args.num_samples, args.seed,
                       args.data_dir)

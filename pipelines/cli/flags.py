@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 from typing import Any
 
 from gan.config import ARCHS, BACKBONES, LOSSES, NORMS, RunConfig, config_from_sources
@@ -52,6 +53,24 @@ FLAG_HELP = {
     "sync_bn": "SyncBatchNorm across DDP workers instead of per-worker statistics",
 }
 assert set(FLAG_HELP) == {f.name for f in dataclasses.fields(RunConfig)}
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def experiment_name(text: str) -> str:
+    """--experiment: any non-blank name (MLflow's own rule), at most 256 characters."""
+    if not text.strip() or len(text) > 256:
+        raise argparse.ArgumentTypeError(f"{text!r} is invalid: must be a non-empty name of at most 256 characters")
+    return text
+
+
+def plain_name(text: str) -> str:
+    """A sweep name or run id: it becomes a folder and part of MLflow search filters."""
+    if not _NAME.match(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is invalid: must be letters, digits, '.', '_' or '-' "
+                                         "(at most 128, not starting with '.' or '-')")
+    return text
 
 
 def add_config_flags(p: argparse.ArgumentParser) -> None:
@@ -119,12 +138,12 @@ def add_sweep_parser(subparsers: Any, command: Any) -> argparse.ArgumentParser:
                    help="evals every trial gets before ASHA may stop it (default: the space's, else 1)")
     s.add_argument("--searcher", default="tpe", choices=SEARCHERS,
                    help="Optuna sampler (default: tpe, multivariate, seeded)")
-    s.add_argument("--experiment", default=DEFAULT_EXPERIMENT,
+    s.add_argument("--experiment", default=DEFAULT_EXPERIMENT, type=experiment_name,
                    help=f"MLflow experiment (default: {DEFAULT_EXPERIMENT})")
     s.add_argument("--seed", type=int, default=0, help="seed of the sampler (default: 0)")
-    s.add_argument("--name", default=None, help="sweep name: MLflow parent run and Ray folder "
+    s.add_argument("--name", default=None, type=plain_name, help="sweep name: MLflow parent run and Ray folder "
                    "(default: sweep-SPACE-TIMESTAMP)")
-    s.add_argument("--resume", nargs="?", const="latest", default=None, metavar="NAME",
+    s.add_argument("--resume", nargs="?", const="latest", default=None, metavar="NAME", type=plain_name,
                    help="continue an interrupted sweep in its parent run (no NAME: the newest "
                    "unfinished one); its saved settings are used")
     g = s.add_argument_group("resources")

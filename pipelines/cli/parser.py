@@ -8,7 +8,7 @@ from typing import NoReturn
 
 from gan.config import BACKBONES
 from pipelines.cli import commands
-from pipelines.cli.flags import add_config_flags, add_ray_flags, add_sweep_parser
+from pipelines.cli.flags import add_config_flags, add_ray_flags, add_sweep_parser, experiment_name, plain_name
 
 
 class _Parser(argparse.ArgumentParser):
@@ -32,9 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "params, per-step losses, sample grids, checkpoints, progress GIF, generator model.")
     t.add_argument("--config", metavar="FILE", help="YAML file of config values (flags override it)")
     add_config_flags(t)
-    t.add_argument("--experiment", default="gan-pipelines", help="MLflow experiment name (default: gan-pipelines)")
+    t.add_argument("--experiment", default="gan-pipelines", type=experiment_name,
+                   help="MLflow experiment name (default: gan-pipelines)")
     t.add_argument("--run-name", default=None, help="MLflow run name (default: generated)")
-    t.add_argument("--resume", nargs="?", const="latest", default=None, metavar="RUN_ID",
+    t.add_argument("--resume", nargs="?", const="latest", default=None, metavar="RUN_ID", type=plain_name,
                    help="continue a killed run from its last checkpoint, in the same MLflow run "
                    "(no RUN_ID: the newest unfinished run of the experiment); uses that run's config")
     add_ray_flags(t)
@@ -53,8 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "better than the current champion scored the same way (or with --force). Only models "
                         "scored alike compete: narrow a mixed experiment with the filters below.")
     where = pr.add_mutually_exclusive_group()
-    where.add_argument("--sweep", metavar="NAME_OR_PARENT_RUN_ID", help="a sweep's name or its parent run id")
-    where.add_argument("--experiment", default="gan-pipelines",
+    where.add_argument("--sweep", metavar="NAME_OR_PARENT_RUN_ID", type=plain_name,
+                       help="a sweep's name or its parent run id")
+    where.add_argument("--experiment", default="gan-pipelines", type=experiment_name,
                        help="consider every finished run of this experiment (default: gan-pipelines)")
     pr.add_argument("--metric", default="fid", help="metric to rank by; lower is better except "
                     "precision/recall/density/coverage/inception_score (default: fid)")

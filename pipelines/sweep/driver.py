@@ -157,12 +157,12 @@ def run_sweep(given: SweepOptions, resume: str | None = None) -> SweepOutcome:
     """Run (or, with `resume`, continue) a sweep; returns its runs and best trial."""
     from pipelines.distributed.connect import check_reachable, ray_address
     from pipelines.sweep.parent import create_parent, find_parent, restore_settings
-    from pipelines.tracking.store import absolute_uri, check_writable, client_for, ensure_experiment
+    from pipelines.tracking.store import absolute_uri, client_for, ensure_experiment, probe_store
     from pipelines.tracking.store import tracking_uri as default_uri
 
     started = time.time()
     uri = absolute_uri(default_uri())  # trials open the store from their own folders
-    check_writable(uri)
+    probe_store(uri)  # bounded; before anything exists
     check_reachable(ray_address(given.ray_address))  # before the parent run exists
     if not resume:  # a bad space or flag fails before the store is even opened
         space = load_space(given.space)

@@ -32,7 +32,7 @@ from gan.train import resolve_device, train
 from pipelines.sweep.naming import trial_name
 from pipelines.tracking import names
 from pipelines.tracking.callbacks import MlflowCallbacks
-from pipelines.tracking.history import last_logged_step, latest_checkpoint, logged_grids
+from pipelines.tracking.history import last_eval_step, last_logged_step, latest_checkpoint, logged_grids
 from pipelines.tracking.inputs import log_dataset
 from pipelines.tracking.resources import log_resources, system_metrics
 from pipelines.tracking.runs import diverged_reason, end_early, fail_diverged, finish_run, log_run_config, run_guard
@@ -158,16 +158,18 @@ def run_trial(config: dict[str, Any], data: ImageData, ctx: TrialContext) -> Non
     device = resolve_device(cfg.device)
     client = client_for(ctx.tracking_uri)
     run_id, fresh = open_child(client, ctx, trial_id, cfg, str(device), sampled)
-    state, floor, frames = None, 0, []
+    state, floor, eval_floor, frames = None, 0, 0, []
     if not fresh:  # a resumed sweep restarted this trial: continue its run, no duplicate
         with tempfile.TemporaryDirectory() as tmp:
             state = latest_checkpoint(client, run_id, tmp)
             frames = logged_grids(client, run_id, tmp) if state else []
         floor = last_logged_step(client, run_id)  # steps the run holds are not written twice
+        eval_floor = last_eval_step(client, run_id)  # an eval a kill interrupted is redone
         if state is not None:
             cfg = make_config(state["config"])
             client.set_tag(run_id, names.TRIAL_RESUMED_FROM_STEP, str(state["step"]))
-    tracking = MlflowCallbacks(client, run_id, floor=floor, frames=frames, cfg=cfg, image_shape=data.shape)
+    tracking = MlflowCallbacks(client, run_id, floor=floor, eval_floor=eval_floor, frames=frames, cfg=cfg,
+                               image_shape=data.shape)
     to_tune = TuneCallbacks(tracking, cfg.epochs)
     pruned = False
     with run_guard(client, run_id):

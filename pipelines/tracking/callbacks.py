@@ -26,7 +26,7 @@ from gan.checkpoint import checkpoint_name, save_checkpoint
 from gan.config import RunConfig
 from gan.sampling import fixed_latents, generate, image_grid, save_gif
 from pipelines.tracking import names
-from pipelines.tracking.models import BEST, FINAL, log_model, model_with_role, run_models
+from pipelines.tracking.models import BEST, FINAL, drop_role, log_model, model_with_role, run_models
 
 # MLflow caps a log_batch at 1000 metrics.
 _BATCH = 900
@@ -46,8 +46,10 @@ class MlflowCallbacks(Callbacks):
 
     def __init__(self, client: Any, run_id: str, rank: int = 0, floor: int = 0,
                  frames: list[tuple[int, np.ndarray]] | None = None, cfg: RunConfig | None = None,
-                 image_shape: tuple[int, ...] | None = None) -> None:
+                 image_shape: tuple[int, ...] | None = None, eval_floor: int | None = None) -> None:
         self.client, self.run_id, self.rank, self.floor = client, run_id, rank, floor
+        # evals resume from their own floor: one a kill interrupted (losses logged, eval not) is redone
+        self.eval_floor = floor if eval_floor is None else eval_floor
         self.frames: list[tuple[int, np.ndarray]] = list(frames or [])
         self.cfg, self.image_shape = cfg, image_shape
         self.model_at: tuple[int, str] | None = None  # (step, model_id) of the last model logged
@@ -72,7 +74,7 @@ class MlflowCallbacks(Callbacks):
             self.client.log_batch(self.run_id, metrics=batch[i : i + _BATCH], synchronous=False)
 
     def on_scored(self, epoch: int, step: int, generator: nn.Module, improved: bool, final: bool) -> None:
-        if self.rank != 0 or step <= self.floor or self.cfg is None or self.image_shape is None:
+        if self.rank != 0 or step <= self.eval_floor or self.cfg is None or self.image_shape is None:
             return
         roles = [r for r, on in ((BEST, improved), (FINAL, final)) if on]
         if not roles:
@@ -80,6 +82,8 @@ class MlflowCallbacks(Callbacks):
         model_id = log_model(self.client, self.run_id, self.cfg, generator, self.image_shape,
                              role=",".join(roles), epoch=epoch, step=step)
         self.model_at = (step, model_id)
+        if final:  # an extended run's earlier final generator is final no more
+            drop_role(self.client, self.run_id, FINAL, keep=model_id)
         if improved:
             self.best_epoch = epoch
             for old in run_models(self.client, self.run_id):  # a run keeps one best model
@@ -87,7 +91,7 @@ class MlflowCallbacks(Callbacks):
                     self.client.delete_logged_model(old.model_id)
 
     def on_eval(self, epoch: int, step: int, grid: np.ndarray, metrics: dict[str, float]) -> None:
-        if self.rank != 0 or step <= self.floor:
+        if self.rank != 0 or step <= self.eval_floor:
             return
         from mlflow.entities import Metric
 

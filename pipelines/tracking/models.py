@@ -86,6 +86,20 @@ def model_with_role(client: Any, run_id: str, role: str) -> Any | None:
     return None
 
 
+def drop_role(client: Any, run_id: str, role: str, keep: str) -> None:
+    """Take `role` from the run's other models (an extended run's old final one); a model
+    left with no role is deleted."""
+    for m in run_models(client, run_id):
+        roles = [r for r in m.tags.get(names.MODEL_ROLE, "").split(",") if r]
+        if m.model_id == keep or role not in roles:
+            continue
+        rest = [r for r in roles if r != role]
+        if rest:
+            client.set_logged_model_tags(m.model_id, {names.MODEL_ROLE: ",".join(rest)})
+        else:
+            client.delete_logged_model(m.model_id)
+
+
 def add_role(client: Any, model: Any, role: str) -> None:
     roles = [r for r in model.tags.get(names.MODEL_ROLE, "").split(",") if r]
     if role not in roles:

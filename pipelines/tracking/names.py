@@ -87,3 +87,9 @@ MODEL_ROLE = "gan.role"  # "best" | "final" | "best,final"
 MODEL_STEP = "gan.step"
 MODEL_EPOCH = "gan.epoch"
 VERSION_MODEL_ID = "model_id"
+
+# the lease: one owner per run (tracking.lease)
+LEASE_OWNER = "gan.lease.owner"
+LEASE_HEARTBEAT = "gan.lease.heartbeat"
+EXTENDED_TO = "gan.extended_to_epochs"  # a FINISHED run resumed with more --epochs
+

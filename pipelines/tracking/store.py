@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import subprocess
 import tempfile
 from importlib import metadata
@@ -68,6 +69,59 @@ def check_writable(uri: str) -> None:
             f"tracking store {uri!r} is not writable ({folder}: {e.strerror or e}): "
             "run from a writable folder or set MLFLOW_TRACKING_URI"
         ) from None
+
+
+PROBE_TIMEOUT_S = 10.0
+_DATABASES = ("postgresql", "mysql", "mssql")  # with +driver suffixes, e.g. postgresql+psycopg2
+
+
+def redact(uri: str) -> str:
+    """The URI without its password, for every line a user or a log sees."""
+    parts = urlparse(uri)
+    if parts.password is None:
+        return uri
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def probe_store(uri: str, timeout_s: float = PROBE_TIMEOUT_S, *, must_exist: bool = False) -> None:
+    """Fail fast (bounded, one line) when the tracking store cannot be used, before any
+    run or file exists: an unsupported scheme, a server or database that does not answer,
+    a local folder that cannot be written, or (must_exist: a command that only reads,
+    like promote) a local store that is not there, which opening would create empty."""
+    scheme = urlparse(uri).scheme.split("+")[0]
+    if scheme in ("", "file", "sqlite"):
+        db = sqlite_path(uri)
+        if must_exist and db is not None and not db.expanduser().exists():
+            raise TrackingError(f"no tracking store at {uri}: run from the folder your runs were recorded in, "
+                                "or set MLFLOW_TRACKING_URI")
+        check_writable(uri)
+        return
+    if scheme in ("http", "https"):
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as r:  # noqa: S310
+                if r.status == 200:
+                    return
+                reason = f"HTTP {r.status}"
+        except urllib.error.HTTPError as e:
+            reason = f"HTTP {e.code}"
+        except (OSError, ValueError) as e:
+            reason = str(getattr(e, "reason", "") or e)[:120]
+        raise TrackingError(f"tracking server {redact(uri)} does not answer ({reason}) within {timeout_s:.0f} s: "
+                            "start it, or fix MLFLOW_TRACKING_URI")
+    if scheme in _DATABASES:
+        parts = urlparse(uri)
+        try:
+            socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5432), timeout=timeout_s).close()
+        except OSError as e:
+            raise TrackingError(f"tracking database {redact(uri)} does not answer ({e.strerror or e}): "
+                                "start it, or fix MLFLOW_TRACKING_URI") from None
+        return
+    raise TrackingError(f"tracking URI {redact(uri)!r} is invalid: scheme {scheme!r} is not supported "
+                        "(use http(s)://HOST:PORT, sqlite:///FILE or postgresql://...)")
 
 
 def client_for(uri: str | None = None) -> Any:
@@ -145,7 +199,7 @@ def config_params(cfg: RunConfig, extra: dict[str, Any] | None = None,
 
 def ui_base(uri: str) -> str:
     """Where the MLflow UI of a store is: the server itself, or a local `mlflow ui`."""
-    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return redact(uri).rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
 
 
 def _page(base: str, path: str, query: dict[str, str]) -> str:
