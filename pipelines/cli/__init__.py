@@ -62,7 +62,8 @@ def _line(error: BaseException) -> str:
 def _quiet() -> None:
     # MLflow configures its loggers when first imported: tell it via the environment.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # MLflow's tqdm bars for artifact uploads/downloads (checkpoints, models): on a terminal only
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "true" if sys.stderr.isatty() else "false")
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # the CLI prints its own links
     # A lost tracking server: MLflow's defaults retry one call for minutes in silence.
