@@ -139,8 +139,10 @@ def test_a_lost_worker_node_s_trial_resumes_from_its_checkpoint_on_the_head(clus
         except Exception:  # noqa: BLE001 - the parent run does not exist yet
             pass
         time.sleep(1)
+    killed_at = time.time()
     cluster.ray.kill_node("node_b")
     out, _ = submit.communicate(timeout=400)
+    (cluster.root / "node-loss-job.log").write_text(f"job ended {time.time() - killed_at:.1f} s after the kill\n{out}")
     try:
         assert submit.returncode == 0 and "succeeded" in out, out[-4000:]
         runs = _children(client, "node-loss")
