@@ -34,6 +34,7 @@ from pipelines.tracking import names
 from pipelines.tracking.callbacks import MlflowCallbacks
 from pipelines.tracking.history import last_eval_step, last_logged_step, latest_checkpoint, logged_grids
 from pipelines.tracking.inputs import log_dataset
+from pipelines.tracking.lease import lease
 from pipelines.tracking.resources import log_resources, system_metrics
 from pipelines.tracking.runs import diverged_reason, end_early, fail_diverged, finish_run, log_run_config, run_guard
 from pipelines.tracking.store import client_for, environment_tags
@@ -178,7 +179,9 @@ def run_trial(config: dict[str, Any], data: ImageData, ctx: TrialContext) -> Non
                                                  "num_workers": 1, names.TRIAL_ID: trial_id}, omit=inactive)
             log_dataset(client, run_id, cfg.dataset, data)
         try:
-            with system_metrics(run_id, ctx.tracking_uri, resumed=not fresh):
+            # The lease keeps `train --resume` off a trial that is training. Not checked here:
+            # Tune restarting this trial after its node died must not wait out the dead lease.
+            with system_metrics(run_id, ctx.tracking_uri, resumed=not fresh), lease(client, run_id):
                 result = train(cfg, data, to_tune, evaluator=cached_evaluator(cfg, data, device),
                                resume=state, device=device, progress=False)
         except SystemExit:  # Tune stopped this trial (ASHA pruned it, or the sweep ended)
