@@ -18,13 +18,14 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from gan.errors import UserError
+from gan.safe_files import ArraysOnlyUnpickler, md5_of
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -160,25 +161,6 @@ CIFAR10_MD5 = {
     "data_batch_4": "634d18415352ddfa80567beed471001a",
     "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
 }
-_PICKLE_ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
-                   ("numpy._core.multiarray", "_reconstruct")}
-
-
-class _ArraysOnly(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in _PICKLE_ALLOWED:
-            raise DataError(f"refusing to unpickle {module}.{name}: the CIFAR-10 batches hold only arrays")
-        return super().find_class(module, name)
-
-
-def _md5(path: Path) -> str:
-    h = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _cifar10(data_dir: Path) -> ImageData:
     root = data_dir / "cifar-10-batches-py"
     batches = [root / name for name in CIFAR10_MD5]
@@ -186,11 +168,14 @@ def _cifar10(data_dir: Path) -> ImageData:
         _download("cifar10", data_dir, str(root))
     images, labels = [], []
     for b in batches:
-        if _md5(b) != CIFAR10_MD5[b.name]:
+        if md5_of(b) != CIFAR10_MD5[b.name]:
             raise DataError(f"{b} does not match the official CIFAR-10 checksum: refusing to read it "
                             "(delete the folder to download it again)")
-        with open(b, "rb") as f:
-            d = _ArraysOnly(f, encoding="bytes").load()
+        try:
+            with open(b, "rb") as f:
+                d = ArraysOnlyUnpickler(f, encoding="bytes").load()
+        except pickle.UnpicklingError as e:
+            raise DataError(f"{b}: {e}") from None
         images.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
         labels.extend(d[b"labels"])
     return ImageData(

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from gan.data import DataError, load_dataset, rank_batch_indices, to_uint8, to_unit_range
+from gan.safe_files import md5_of
 
 
 def write_idx(path, array: np.ndarray, gz: bool = False) -> None:
@@ -49,7 +50,7 @@ def test_cifar10_reads_the_python_batches(tmp_path, monkeypatch):
         d = {b"data": np.full((2, 3072), i, np.uint8), b"labels": [i, i + 1]}
         (root / f"data_batch_{i}").write_bytes(pickle.dumps(d))
     # The loader reads a batch only when its MD5 is the official one: stand these files in.
-    monkeypatch.setattr(gan.data, "CIFAR10_MD5", {f.name: gan.data._md5(f) for f in sorted(root.iterdir())})
+    monkeypatch.setattr(gan.data, "CIFAR10_MD5", {f.name: md5_of(f) for f in sorted(root.iterdir())})
     data = load_dataset("cifar10", tmp_path)
     assert data.images.shape == (10, 3, 32, 32)
     assert data.images[0].unique().tolist() == [1] and data.labels[:2].tolist() == [1, 2]

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from gan.safe_files import md5_of
+
 pytestmark = pytest.mark.integration
 
 FAST = ["--arch", "mlp", "--mlp-width", "8", "--latent-dim", "16", "--device", "cpu", "--batch-size", "256",
@@ -207,7 +209,7 @@ def test_a_planted_cifar_pickle_never_runs(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="checksum"):
         load_dataset("cifar10", str(tmp_path))
     # Even a file whose checksum matched could only unpickle arrays.
-    monkeypatch.setattr(data, "CIFAR10_MD5", {n: data._md5(root / n) for n in data.CIFAR10_MD5})
+    monkeypatch.setattr(data, "CIFAR10_MD5", {n: md5_of(root / n) for n in data.CIFAR10_MD5})
     with pytest.raises(DataError, match="refusing to unpickle"):
         load_dataset("cifar10", str(tmp_path))
     assert not marker.exists()
@@ -215,6 +217,6 @@ def test_a_planted_cifar_pickle_never_runs(tmp_path, monkeypatch):
     batch = {b"data": np.zeros((2, 3072), dtype=np.uint8), b"labels": [3, 5]}
     for name in data.CIFAR10_MD5:
         (root / name).write_bytes(pickle.dumps(batch))
-    monkeypatch.setattr(data, "CIFAR10_MD5", {n: data._md5(root / n) for n in data.CIFAR10_MD5})
+    monkeypatch.setattr(data, "CIFAR10_MD5", {n: md5_of(root / n) for n in data.CIFAR10_MD5})
     loaded = load_dataset("cifar10", str(tmp_path))
     assert loaded.images.shape == (10, 3, 32, 32) and loaded.labels.tolist() == [3, 5] * 5
