@@ -79,7 +79,7 @@ def baseline_fid(arch: str) -> float:
 
     from gan.config import make_config
     from gan.train import train
-    from pipelines.sweep.space import load_space
+    from pipelines.sweep.space_file import load_space
     from pipelines.training.prepare import build_evaluator, prepare
 
     space = load_space("quick")

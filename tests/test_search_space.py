@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from gan.config import ConfigError, RunConfig
-from pipelines.sweep.space import SearchSpaceError, load_space, parse_space
+from pipelines.sweep.space_file import SearchSpaceError, load_space, parse_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -136,7 +136,7 @@ def test_errors_are_config_errors_so_the_cli_exits_2(tmp_path):
 @pytest.mark.parametrize("flag", ["trials", "concurrency", "grace_period", "workers_per_trial"])
 def test_sweep_flags_below_one_are_config_errors(flag):
     from pipelines.sweep.options import SweepOptions
-    from pipelines.sweep.space import load_space
+    from pipelines.sweep.space_file import load_space
 
     with pytest.raises(ConfigError, match=f"--{flag.replace('_', '-')} 0 is invalid"):
         SweepOptions(**{flag: 0}).resolved(load_space("quick"))

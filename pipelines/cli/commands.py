@@ -82,7 +82,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_spaces(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from pipelines.sweep.space import shipped
+    from pipelines.sweep.space_file import shipped
 
     spaces = shipped()
     width = max(len(Path(s.path).stem) for s in spaces)

@@ -4,13 +4,13 @@ MLflow run with a nested child run per trial, and a closing report.
 
 This module is the driver: validation before anything starts, Ray and the private
 MLflow server, the Tuner (fresh or restored), closing the trials' runs. The options are
-options.py, the parent run parent.py, what a trial runs trial.py, the report report.py.
+options.py, the searcher/scheduler/trainable tuning.py, the parent run parent.py, what a
+trial runs trial.py, the report report.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import sys
 import time
@@ -19,8 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from gan.config import ConfigError, make_config
-from pipelines.sweep.options import METRIC, MODE, Sweep, SweepOptions
-from pipelines.sweep.space import SearchSpace, load_space
+from pipelines.sweep.options import Sweep, SweepOptions
+from pipelines.sweep.space import SearchSpace
+from pipelines.sweep.space_file import load_space
+from pipelines.sweep.tuning import (
+    make_scheduler,
+    make_searcher,
+    make_trainable,
+    progress_callback,
+    trial_dirname,
+)
 from pipelines.tracking import names
 
 DATA_KEYS = ("dataset", "data_dir", "image_size")  # loaded once per sweep: never searched
@@ -69,85 +77,6 @@ def check_space_for_sweep(space: SearchSpace, opts: Sweep) -> Any:
 
         build_evaluator(cfg, data, torch.device("cpu"))
     return data
-
-
-def absolute_paths(space: SearchSpace) -> dict[str, Any]:
-    """Trials run in Tune's trial folders: paths in the config must not be relative."""
-    fixed = dict(space.fixed)
-    if "data_dir" in fixed:
-        fixed["data_dir"] = str(Path(fixed["data_dir"]).expanduser().resolve())
-    ds = fixed.get("dataset", "")
-    if isinstance(ds, str) and ds.startswith("folder:"):
-        fixed["dataset"] = "folder:" + str(Path(ds[len("folder:"):]).expanduser().resolve())
-    return fixed
-
-
-# --------------------------------------------------------------------------- tune set-up
-
-
-def make_searcher(space: SearchSpace, opts: Sweep) -> Any:
-    import warnings
-
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    sampler: optuna.samplers.BaseSampler
-    if opts.searcher == "random":
-        sampler = optuna.samplers.RandomSampler(seed=opts.seed)
-    else:
-        # group=True: TPE models each conditional branch's parameters together;
-        # constant_liar: concurrent trials do not all probe the same point.
-        sampler = optuna.samplers.TPESampler(
-            seed=opts.seed, multivariate=True, group=True, constant_liar=True,
-            n_startup_trials=min(10, max(2, opts.trials // 3)),
-        )
-    return OptunaSearch(space=space.suggest, metric=METRIC, mode=MODE, sampler=sampler)
-
-
-def make_scheduler(space: SearchSpace, opts: Sweep) -> Any:
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
-    if opts.scheduler == "none":
-        return FIFOScheduler()
-    eval_every = space.max_value("eval_every")
-    # time_attr "epoch": both trial kinds report it. max_t above the last epoch: ASHA
-    # stops a trial that reaches max_t, and a finished trial must end on its own.
-    return ASHAScheduler(metric=METRIC, mode=MODE, time_attr=names.EPOCH,
-                         grace_period=opts.grace_period * eval_every,
-                         max_t=space.max_value("epochs") + 1, reduction_factor=2)
-
-
-def make_trainable(data: Any, ctx: Any, opts: Sweep) -> Any:
-    from ray import tune
-
-    from pipelines.sweep.trial import run_trial
-
-    # With N workers the trial only drives a TorchTrainer and needs no CPU (N workers on N
-    # cores must fit); its workers ask for the CPUs/GPUs. Ray refuses an empty bundle,
-    # hence a token of memory.
-    resources: dict[str, float] = ({"cpu": 0, "memory": 1 << 20} if opts.workers_per_trial > 1
-                                   else {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
-    # with_parameters: the dataset goes into the object store once, not once per trial.
-    return tune.with_resources(tune.with_parameters(run_trial, data=data, ctx=ctx), resources)
-
-
-def _progress_callback() -> Any:
-    """One line per finished trial on the driver's stderr."""
-    from ray.tune import Callback
-
-    class Progress(Callback):
-        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            r = trial.last_result or {}
-            fid = r.get(METRIC, math.nan)
-            print(f"  trial {trial.trial_id}: epoch {r.get('epoch', 0)}, FID {fid:.2f} "
-                  f"({sum(t.status == 'TERMINATED' for t in trials)} done)", file=sys.stderr)
-
-        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            print(f"  trial {trial.trial_id}: error (see its MLflow run)", file=sys.stderr)
-
-    return Progress()
 
 
 # --------------------------------------------------------------------------- the sweep
@@ -231,7 +160,7 @@ def _tune(space: SearchSpace, opts: Sweep, data: Any, uri: str, experiment_id: s
                 ),
                 run_config=tune.RunConfig(
                     name=opts.name, storage_path=str(exp_dir.parent), verbose=0,
-                    callbacks=[_progress_callback()],
+                    callbacks=[progress_callback()],
                     failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
                 ),
             )
@@ -245,11 +174,6 @@ def _tune(space: SearchSpace, opts: Sweep, data: Any, uri: str, experiment_id: s
             server.stop()
         if started_ray:
             ray.shutdown()
-
-
-def trial_dirname(trial: Any) -> str:
-    """Short trial folders (Tune's default spells out the whole config)."""
-    return f"trial_{trial.trial_id}"
 
 
 def _wait_children_closed(client: Any, experiment_id: str, parent_id: str,

@@ -11,7 +11,8 @@ from typing import Any
 
 from pipelines.errors import TrackingError
 from pipelines.sweep.options import Sweep, SweepOptions
-from pipelines.sweep.space import SearchSpace, load_space
+from pipelines.sweep.space import SearchSpace
+from pipelines.sweep.space_file import load_space
 from pipelines.tracking import names
 from pipelines.tracking.runs import open_run
 from pipelines.tracking.store import environment_tags, share_sweep_view

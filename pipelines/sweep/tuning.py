@@ -1,0 +1,83 @@
+"""How Tune runs a sweep's trials: the Optuna searcher (TPE or random, seeded), the ASHA
+scheduler on the FID-style score, the trainable with its resources, the progress line
+per finished trial, and short trial folder names."""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any
+
+from pipelines.sweep.options import METRIC, MODE, Sweep
+from pipelines.sweep.space import SearchSpace
+from pipelines.tracking import names
+
+
+def make_searcher(space: SearchSpace, opts: Sweep) -> Any:
+    import warnings
+
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    sampler: optuna.samplers.BaseSampler
+    if opts.searcher == "random":
+        sampler = optuna.samplers.RandomSampler(seed=opts.seed)
+    else:
+        # group=True: TPE models each conditional branch's parameters together;
+        # constant_liar: concurrent trials do not all probe the same point.
+        sampler = optuna.samplers.TPESampler(
+            seed=opts.seed, multivariate=True, group=True, constant_liar=True,
+            n_startup_trials=min(10, max(2, opts.trials // 3)),
+        )
+    return OptunaSearch(space=space.suggest, metric=METRIC, mode=MODE, sampler=sampler)
+
+
+def make_scheduler(space: SearchSpace, opts: Sweep) -> Any:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if opts.scheduler == "none":
+        return FIFOScheduler()
+    eval_every = space.max_value("eval_every")
+    # time_attr "epoch": both trial kinds report it. max_t above the last epoch: ASHA
+    # stops a trial that reaches max_t, and a finished trial must end on its own.
+    return ASHAScheduler(metric=METRIC, mode=MODE, time_attr=names.EPOCH,
+                         grace_period=opts.grace_period * eval_every,
+                         max_t=space.max_value("epochs") + 1, reduction_factor=2)
+
+
+def make_trainable(data: Any, ctx: Any, opts: Sweep) -> Any:
+    from ray import tune
+
+    from pipelines.sweep.trial import run_trial
+
+    # With N workers the trial only drives a TorchTrainer and needs no CPU (N workers on N
+    # cores must fit); its workers ask for the CPUs/GPUs. Ray refuses an empty bundle,
+    # hence a token of memory.
+    resources: dict[str, float] = ({"cpu": 0, "memory": 1 << 20} if opts.workers_per_trial > 1
+                                   else {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
+    # with_parameters: the dataset goes into the object store once, not once per trial.
+    return tune.with_resources(tune.with_parameters(run_trial, data=data, ctx=ctx), resources)
+
+
+def progress_callback() -> Any:
+    """One line per finished trial on the driver's stderr."""
+    from ray.tune import Callback
+
+    class Progress(Callback):
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            r = trial.last_result or {}
+            fid = r.get(METRIC, math.nan)
+            print(f"  trial {trial.trial_id}: epoch {r.get('epoch', 0)}, FID {fid:.2f} "
+                  f"({sum(t.status == 'TERMINATED' for t in trials)} done)", file=sys.stderr)
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            print(f"  trial {trial.trial_id}: error (see its MLflow run)", file=sys.stderr)
+
+    return Progress()
+
+
+def trial_dirname(trial: Any) -> str:
+    """Short trial folders (Tune's default spells out the whole config)."""
+    return f"trial_{trial.trial_id}"
