@@ -26,4 +26,11 @@ class RunDiverged(RuntimeError):
     is FAILED with the reason in its stopped_reason tag and keeps what it logged."""
 
 
-__all__ = ["ClusterError", "ConfigError", "RunDiverged", "SearchSpaceError", "TrackingError", "UserError"]
+class TrackingLost(RuntimeError):
+    """Not a user error (exit 1): the tracking server went away mid-run and was not back
+    in time. The run trained on; what it would have logged is kept on local disk (the
+    message says where) and `train --resume RUN_ID` sends it once the server is back."""
+
+
+__all__ = ["ClusterError", "ConfigError", "RunDiverged", "SearchSpaceError", "TrackingError", "TrackingLost",
+           "UserError"]

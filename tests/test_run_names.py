@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipelines.sweep.naming import differing, number, trial_name
-from pipelines.tracking.callbacks import upscale
+from pipelines.tracking.pictures import upscale
 from pipelines.tracking.store import run_url, runs_table_url, sweep_view_key
 
 

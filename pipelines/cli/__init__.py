@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Callable, Sequence
 
 from gan.errors import UserError
+from pipelines.errors import TrackingLost
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -43,6 +44,11 @@ def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namesp
     except KeyboardInterrupt:
         print(f"gan-pipeline {args.command}: interrupted", file=sys.stderr)
         return 130
+    except TrackingLost as e:  # not a bug: the message says where the work is and what to run
+        if debug:
+            raise
+        print(f"gan-pipeline {args.command}: stopped: {_line(e)}", file=sys.stderr)
+        return 1
     except Exception as e:  # noqa: BLE001 - one line for the user, the run is already marked
         if debug:
             raise

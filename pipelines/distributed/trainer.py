@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from gan.config import RunConfig
 from gan.errors import UserError
-from pipelines.distributed.connect import connect, ray_address
+from pipelines.distributed.connect import connect, disconnect, ray_address
 from pipelines.distributed.options import RayOptions, run_params, worker_config
-from pipelines.errors import ClusterError, RunDiverged
+from pipelines.errors import ClusterError, RunDiverged, TrackingLost
 from pipelines.tracking import names
 
 if TYPE_CHECKING:
@@ -116,9 +116,7 @@ def run_distributed(cfg: RunConfig, opts: RayOptions, experiment: str | None = N
             return _fit_and_finish(client, experiment_id, run_id, cfg, opts, uri, data.shape)
     finally:
         if started:
-            import ray
-
-            ray.shutdown()
+            disconnect()
 
 
 def _fit_and_finish(client: Any, experiment_id: str, run_id: str, cfg: RunConfig,
@@ -142,7 +140,7 @@ def _fit_and_finish(client: Any, experiment_id: str, run_id: str, cfg: RunConfig
     except Exception as e:  # noqa: BLE001 - Ray's errors wrap the workers'; say which
         causes = _worker_causes(e)
         first = next(iter(causes.values()), None)
-        if isinstance(first, UserError):
+        if isinstance(first, (UserError, TrackingLost)):
             raise first from e  # already one line for the user (a dataset missing on a node)
         raise DistributedTrainingError(_worker_summary(e, causes)) from e
     reason = diverged_reason(client, run_id)  # rank 0 wrote it when the guard stopped the loop

@@ -129,6 +129,8 @@ def train_worker(config: dict[str, Any]) -> None:
         with usage:
             result = train(cfg, data, callbacks, evaluator=build_evaluator(cfg, data, device),
                            resume=state, device=device, progress=False)
+        if tracking:  # all sent, or (server away) a bounded wait, then TrackingLost
+            tracking.settle()
         if result.diverged and tracking:  # every rank stopped at the same step; the driver fails the run
             tracking.client.set_tag(tracking.run_id, names.STOPPED_REASON, result.stopped)
     finally:

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from pipelines.errors import TrackingError
+from pipelines.errors import TrackingError, TrackingLost
 from pipelines.tracking import names
 
 # A lease goes stale this long after its owner's last heartbeat (tests shorten it).
@@ -72,14 +72,19 @@ def lease(client: Any, run_id: str, *, contested: bool = False) -> Iterator[str]
     thread = threading.Thread(target=_keep_alive, args=(client, run_id, owner, stop), daemon=True,
                               name=f"lease-{run_id[:8]}")
     thread.start()
+    release = True
     try:
         yield owner
+    except TrackingLost:  # the store is away or the run is someone else's now: leave the tags
+        release = False
+        raise
     finally:
         stop.set()
         thread.join(timeout=5)
-        with contextlib.suppress(Exception):  # a lost store: the lease simply goes stale
-            client.delete_tag(run_id, names.LEASE_HEARTBEAT)
-            client.delete_tag(run_id, names.LEASE_OWNER)
+        if release:
+            with contextlib.suppress(Exception):  # a lost store: the lease simply goes stale
+                client.delete_tag(run_id, names.LEASE_HEARTBEAT)
+                client.delete_tag(run_id, names.LEASE_OWNER)
 
 
 def _beat(client: Any, run_id: str, owner: str) -> None:

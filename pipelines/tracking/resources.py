@@ -26,7 +26,8 @@ def system_metrics(run_id: str, tracking_uri: str, *, resumed: bool = False) -> 
     try:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+        # ERROR: a sample the server could not take (it is away) is no news; the run says so
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.ERROR)
         monitor = SystemMetricsMonitor(run_id, sampling_interval=SAMPLING_S, samples_before_logging=1,
                                        resume_logging=resumed, tracking_uri=tracking_uri)
         monitor.start()

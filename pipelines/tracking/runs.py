@@ -14,11 +14,11 @@ from torch import nn
 
 from gan.config import RunConfig
 from gan.health import HEALTH_PREFIX
-from pipelines.errors import TrackingError
+from pipelines.errors import TrackingError, TrackingLost
 from pipelines.tracking import names
-from pipelines.tracking.callbacks import log_progress_gif
 from pipelines.tracking.lease import check_free
 from pipelines.tracking.models import FINAL, log_model, model_with_role
+from pipelines.tracking.pictures import log_progress_gif
 from pipelines.tracking.store import config_params
 
 
@@ -96,6 +96,8 @@ def run_guard(client: Any, run_id: str) -> Iterator[None]:
     propagates; what was logged before it stays."""
     try:
         yield
+    except TrackingLost:  # the store is away (or the run someone else's): nothing to mark
+        raise
     except KeyboardInterrupt:
         close_run(client, run_id, "KILLED", "interrupted by the user")
         raise

@@ -20,7 +20,7 @@ from gan.data import ImageData
 from gan.train import TrainResult, resolve_device, train
 from pipelines.errors import RunDiverged, TrackingError
 from pipelines.tracking import names
-from pipelines.tracking.callbacks import MlflowCallbacks
+from pipelines.tracking.callbacks import MlflowCallbacks, send_offline_writes
 from pipelines.tracking.history import (
     NoIntactCheckpoint,
     last_eval_step,
@@ -112,6 +112,8 @@ def _resume(client: Any, experiment: str, resume: str, extend_to: int | None, pr
     run = find_resumable(client, experiment_id, resume, extend_to)
     run_id = run.info.run_id
     with lease(client, run_id, contested=True):
+        send_offline_writes(client, run_id)  # what it trained while the server was away, first
+        run = client.get_run(run_id)
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 state = latest_checkpoint(client, run_id, tmp)
@@ -155,6 +157,7 @@ def execute(
         evaluator = evaluator or build_evaluator(cfg, data, device)
         with system_metrics(run_id, client.tracking_uri, resumed=not fresh):
             result = train(cfg, data, callbacks, evaluator=evaluator, resume=state, device=device, progress=progress)
+        callbacks.settle()  # all sent, or (server away) a bounded wait, then TrackingLost
         if result.diverged:
             assert result.stopped is not None
             fail_diverged(client, run_id, callbacks.frames, result.stopped)

@@ -1,0 +1,161 @@
+"""Sending a run's writes, or keeping them while its tracking server is away.
+
+Every write of MlflowCallbacks is an event (a dict: kind plus payload). `_deliver` sends
+it; when a send fails and the store no longer answers (tracking.outage), the event and
+all after it go to the run's outbox on local disk (tracking.outbox) and training goes on.
+The server is looked for again at later callbacks, with backoff; once it is back the kept
+events are sent in order, each once, and writing goes on as before. `settle` at the end
+of training waits a bounded time for it, then raises TrackingLost (exit 1) naming where
+everything is kept; `train --resume RUN_ID` sends it later.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+from torch import nn
+
+from gan.checkpoint import checkpoint_name
+from gan.config import RunConfig
+from pipelines.errors import TrackingError, TrackingLost
+from pipelines.tracking import names
+from pipelines.tracking.outage import Outage
+from pipelines.tracking.outbox import Outbox
+
+# How long a run that ended while its server was away waits for it (then exit 1, all kept).
+SETTLE_ENV = "GAN_PIPELINES_OFFLINE_WAIT_S"
+SETTLE_S = 120.0
+
+
+class Delivery:
+    """The send-or-keep half of MlflowCallbacks; subclasses define `_send(event)` and
+    `_empty_generator()` (to load a kept generator's weights into)."""
+
+    client: Any
+    run_id: str
+    rank: int
+    step: int
+    cfg: RunConfig | None
+    image_shape: tuple[int, ...] | None
+    best_epoch: int | None
+
+    def _init_delivery(self) -> None:
+        self.outage, self.outbox = Outage(self.client.tracking_uri), Outbox(self.run_id)
+        # Whoever holds the run's lease now (this process, or the driver of a Ray Train
+        # run): a different holder after an outage means the run was taken over.
+        self.owner = self.client.get_run(self.run_id).data.tags.get(names.LEASE_OWNER) if self.rank == 0 else None
+        self.in_flight: list[tuple[list, Any]] = []  # async metric batches not yet confirmed
+        # A failed async batch is ours to report (as one warning, then kept), not MLflow's.
+        logging.getLogger("mlflow.utils.async_logging").setLevel(logging.CRITICAL)
+
+    def _send(self, event: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _empty_generator(self) -> nn.Module:
+        raise NotImplementedError
+
+    def settle(self, wait_s: float | None = None) -> None:
+        """The end of training: every write confirmed, or, while the server is away, a
+        bounded wait for it (progress every 10 s); TrackingLost if it does not return."""
+        if self.rank != 0:
+            return
+        self._confirm(wait=True)
+        if not self.outage.active:
+            return
+        wait_s = float(os.environ.get(SETTLE_ENV, SETTLE_S)) if wait_s is None else wait_s
+        deadline, said = time.monotonic() + wait_s, 0.0
+        while time.monotonic() < deadline:
+            if time.monotonic() - said >= 10:
+                said = time.monotonic()
+                print(f"training ended; waiting up to {deadline - said:.0f} s for tracking server "
+                      f"{self.outage.where} (away for {self.outage.away_s():.0f} s)", file=sys.stderr)
+            self.outage.next_look = 0.0
+            if self.send_kept():
+                return
+            time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+        raise TrackingLost(
+            f"the tracking server is away since step {self.outage.since_step}; what the run logged since is kept "
+            f"in {self.outbox.dir}: once it is back, run gan-pipeline train --resume {self.run_id}")
+
+    def send_kept(self) -> bool:
+        """Send what the outbox holds, in order, each event once; True when all is sent
+        (or nothing was kept). False while the server is still away."""
+        if not self.outbox.exists():
+            self.outage.end()
+            return True
+        if not self.outage.due():
+            return False
+        if self.outage.server_gone():
+            self.outage.begin(self.step)
+            self.outage.missed()
+            return False
+        self._check_owner()
+        done = self.outbox.sent()
+        for event in self.outbox.pending(self._empty_generator):
+            try:
+                self._send(event)
+            except Exception:
+                if not self.outage.server_gone():
+                    raise
+                self.outage.missed()
+                return False
+            done += 1
+            self.outbox.mark_sent(done)
+        away = f" (away {self.outage.away_s():.0f} s)" if self.outage.active else ""
+        self.outbox.clear()
+        self.outage.end()
+        print(f"tracking server {self.outage.where}{away}: sent the {done} writes of run {self.run_id} kept "
+              "on local disk while it was away", file=sys.stderr)
+        return True
+
+    def _deliver(self, event: dict[str, Any]) -> None:
+        if self.outage.active and not self.send_kept():
+            self._keep(event)
+            return
+        try:
+            self._send(event)
+        except TrackingError:
+            raise
+        except Exception as e:
+            if not self.outage.server_gone():
+                raise
+            self._went_away(e)
+            self._keep(event)
+
+    def _went_away(self, error: Exception) -> None:
+        if not self.outage.begin(self.step):
+            return
+        self.outbox.open(self.cfg.to_dict() if self.cfg else None, self.image_shape, f"{type(error).__name__}")
+        print(f"warning: tracking server {self.outage.where} does not answer at step {self.step}: training goes "
+              f"on; what the run logs is kept in {self.outbox.dir} until it is back", file=sys.stderr)
+
+    def _keep(self, event: dict[str, Any]) -> None:
+        self.outbox.keep(event)
+        if event["kind"] == "checkpoint" and self.cfg is not None:
+            self.outbox.drop_checkpoints(self.cfg.keep_checkpoints,
+                                         checkpoint_name(self.best_epoch) if self.best_epoch else None)
+
+    def _confirm(self, wait: bool = False) -> None:
+        """Async metric batches that failed are delivered again (or kept)."""
+        still = []
+        for rows, ops in self.in_flight:
+            futures = getattr(ops, "_operation_futures", None) or []
+            if not wait and not all(f.done() for f in futures):
+                still.append((rows, ops))
+                continue
+            if any(f.exception() is not None for f in futures):
+                self._deliver({"kind": "metrics", "rows": rows})
+        self.in_flight = still
+
+    def _check_owner(self) -> None:
+        """Back after an outage: if another process took the run over meanwhile (its lease
+        went stale while this one could not beat), this one must stop writing."""
+        owner = self.client.get_run(self.run_id).data.tags.get(names.LEASE_OWNER, "")
+        host, pid = (owner.split(":") + ["", ""])[:2]
+        if owner and self.owner and owner != self.owner:
+            raise TrackingLost(f"run {self.run_id} was taken over by {host} pid {pid} while its tracking server "
+                                f"was away; this process stops; what it trained offline stays in {self.outbox.dir}")
