@@ -2,7 +2,8 @@
 
 An address is probed over TCP first (ray.init retries an unreachable one for minutes),
 and a local-file tracking store is refused on a multi-node cluster (workers on other
-machines could not write it).
+machines could not write it). A local Ray started here is watched (reaper.py), so none
+of its processes outlives the command, even a killed one; disconnect() ends both.
 """
 
 from __future__ import annotations
@@ -10,8 +11,12 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import subprocess
 
+from pipelines.distributed.reaper import child_pids, start_watcher, stop_watcher
 from pipelines.errors import ClusterError, TrackingError
+
+_watcher: subprocess.Popen | None = None  # of the local Ray this process started, if any
 
 
 def ray_address(given: str | None) -> str | None:
@@ -21,23 +26,37 @@ def ray_address(given: str | None) -> str | None:
 
 def connect(address: str | None, tracking_uri: str) -> bool:
     """Join `address` (None: start a local Ray); True when this call started or joined Ray
-    (so the caller shuts it down), False when the process was already connected."""
+    (so the caller ends it with disconnect()), False when the process was already connected."""
     import ray
 
+    global _watcher
     if ray.is_initialized():  # a caller's session (a test, a Tune driver): use it
         return False
     check_reachable(address)
+    before = child_pids()
     try:
         ray.init(address=address, logging_level=logging.WARNING)
     except (ConnectionError, ValueError, RuntimeError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ClusterError(f"ray_address={address!r} is invalid: cannot connect ({first})") from None
+    if address is None:  # ours: the processes ray.init just started (none if it joined a `ray start`)
+        _watcher = start_watcher(sorted(child_pids() - before))
     try:
         check_store_for_cluster(tracking_uri, sum(1 for n in ray.nodes() if n.get("Alive")))
     except TrackingError:
-        ray.shutdown()
+        disconnect()
         raise
     return True
+
+
+def disconnect() -> None:
+    """Leave Ray; a local Ray that connect() started stops, and so does its watcher."""
+    import ray
+
+    global _watcher
+    ray.shutdown()
+    stop_watcher(_watcher)
+    _watcher = None
 
 
 def check_store_for_cluster(uri: str, alive_nodes: int) -> None:

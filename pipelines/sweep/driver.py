@@ -123,10 +123,9 @@ def run_sweep(given: SweepOptions, resume: str | None = None) -> SweepOutcome:
 def _tune(space: SearchSpace, opts: Sweep, data: Any, uri: str, experiment_id: str,
           parent_id: str, exp_dir: Path, restore: bool) -> set[str]:
     """Run the trials; returns the trial ids Tune knows (it may have lost some, see _finish)."""
-    import ray
     from ray import tune
 
-    from pipelines.distributed.connect import connect, ray_address
+    from pipelines.distributed.connect import connect, disconnect, ray_address
     from pipelines.sweep.trial import TrialContext
     from pipelines.tracking.server import LocalServer, needs_server
     from pipelines.tracking.store import client_for
@@ -173,7 +172,7 @@ def _tune(space: SearchSpace, opts: Sweep, data: Any, uri: str, experiment_id: s
         if server:
             server.stop()
         if started_ray:
-            ray.shutdown()
+            disconnect()
 
 
 def _wait_children_closed(client: Any, experiment_id: str, parent_id: str,
