@@ -1,7 +1,9 @@
 """What survives a killed sweep driver, with real processes: the `gan-pipeline sweep` CLI
 as its own process (and session) over a sqlite store, killed with SIGKILL at a point the
-test waits for, then `sweep --resume`. Tune's saved state is read from its folder to know
-what the killed driver had recorded."""
+test waits for, then `sweep --resume`: a trial pruned just before the kill, a trial Tune
+never recorded, and the local Ray the driver started (gone with it; a user's cluster
+untouched). Tune's saved state is read from its folder to know what the killed driver
+had recorded."""
 
 from __future__ import annotations
 
@@ -93,6 +95,68 @@ def kill_driver_and_its_ray(driver: subprocess.Popen) -> None:
 
 def artifacts(workdir: Path, run_id: str) -> set[str]:
     return {a.path for a in client(workdir).list_artifacts(run_id)}
+
+
+def test_a_trial_pruned_just_before_the_driver_died_is_closed_as_pruned_on_resume(tmp_path):
+    # Seed 0 samples lr_g 1e-3, then 1e-7 (G frozen near its random init): ASHA stops the
+    # second trial at its first rung. Its process dies as it is stopped, before it closes
+    # its run (the test hook); the driver dies once Tune's saved state has that trial ended.
+    space = write_space(tmp_path, {**TINY, "arch": "dcgan", "dcgan_width": 8, "batch_size": 64,
+                                   "eval_samples": 200, "epochs": 3,
+                                   "lr_g": {"type": "categorical", "choices": [1e-7, 1e-3]}})
+    driver = sweep(tmp_path, "--space", str(space), "--trials", "3", "--concurrency", "1", "--scheduler", "asha",
+                   "--grace-period", "1", "--seed", "0", "--name", "pruned",
+                   env={"GAN_PIPELINES_DIE_WHEN_PRUNED": "1"})
+    try:
+        def stopped_unclosed():
+            ended = {t for t, s in tune_state(tmp_path, "pruned").items() if s == "TERMINATED"}
+            return [r for r in trials(tmp_path, driver)
+                    if r.info.status == "RUNNING" and r.data.tags["tune_trial_id"] in ended]
+
+        (pruned,) = wait_for(stopped_unclosed)
+    finally:
+        kill_driver_and_its_ray(driver)
+    assert pruned.data.params["lr_g"] == "1e-07" and "stopped_reason" not in pruned.data.tags
+
+    finish(sweep(tmp_path, "--resume", "pruned", log="resume.log"), tmp_path, log="resume.log")
+    run = client(tmp_path).get_run(pruned.info.run_id)
+    assert run.info.status == "KILLED"
+    assert run.data.tags["stopped_reason"].startswith("tune: stopped by the scheduler after epoch 1")
+    assert "progress.gif" in artifacts(tmp_path, run.info.run_id)
+    runs = trials(tmp_path)
+    assert len(runs) == 3 and sum(r.info.status == "FINISHED" for r in runs) == 2
+
+
+def test_a_trial_tune_never_recorded_is_replaced_and_its_run_marked_lost(tmp_path):
+    # Tune saves its state at its first step and then, with this period, not again before
+    # the kill: the second trial trains without Tune's saved state knowing it.
+    space = write_space(tmp_path, {**TINY, "epochs": 5})
+    driver = sweep(tmp_path, "--space", str(space), "--trials", "2", "--concurrency", "1", "--scheduler", "none",
+                   "--name", "lost", env={"TUNE_GLOBAL_CHECKPOINT_S": "100000"})
+    try:
+        def second_trains():  # and has epochs left: it is killed mid-training
+            runs = trials(tmp_path, driver)
+            return len(runs) == 2 and [r for r in runs if r.info.status == "RUNNING" and
+                                       1 <= r.data.metrics.get("epoch", 0) <= 3]
+
+        (second,) = wait_for(second_trains)
+    finally:
+        kill_driver_and_its_ray(driver)
+    lost_id = second.data.tags["tune_trial_id"]
+    assert lost_id not in tune_state(tmp_path, "lost")
+
+    log = finish(sweep(tmp_path, "--resume", "lost", log="resume.log"), tmp_path, log="resume.log")
+    assert "FileNotFoundError" not in log, log  # Tune's noise about the trial it lost
+    runs = {r.data.tags["tune_trial_id"]: r for r in trials(tmp_path)}
+    lost = runs.pop(lost_id)
+    assert lost.info.status == "KILLED" and lost.data.tags["sweep.lost"] == "true"
+    assert lost.data.tags["stopped_reason"].startswith("lost: the driver died before Tune recorded this trial")
+    assert "progress.gif" in artifacts(tmp_path, lost.info.run_id)  # what it trained stays viewable
+    # a new trial took its place: the sweep still has its two finished trials
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" and "sweep.lost" not in r.data.tags
+                                  for r in runs.values())
+    parent = client(tmp_path).get_run(second.data.tags["mlflow.parentRunId"])
+    assert parent.info.status == "FINISHED" and parent.data.metrics["sweep.trials_finished"] == 2
 
 
 # --------------------------------------------------------------------------- Ray processes

@@ -3,20 +3,22 @@ are real) over a search space file, ASHA pruning on the FID-style score, one par
 MLflow run with a nested child run per trial, and a closing report.
 
 This module is the driver: validation before anything starts, Ray and the private
-MLflow server, the Tuner (fresh or restored), closing the trials' runs. The options are
+MLflow server, the Tuner (fresh or restored), the closing summary. The options are
 options.py, the searcher/scheduler/trainable tuning.py, the parent run parent.py, what a
-trial runs trial.py, the report report.py.
+trial runs trial.py, the runs of trials that could not close their own closing.py, the
+report report.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gan.config import ConfigError, make_config
 from pipelines.sweep.options import Sweep, SweepOptions
@@ -30,6 +32,9 @@ from pipelines.sweep.tuning import (
     trial_dirname,
 )
 from pipelines.tracking import names
+
+if TYPE_CHECKING:
+    from pipelines.sweep.closing import Ended
 
 DATA_KEYS = ("dataset", "data_dir", "image_size")  # loaded once per sweep: never searched
 # A trial whose process or node dies (a lost spot worker) is restarted, on any node, and
@@ -116,16 +121,18 @@ def run_sweep(given: SweepOptions, resume: str | None = None) -> SweepOutcome:
     from pipelines.tracking.runs import run_guard
 
     with run_guard(client, parent_id):
-        known = _tune(space, opts, data, uri, experiment_id, parent_id, exp_dir, restore=bool(resume))
-        return _finish(client, experiment_id, parent_id, space, opts, uri, started, known)
+        ended = _tune(space, opts, data, uri, experiment_id, parent_id, exp_dir, restore=bool(resume))
+        return _finish(client, experiment_id, parent_id, space, opts, uri, started, ended)
 
 
 def _tune(space: SearchSpace, opts: Sweep, data: Any, uri: str, experiment_id: str,
-          parent_id: str, exp_dir: Path, restore: bool) -> set[str]:
-    """Run the trials; returns the trial ids Tune knows (it may have lost some, see _finish)."""
+          parent_id: str, exp_dir: Path, restore: bool) -> dict[str, Ended]:
+    """Run the trials; returns how Tune ended each trial it knows (it may have lost some:
+    closing.py)."""
     from ray import tune
 
     from pipelines.distributed.connect import connect, disconnect, ray_address
+    from pipelines.sweep.closing import tune_outcomes
     from pipelines.sweep.trial import TrialContext
     from pipelines.tracking.server import LocalServer, needs_server
     from pipelines.tracking.store import client_for
@@ -147,6 +154,9 @@ def _tune(space: SearchSpace, opts: Sweep, data: Any, uri: str, experiment_id: s
                            searched=tuple(p.name for p in space.params))
         trainable = make_trainable(data, ctx, opts)
         if restore:
+            # Tune warns with a FileNotFoundError about each trial the killed driver had
+            # started but not yet written results for: that trial simply runs again.
+            logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
             tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable,
                                        resume_unfinished=True, resume_errored=True)
         else:
@@ -163,11 +173,14 @@ def _tune(space: SearchSpace, opts: Sweep, data: Any, uri: str, experiment_id: s
                     failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
                 ),
             )
+        # Runs open before this driver's trials start (a killed driver's) have no process to
+        # wait for at the end; closing.py closes those a restarted trial did not.
+        orphans = _open_children(client_for(trial_uri), experiment_id, parent_id) if restore else set()
         grid = tuner.fit()
         # A pruned trial closes its own run as Tune stops it; give it that moment before
         # ray.shutdown ends its process.
-        _wait_children_closed(client_for(trial_uri), experiment_id, parent_id)
-        return {Path(grid[i].path).name.removeprefix("trial_") for i in range(len(grid))}
+        _wait_children_closed(client_for(trial_uri), experiment_id, parent_id, orphans)
+        return tune_outcomes(grid)
     finally:
         if server:
             server.stop()
@@ -175,38 +188,29 @@ def _tune(space: SearchSpace, opts: Sweep, data: Any, uri: str, experiment_id: s
             disconnect()
 
 
-def _wait_children_closed(client: Any, experiment_id: str, parent_id: str,
-                          timeout_s: float = 15.0) -> None:
+def _open_children(client: Any, experiment_id: str, parent_id: str) -> set[str]:
     from pipelines.sweep.report import child_runs
 
+    return {r.info.run_id for r in child_runs(client, experiment_id, parent_id) if r.info.status == "RUNNING"}
+
+
+def _wait_children_closed(client: Any, experiment_id: str, parent_id: str, orphans: set[str],
+                          timeout_s: float = 15.0) -> None:
     deadline = time.time() + timeout_s
     while time.time() < deadline:
-        runs = child_runs(client, experiment_id, parent_id)
-        if not any(r.info.status == "RUNNING" for r in runs):
+        if not _open_children(client, experiment_id, parent_id) - orphans:
             return
         time.sleep(0.5)
 
 
 def _finish(client: Any, experiment_id: str, parent_id: str, space: SearchSpace,
-            opts: Sweep, uri: str, started: float, known: set[str]) -> SweepOutcome:
+            opts: Sweep, uri: str, started: float, ended: dict[str, Ended]) -> SweepOutcome:
     from mlflow.entities import Metric
 
+    from pipelines.sweep.closing import close_open_trials
     from pipelines.sweep.report import best_run, child_runs, log_report
 
-    runs = child_runs(client, experiment_id, parent_id)
-    for r in runs:
-        if r.data.tags.get(names.TRIAL_ID) not in known and r.data.tags.get(names.SWEEP_LOST) != "true":
-            # The driver died after this trial started but before Tune saved its state:
-            # the restored sweep replaced it with a new trial. Say so on the orphan.
-            client.set_tag(r.info.run_id, names.SWEEP_LOST, "true")
-            client.set_tag(r.info.run_id, names.STOPPED_REASON, "lost: the driver died before Tune "
-                           "recorded this trial; a new trial took its place")
-            if r.info.status == "RUNNING":
-                client.set_terminated(r.info.run_id, "KILLED")
-        elif r.info.status == "RUNNING":  # a trial whose process died cannot close its own run
-            client.set_tag(r.info.run_id, names.STOPPED_REASON,
-                           "tune: the trial's process ended before it closed its run")
-            client.set_terminated(r.info.run_id, "KILLED")
+    close_open_trials(client, child_runs(client, experiment_id, parent_id), ended)
     runs = child_runs(client, experiment_id, parent_id)
     runs = log_report(client, parent_id, runs, space)  # as renamed and described
     best = best_run(runs)

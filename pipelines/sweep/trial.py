@@ -8,7 +8,8 @@ a duplicate. How a trial ends is written on its run:
 
     FINISHED  ran its whole budget; has its best and final generator models
     KILLED    stopped early by Tune, tag stopped_reason = "tune: ..." (ASHA pruned it, or
-              the sweep was stopped); metrics, grids and its best model so far kept
+              the sweep was stopped); metrics, grids and its best model so far kept. If
+              its process dies before it closes the run, the driver does (closing.py)
     FAILED    diverged (tag stopped_reason = "health: ...", the loop's health guard) or
               crashed (tag error); what it logged is kept, promote never picks it
 """
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import signal
 import tempfile
 import time
 from dataclasses import dataclass
@@ -83,6 +86,23 @@ class TuneCallbacks(ForwardingCallbacks):
         if epoch < self.last_epoch:
             # Tune ends a pruned trial by raising SystemExit out of report(): see run_trial.
             report(self.last)
+
+
+def pruned_reason(epoch: int) -> str:
+    return f"tune: stopped by the scheduler after epoch {epoch} (its FID was not competitive)"
+
+
+# Test hook: GAN_PIPELINES_DIE_WHEN_PRUNED=1 makes a trial's process kill -9 itself as Tune
+# stops it, before it closes its run: what a driver killed at that moment leaves behind.
+DIE_WHEN_PRUNED_ENV = "GAN_PIPELINES_DIE_WHEN_PRUNED"
+
+
+def _die_if_asked() -> None:
+    if os.environ.get(DIE_WHEN_PRUNED_ENV):
+        import mlflow
+
+        mlflow.flush_async_logging()
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def report(metrics: dict[str, float]) -> None:
@@ -185,6 +205,7 @@ def run_trial(config: dict[str, Any], data: ImageData, ctx: TrialContext) -> Non
                 result = train(cfg, data, to_tune, evaluator=cached_evaluator(cfg, data, device),
                                resume=state, device=device, progress=False)
         except SystemExit:  # Tune stopped this trial (ASHA pruned it, or the sweep ended)
+            _die_if_asked()
             pruned = True
         log_resources(client, run_id, started, ctx.cpus_per_trial, ctx.gpus_per_trial)
         if to_tune.first_step_at is not None:
@@ -192,8 +213,7 @@ def run_trial(config: dict[str, Any], data: ImageData, ctx: TrialContext) -> Non
                            f"{to_tune.first_step_at - started:.2f}")
     if pruned:
         # Quick: a reused actor waits only ~2 s for this thread before it gives up on it.
-        end_early(client, run_id, tracking.frames, f"tune: stopped by the scheduler after "
-                   f"epoch {to_tune.epoch} (its FID was not competitive)")
+        end_early(client, run_id, tracking.frames, pruned_reason(to_tune.epoch))
         raise SystemExit(0)
     if result.diverged:  # the health guard stopped it: FAILED, no final model; the sweep goes on
         assert result.stopped is not None

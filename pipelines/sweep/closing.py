@@ -1,0 +1,76 @@
+"""The trial runs a sweep's driver must close itself, once Tune is done: those whose own
+process could not. A trial closes its run as it ends (trial.py); when its process dies
+first (its driver killed, its node lost, a reused actor given up on), the run stays
+RUNNING, and a resumed sweep's driver is the one that finds it:
+
+    pruned  Tune stopped the trial (its saved state says so), its process died before it
+            closed the run: closed as the trial would have (reason, GIF, KILLED)
+    lost    Tune's saved state never knew the trial (the driver died first): the restored
+            sweep ran a new trial in its place; tagged sweep.lost, closed with its GIF
+    dead    the trial errored and its process died: KILLED, saying so
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipelines.sweep.trial import pruned_reason
+from pipelines.tracking import names
+from pipelines.tracking.history import logged_grids
+from pipelines.tracking.runs import end_early
+
+LOST_REASON = "lost: the driver died before Tune recorded this trial; a new trial took its place"
+DEAD_REASON = "tune: the trial's process ended before it closed its run"
+
+
+@dataclass(frozen=True)
+class Ended:
+    """How Tune left a trial: with an error or not, and the last epoch it reported."""
+
+    errored: bool
+    epoch: int | None
+
+
+def tune_outcomes(grid: Any) -> dict[str, Ended]:
+    """{trial id: Ended} of every trial in Tune's results (a ResultGrid)."""
+    out = {}
+    for i in range(len(grid)):
+        result = grid[i]
+        epoch = (result.metrics or {}).get(names.EPOCH)
+        out[Path(result.path).name.removeprefix("trial_")] = Ended(
+            result.error is not None, int(epoch) if epoch is not None else None)
+    return out
+
+
+def close_open_trials(client: Any, runs: list[Any], ended: dict[str, Ended]) -> None:
+    for r in runs:
+        tags = r.data.tags
+        outcome = ended.get(tags.get(names.TRIAL_ID, ""))
+        if outcome is None:
+            if tags.get(names.SWEEP_LOST) != "true":
+                client.set_tag(r.info.run_id, names.SWEEP_LOST, "true")
+                if r.info.status == "RUNNING":
+                    _end_early(client, r.info.run_id, LOST_REASON)
+                else:  # it had ended on its own before the driver died: only say what happened
+                    client.set_tag(r.info.run_id, names.STOPPED_REASON, LOST_REASON)
+        elif r.info.status != "RUNNING":
+            continue
+        elif outcome.errored:
+            client.set_tag(r.info.run_id, names.STOPPED_REASON, DEAD_REASON)
+            client.set_terminated(r.info.run_id, "KILLED")
+        else:
+            # Tune ended it without an error, yet the trial never closed its run: Tune stopped
+            # it, and its process died before it could finish (trial.py closes it otherwise).
+            reason = tags.get(names.STOPPED_REASON, "")
+            if not reason.startswith("tune:"):  # the trial's own, if it got that far
+                epoch = outcome.epoch if outcome.epoch is not None else int(r.data.metrics.get(names.EPOCH, 0))
+                reason = pruned_reason(epoch)
+            _end_early(client, r.info.run_id, reason)
+
+
+def _end_early(client: Any, run_id: str, reason: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        end_early(client, run_id, logged_grids(client, run_id, tmp), reason)
