@@ -34,7 +34,8 @@ def write_space(folder: Path, params: dict) -> Path:
 
 def sweep(workdir: Path, *args: str, env: dict | None = None, log: str = "driver.log") -> subprocess.Popen:
     """The CLI in a session of its own: its session id finds every process it started."""
-    e = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{workdir}/mlflow.db", **(env or {})}
+    # The store last: a cluster's env is a copy of os.environ, where an earlier test may have left a URI.
+    e = {**os.environ, **(env or {}), "MLFLOW_TRACKING_URI": f"sqlite:///{workdir}/mlflow.db"}
     e.pop("GAN_PIPELINES_DEBUG", None)
     out = open(workdir / log, "ab")  # noqa: SIM115 - the child holds it; closed with the test's folder
     return subprocess.Popen([sys.executable, "-m", "pipelines.cli", "sweep", *args], cwd=workdir, env=e,

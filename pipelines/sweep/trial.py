@@ -34,7 +34,7 @@ from gan.data import ImageData
 from gan.train import resolve_device, train
 from pipelines.sweep.naming import trial_name
 from pipelines.tracking import names
-from pipelines.tracking.callbacks import MlflowCallbacks
+from pipelines.tracking.callbacks import MlflowCallbacks, send_offline_writes
 from pipelines.tracking.history import last_eval_step, last_logged_step, latest_checkpoint, logged_grids
 from pipelines.tracking.inputs import log_dataset
 from pipelines.tracking.lease import lease
@@ -181,6 +181,7 @@ def run_trial(config: dict[str, Any], data: ImageData, ctx: TrialContext) -> Non
     run_id, fresh = open_child(client, ctx, trial_id, cfg, str(device), sampled)
     state, floor, eval_floor, frames = None, 0, 0, []
     if not fresh:  # a resumed sweep restarted this trial: continue its run, no duplicate
+        send_offline_writes(client, run_id)  # what it trained here while the server was away
         with tempfile.TemporaryDirectory() as tmp:
             state = latest_checkpoint(client, run_id, tmp)
             frames = logged_grids(client, run_id, tmp) if state else []
@@ -204,6 +205,7 @@ def run_trial(config: dict[str, Any], data: ImageData, ctx: TrialContext) -> Non
             with system_metrics(run_id, ctx.tracking_uri, resumed=not fresh), lease(client, run_id):
                 result = train(cfg, data, to_tune, evaluator=cached_evaluator(cfg, data, device),
                                resume=state, device=device, progress=False)
+                tracking.settle()  # all sent, or (server away) a bounded wait, then TrackingLost
         except SystemExit:  # Tune stopped this trial (ASHA pruned it, or the sweep ended)
             _die_if_asked()
             pruned = True
