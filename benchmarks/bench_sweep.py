@@ -3,6 +3,7 @@ overhead, and (optionally) search quality.
 
     python benchmarks/bench_sweep.py main             # the no-argument main job, ~5 min on 2 cores
     python benchmarks/bench_sweep.py quality --seeds 3  # TPE vs random on quick.yaml + baselines
+    python benchmarks/bench_sweep.py quality --seeds 3 --trials 40 --baseline-seeds 3  # ~40 min
 
 main: runs `gan-pipeline sweep` with no arguments in a fresh folder (fresh MLflow store,
 fresh Ray) and reports its wall time, and from the child runs the time from a trial's
@@ -73,7 +74,7 @@ def bench_main() -> dict:
     return out
 
 
-def baseline_fid(arch: str) -> float:
+def baseline_fid(arch: str, seed: int = 0) -> float:
     """The tutorial defaults at quick.yaml's fixed values (epochs, eval samples, ...)."""
     import torch
 
@@ -86,34 +87,47 @@ def baseline_fid(arch: str) -> float:
     width = {"mlp": ("mlp_width", space.max_value("mlp_width")),
              "dcgan": ("dcgan_width", space.max_value("dcgan_width"))}[arch]
     cfg = make_config({**space.fixed, "arch": arch, width[0]: width[1], "lr_g": 2e-4,
-                       "lr_d": 2e-4, "beta1": 0.5, "loss": "bce", "label_smoothing": 0.0})
+                       "lr_d": 2e-4, "beta1": 0.5, "loss": "bce", "label_smoothing": 0.0, "seed": seed})
     torch.set_num_threads(1)
     data = prepare(cfg)
     result = train(cfg, data, evaluator=build_evaluator(cfg, data, torch.device("cpu")))
     return result.eval_history[-1][1]["fid"]
 
 
-def bench_quality(seeds: int) -> dict:
+def best_so_far(kids: list, budgets: tuple[int, ...]) -> dict[int, float | None]:
+    """The best final FID among the FINISHED trials of the first N started, for each N."""
+    ordered = sorted(kids, key=lambda k: k.info.start_time)
+    out: dict[int, float | None] = {}
+    for n in budgets:
+        fids = [k.data.metrics["fid"] for k in ordered[:n] if k.info.status == "FINISHED" and "fid" in k.data.metrics]
+        out[n] = round(min(fids), 2) if fids else None
+    return out
+
+
+def bench_quality(seeds: int, trials: int | None, baseline_seeds: int) -> dict:
     rows = []
+    budgets = tuple(sorted({10, 20, trials or 10}))
     for seed in range(seeds):
         for searcher in ("tpe", "random"):
             with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
-                seconds, _ = run_cli(Path(tmp), "--searcher", searcher, "--seed", str(seed))
+                extra = ["--trials", str(trials)] if trials else []
+                seconds, _ = run_cli(Path(tmp), "--searcher", searcher, "--seed", str(seed), *extra)
                 kids = children(Path(tmp))
-                finished = [k.data.metrics["fid"] for k in kids
-                            if k.info.status == "FINISHED" and "fid" in k.data.metrics]
-                rows.append({"seed": seed, "searcher": searcher, "wall_s": round(seconds),
-                             "best_fid": round(min(finished), 1) if finished else None})
+                curve = best_so_far(kids, budgets)
+                rows.append({"seed": seed, "searcher": searcher, "wall_s": round(seconds), "trials": len(kids),
+                             "finished": sum(k.info.status == "FINISHED" for k in kids),
+                             "best_fid": curve[max(budgets)], "best_fid_after": curve})
                 print(json.dumps(rows[-1]), flush=True)
-    base = {arch: round(baseline_fid(arch), 1) for arch in ("mlp", "dcgan")}
-    best_base = min(base.values())
+    base = {arch: [round(baseline_fid(arch, s), 2) for s in range(baseline_seeds)] for arch in ("mlp", "dcgan")}
+    best_base = min(statistics.median(v) for v in base.values())
     for r in rows:
         r["ratio_to_baseline"] = round(r["best_fid"] / best_base, 3) if r["best_fid"] else None
-    out = {"runs": rows, "baselines": base}
+    out: dict = {"runs": rows, "baselines": base, "baseline_median_of_better_arch": best_base}
     for searcher in ("tpe", "random"):
-        fids = [r["best_fid"] for r in rows if r["searcher"] == searcher and r["best_fid"]]
-        if fids:
-            out[f"{searcher}_median_best_fid"] = statistics.median(fids)
+        for n in budgets:
+            fids = [r["best_fid_after"][n] for r in rows if r["searcher"] == searcher and r["best_fid_after"][n]]
+            if fids:
+                out[f"{searcher}_median_best_fid_after_{n}"] = statistics.median(fids)
     print(json.dumps(out, indent=2))
     return out
 
@@ -122,12 +136,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("what", choices=("main", "quality"))
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--trials", type=int, default=None, help="quality: trials a sweep (default: quick.yaml's 10)")
+    p.add_argument("--baseline-seeds", type=int, default=1)
     args = p.parse_args()
     os.chdir(REPO)
     if args.what == "main":
         bench_main()
     else:
-        bench_quality(args.seeds)
+        bench_quality(args.seeds, args.trials, args.baseline_seeds)
 
 
 if __name__ == "__main__":
