@@ -36,6 +36,11 @@ class Callbacks:
     def on_checkpoint(self, epoch: int, step: int, state: dict[str, Any]) -> None:
         """A full-state checkpoint after `epoch` epochs (see gan.checkpoint)."""
 
+    def wants_eval(self, epoch: int) -> bool:
+        """Whether the scores after `epoch` epochs are needed whatever the eval budget
+        (gan.eval_budget): a sweep's trial says yes at its scheduler's rungs."""
+        return False
+
 
 class ForwardingCallbacks(Callbacks):
     """Hands every call to `inner`; a wrapper (health guard, Tune hand-off) overrides the
@@ -55,6 +60,9 @@ class ForwardingCallbacks(Callbacks):
 
     def on_checkpoint(self, epoch: int, step: int, state: dict[str, Any]) -> None:
         self.inner.on_checkpoint(epoch, step, state)
+
+    def wants_eval(self, epoch: int) -> bool:
+        return self.inner.wants_eval(epoch)
 
 
 __all__ = ["Callbacks", "Diverged", "ForwardingCallbacks", "StopTraining"]

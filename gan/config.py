@@ -60,7 +60,8 @@ class RunConfig:
     ema: float = 0.0  # EMA decay of G's weights; 0 disables the EMA copy
     seed: int = 0
     # cadence
-    eval_every: int = 1  # epochs between sample grids / metrics
+    eval_every: int = 1  # epochs between sample grids / metrics (when the eval budget allows)
+    eval_budget: float = 0.05  # periodic evals take at most this share of training time; 0: no limit
     checkpoint_every: int = 1  # epochs between full-state checkpoints
     keep_checkpoints: int = 2  # newest checkpoints kept (plus the best one's); 0 keeps all
     log_every: int = 10  # steps between batched metric flushes
@@ -100,6 +101,11 @@ def _non_negative_int(v: Any) -> str | None:
 def _positive_float(v: Any) -> str | None:
     ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0
     return None if ok else "a finite number > 0"
+
+
+def _budget(v: Any) -> str | None:
+    ok = isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 1
+    return None if ok else "a share of training time in [0, 1] (0: every eval_every epochs)"
 
 
 def _unit_interval_open(v: Any) -> str | None:
@@ -170,6 +176,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "ema": _unit_interval_open,
     "seed": _non_negative_int,
     "eval_every": _positive_int,
+    "eval_budget": _budget,
     "checkpoint_every": _positive_int,
     "keep_checkpoints": _non_negative_int,
     "log_every": _positive_int,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,7 @@ from gan.checkpoint import FORMAT_VERSION
 from gan.config import ConfigError, RunConfig
 from gan.data import ImageData, rank_batch_indices, to_unit_range
 from gan.ema import ema_beta, ema_update
+from gan.eval_budget import EvalBudget
 from gan.health import HEALTH_PREFIX, HealthGuard
 from gan.losses import LOSSES
 from gan.models import build_models
@@ -48,6 +50,7 @@ class TrainResult:
     eval_history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     stopped: str | None = None
     diverged: bool = False  # stopped by the health guard: a failure, not a score
+    seconds: dict[str, Any] = field(default_factory=dict)  # training vs scoring time (gan.eval_budget)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -129,6 +132,7 @@ def train(
     noise = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     start_epoch, step = 0, 0
     best: dict[str, float] = {}
+    budget = EvalBudget(cfg.eval_budget, (resume or {}).get("eval_budget"))
     if resume is not None:
         G.load_state_dict(resume["G"])
         D.load_state_dict(resume["D"])
@@ -169,6 +173,7 @@ def train(
         for epoch in range(start_epoch, cfg.epochs):
             G.train()
             D.train()
+            epoch_started = time.perf_counter()
             batches = rank_batch_indices(len(data), cfg.batch_size, cfg.seed, epoch, rank, world, device)
             for _ in range(iters):
                 # ---- D: n_dis steps; the last one's fakes keep their graph for the G step
@@ -212,12 +217,15 @@ def train(
                     cb.on_metrics(rows)
                 bar.update(1)
             cb.on_metrics(metrics.flush())
+            budget.trained(time.perf_counter() - epoch_started)
 
             done = epochs_done = epoch + 1
-            if done % cfg.eval_every == 0 or done == cfg.epochs:
-                sampler = G_ema if G_ema is not None else dist.unwrap(G)
+            sampler = G_ema if G_ema is not None else dist.unwrap(G)
+            if budget.score_now(cfg, done, cb, evaluator, sampler, world, device):
+                scoring_started = time.perf_counter()
                 grid = image_grid(generate(sampler, z_fixed))
                 scores = _score(evaluator, sampler, cfg, done)
+                budget.scored(time.perf_counter() - scoring_started)
                 fid = scores.get("fid", math.nan)
                 improved = math.isfinite(fid) and fid < best.get("fid", math.inf)
                 for k in LOWER_IS_BETTER:
@@ -228,7 +236,8 @@ def train(
                 cb.on_scored(done, step, sampler, improved, done == cfg.epochs)
                 cb.on_eval(done, step, grid, scores)
             if done % cfg.checkpoint_every == 0 or done == cfg.epochs:
-                cb.on_checkpoint(done, step, _state(cfg, G, D, G_ema, opt_g, opt_d, prec, noise, done, step, best))
+                state = _state(cfg, G, D, G_ema, opt_g, opt_d, prec, noise, done, step, best)
+                cb.on_checkpoint(done, step, {**state, "eval_budget": budget.state_dict()})
     except StopTraining as stop:
         stopped = str(stop) or "stopped"
         diverged = isinstance(stop, Diverged)
@@ -243,6 +252,7 @@ def train(
         eval_history=history,
         stopped=stopped,
         diverged=diverged,
+        seconds=budget.state_dict(),
     )
 
 

@@ -15,7 +15,8 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
-FAST = ["--dcgan-width", "8", "--mlp-width", "8", "--latent-dim", "16", "--device", "cpu"]
+FAST = ["--dcgan-width", "8", "--mlp-width", "8", "--latent-dim", "16", "--device", "cpu",
+        "--eval-budget", "0"]  # every epoch scored: the tests count evals
 
 
 def cli(cwd: Path, *args: str, env: dict | None = None, **kw) -> subprocess.Popen:
@@ -192,7 +193,7 @@ def test_help_describes_every_flag():
                          capture_output=True, text=True, check=True).stdout
     for flag in ["--config", "--dataset", "--data-dir", "--arch", "--latent-dim", "--epochs",
                  "--batch-size", "--lr-g", "--lr-d", "--beta1", "--beta2", "--label-smoothing",
-                 "--loss", "--n-dis", "--ema", "--seed", "--eval-every", "--checkpoint-every",
+                 "--loss", "--n-dis", "--ema", "--seed", "--eval-every", "--eval-budget", "--checkpoint-every",
                  "--experiment", "--run-name", "--resume"]:
         assert flag in out
     top = subprocess.run([sys.executable, "-m", "pipelines.cli", "--help"],

@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.integration,
 
 # Tiny trials: the point is where they run and where their numbers go, not the GAN.
 TINY = {"dataset": "mnist-5k", "arch": "mlp", "mlp_width": 16, "latent_dim": 16, "batch_size": 128,
-        "eval_every": 1, "checkpoint_every": 1, "eval_samples": 200, "device": "cpu",
+        "eval_every": 1, "checkpoint_every": 1, "eval_samples": 200, "device": "cpu", "eval_budget": 0,
         "lr_g": {"type": "float", "low": 2.0e-4, "high": 1.0e-3, "log": True}}
 
 

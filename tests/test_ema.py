@@ -13,7 +13,7 @@ from gan.ema import EMA_RAMPUP, ema_beta, ema_half_life, ema_update
 from gan.models import build_models
 from gan.train import train
 
-TINY = {"dcgan_width": 8, "latent_dim": 16, "batch_size": 64, "device": "cpu"}
+TINY = {"dcgan_width": 8, "latent_dim": 16, "batch_size": 64, "device": "cpu", "eval_budget": 0}
 
 
 def test_the_first_update_makes_the_ema_equal_to_g():

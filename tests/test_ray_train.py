@@ -18,7 +18,8 @@ from gan.precision import Precision, amp_dtype
 
 pytestmark = pytest.mark.integration
 
-TINY = ["--arch", "dcgan", "--dcgan-width", "8", "--batch-size", "64", "--eval-samples", "10"]
+TINY = ["--arch", "dcgan", "--dcgan-width", "8", "--batch-size", "64", "--eval-samples", "10",
+        "--eval-budget", "0"]  # every epoch scored: the tests count evals
 STEPS_PER_EPOCH = 5000 // 64
 # No BatchNorm anywhere: a worker's step does not depend on how the batch is split.
 NO_BN = [

@@ -19,7 +19,7 @@ from gan.sampling import eval_view, fixed_latents, generate
 from gan.train import train
 
 TINY = {"arch": "dcgan", "dcgan_width": 8, "latent_dim": 16, "batch_size": 64, "device": "cpu",
-        "g_norm": "batch", "ema": 0.0, "eval_samples": 100}
+        "g_norm": "batch", "ema": 0.0, "eval_samples": 100, "eval_budget": 0}
 
 
 @pytest.fixture(scope="module")

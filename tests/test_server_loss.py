@@ -23,7 +23,7 @@ from conftest import free_port
 pytestmark = pytest.mark.integration
 
 FAST = ["--arch", "mlp", "--mlp-width", "8", "--latent-dim", "16", "--device", "cpu", "--batch-size", "256",
-        "--eval-samples", "100"]
+        "--eval-samples", "100", "--eval-budget", "0"]  # every epoch scored: the tests count evals
 STEPS = 5000 // 256  # per epoch
 EPOCHS = 40
 

@@ -23,7 +23,8 @@ pytestmark = pytest.mark.integration
 
 # Trials of a few seconds each on 2 cores (mlp, 5,000 digits in batches of 256).
 TINY = {"dataset": "mnist-5k", "arch": "mlp", "mlp_width": 8, "latent_dim": 16, "batch_size": 256,
-        "eval_samples": 100, "device": "cpu", "lr_g": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True}}
+        "eval_samples": 100, "device": "cpu", "eval_budget": 0,
+        "lr_g": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True}}
 
 
 def write_space(folder: Path, params: dict) -> Path:

@@ -29,7 +29,7 @@ pytestmark = [
 
 SPACE = {"params": {
     "dataset": "mnist-5k", "arch": "mlp", "mlp_width": 16, "epochs": 2, "eval_every": 1,
-    "eval_samples": 200, "latent_dim": 16, "batch_size": 128, "device": "cpu",
+    "eval_samples": 200, "latent_dim": 16, "batch_size": 128, "device": "cpu", "eval_budget": 0,
     "lr_g": {"type": "float", "low": 1e-4, "high": 2e-3, "log": True},
     "loss": {"type": "categorical", "choices": ["bce", "hinge"]},
 }}

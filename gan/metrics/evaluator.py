@@ -7,6 +7,7 @@ once, so every rank returns the same scores for exactly `num_samples` images.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import torch
@@ -93,6 +94,24 @@ class Evaluator:
             feats = gather_rows(feats)
             probs = None if probs is None else gather_rows(probs)
         return compute_metrics(self.real, FeatureSet.of(feats, probs))
+
+    def estimate_seconds(self, generator: nn.Module, latent_dim: int, probe: int = 16) -> float:
+        """What one eval of this rank's share will take, from generating and embedding
+        `probe` images (2% of a 1000-image eval): the eval budget needs it before the
+        first eval. Errs high (first-call warm-up included), so the first eval waits."""
+        if isinstance(generator, nn.parallel.DistributedDataParallel):
+            generator = generator.module
+        rank, world_size = world()
+        n = min(probe, self.num_samples)
+        started = time.perf_counter()
+        try:
+            with eval_view(generator):
+                images = generate_uint8(generator, sample_latents(n, latent_dim, self.seed + 1), self.device)
+        except NonFiniteImages:
+            return 0.0  # nothing to time: the eval itself will report it
+        embed_all(self.extractor, self._batches(images), total=n, progress=False, desc="")
+        per_image = (time.perf_counter() - started) / n
+        return per_image * rank_share(self.num_samples, rank, world_size)
 
     def _batches(self, images: torch.Tensor) -> Iterator[torch.Tensor]:
         # uint8 then [-1, 1]: generated images are quantised like the real data (bit depth

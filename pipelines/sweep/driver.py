@@ -29,6 +29,7 @@ from pipelines.sweep.tuning import (
     make_searcher,
     make_trainable,
     progress_callback,
+    rung_epochs,
     trial_dirname,
 )
 from pipelines.tracking import names
@@ -151,7 +152,7 @@ def _tune(space: SearchSpace, opts: Sweep, data: Any, uri: str, experiment_id: s
         ctx = TrialContext(trial_uri, experiment_id, parent_id, opts.name, opts.cpus_per_trial,
                            opts.gpus_per_trial, opts.workers_per_trial,
                            str(Path(opts.storage_path).expanduser().resolve()),
-                           searched=tuple(p.name for p in space.params))
+                           searched=tuple(p.name for p in space.params), rungs=rung_epochs(space, opts))
         trainable = make_trainable(data, ctx, opts)
         if restore:
             # Tune warns with a FileNotFoundError about each trial the killed driver had

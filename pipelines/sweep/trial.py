@@ -38,7 +38,7 @@ from pipelines.tracking.callbacks import MlflowCallbacks, send_offline_writes
 from pipelines.tracking.history import last_eval_step, last_logged_step, latest_checkpoint, logged_grids
 from pipelines.tracking.inputs import log_dataset
 from pipelines.tracking.lease import lease
-from pipelines.tracking.resources import log_resources, system_metrics
+from pipelines.tracking.resources import log_eval_share, log_resources, system_metrics
 from pipelines.tracking.runs import diverged_reason, end_early, fail_diverged, finish_run, log_run_config, run_guard
 from pipelines.tracking.store import client_for, environment_tags
 from pipelines.training.prepare import build_evaluator
@@ -57,6 +57,7 @@ class TrialContext:
     workers_per_trial: int = 1
     storage_path: str = "./ray_results"
     searched: tuple[str, ...] = ()  # the space's parameter names (a trial samples the active ones)
+    rungs: tuple[int, ...] = ()  # epochs where ASHA compares trials: always scored
 
 
 class TuneCallbacks(ForwardingCallbacks):
@@ -66,9 +67,9 @@ class TuneCallbacks(ForwardingCallbacks):
     report is where Tune stops a trial, and a trial that has trained its whole budget
     must keep its checkpoint and model even when ASHA ranks it low at that rung."""
 
-    def __init__(self, inner: Callbacks, last_epoch: int) -> None:
+    def __init__(self, inner: Callbacks, last_epoch: int, rungs: tuple[int, ...] = ()) -> None:
         super().__init__(inner)
-        self.last_epoch = last_epoch
+        self.last_epoch, self.rungs = last_epoch, set(rungs)
         self.epoch = 0
         self.last: dict[str, float] = {}
         self.first_step_at: float | None = None
@@ -86,6 +87,10 @@ class TuneCallbacks(ForwardingCallbacks):
         if epoch < self.last_epoch:
             # Tune ends a pruned trial by raising SystemExit out of report(): see run_trial.
             report(self.last)
+
+
+    def wants_eval(self, epoch: int) -> bool:
+        return epoch in self.rungs or self.inner.wants_eval(epoch)
 
 
 def pruned_reason(epoch: int) -> str:
@@ -192,7 +197,7 @@ def run_trial(config: dict[str, Any], data: ImageData, ctx: TrialContext) -> Non
             client.set_tag(run_id, names.TRIAL_RESUMED_FROM_STEP, str(state["step"]))
     tracking = MlflowCallbacks(client, run_id, floor=floor, eval_floor=eval_floor, frames=frames, cfg=cfg,
                                image_shape=data.shape)
-    to_tune = TuneCallbacks(tracking, cfg.epochs)
+    to_tune = TuneCallbacks(tracking, cfg.epochs, ctx.rungs)
     pruned = False
     with run_guard(client, run_id):
         if fresh or state is None:
@@ -206,6 +211,7 @@ def run_trial(config: dict[str, Any], data: ImageData, ctx: TrialContext) -> Non
                 result = train(cfg, data, to_tune, evaluator=cached_evaluator(cfg, data, device),
                                resume=state, device=device, progress=False)
                 tracking.settle()  # all sent, or (server away) a bounded wait, then TrackingLost
+                log_eval_share(client, run_id, result.seconds)
         except SystemExit:  # Tune stopped this trial (ASHA pruned it, or the sweep ended)
             _die_if_asked()
             pruned = True
@@ -250,7 +256,8 @@ def _run_distributed_trial(cfg: RunConfig, data: ImageData, ctx: TrialContext,
     opts = RayOptions(workers=ctx.workers_per_trial, gpu=ctx.gpus_per_trial > 0,
                       cpus_per_worker=max(1, int(ctx.cpus_per_trial)), storage_path=ctx.storage_path)
     # Ray Train reports at checkpoints: checkpointing at every eval puts `fid` in each report.
-    cfg = worker_config(dataclasses.replace(cfg, checkpoint_every=cfg.eval_every), opts)
+    # Its Ray Train workers report to Tune at each eval: no eval budget, every eval_every epoch scores.
+    cfg = worker_config(dataclasses.replace(cfg, checkpoint_every=cfg.eval_every, eval_budget=0.0), opts)
     client = client_for(ctx.tracking_uri)
     run_id, fresh = open_child(client, ctx, trial_id, cfg, f"{opts.workers}x{'cuda' if opts.gpu else 'cpu'}", sampled)
     started = time.time()

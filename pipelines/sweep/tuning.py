@@ -34,17 +34,38 @@ def make_searcher(space: SearchSpace, opts: Sweep) -> Any:
     return OptunaSearch(space=space.suggest, metric=METRIC, mode=MODE, sampler=sampler)
 
 
+REDUCTION_FACTOR = 2
+
+
+def _asha_bounds(space: SearchSpace, opts: Sweep) -> tuple[int, int]:
+    """(grace period, max_t) in epochs. max_t above the last epoch: ASHA stops a trial
+    that reaches max_t, and a finished trial must end on its own."""
+    return opts.grace_period * space.max_value("eval_every"), space.max_value("epochs") + 1
+
+
 def make_scheduler(space: SearchSpace, opts: Sweep) -> Any:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     if opts.scheduler == "none":
         return FIFOScheduler()
-    eval_every = space.max_value("eval_every")
-    # time_attr "epoch": both trial kinds report it. max_t above the last epoch: ASHA
-    # stops a trial that reaches max_t, and a finished trial must end on its own.
-    return ASHAScheduler(metric=METRIC, mode=MODE, time_attr=names.EPOCH,
-                         grace_period=opts.grace_period * eval_every,
-                         max_t=space.max_value("epochs") + 1, reduction_factor=2)
+    grace, max_t = _asha_bounds(space, opts)
+    # time_attr "epoch": both trial kinds report it.
+    return ASHAScheduler(metric=METRIC, mode=MODE, time_attr=names.EPOCH, grace_period=grace,
+                         max_t=max_t, reduction_factor=REDUCTION_FACTOR)
+
+
+def rung_epochs(space: SearchSpace, opts: Sweep) -> tuple[int, ...]:
+    """The epochs where ASHA compares trials (grace * 2^k below max_t, as Ray's ASHA
+    places them): a trial scores there whatever its eval budget, so pruning keeps its
+    signal (TuneCallbacks.wants_eval)."""
+    if opts.scheduler == "none":
+        return ()
+    grace, max_t = _asha_bounds(space, opts)
+    rungs, epoch = [], grace
+    while epoch < max_t:
+        rungs.append(epoch)
+        epoch *= REDUCTION_FACTOR
+    return tuple(rungs)
 
 
 def make_trainable(data: Any, ctx: Any, opts: Sweep) -> Any:

@@ -55,6 +55,9 @@ WALL_S = "resources/wall_s"
 CPU_HOURS = "resources/cpu_hours"
 GPU_HOURS = "resources/gpu_hours"
 PEAK_MEMORY_MB = "resources/peak_memory_mb"
+TRAIN_S = "resources/train_s"  # seconds in training steps (this life of the run)
+EVAL_S = "resources/eval_s"  # seconds scoring (gan.eval_budget keeps it near 5% of train_s)
+EVAL_SHARE = "resources/eval_share"
 EVAL_PREFIX = "eval_"  # eval_<backbone>_<metric>: `gan-pipeline evaluate --log`
 
 # params that are not RunConfig fields

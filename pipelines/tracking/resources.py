@@ -71,3 +71,16 @@ def log_resources(client: Any, run_id: str, started: float, cpus: float, gpus: f
     if node:
         client.set_tag(run_id, names.NODE_ID, node)
     return usage
+
+
+def log_eval_share(client: Any, run_id: str, seconds: dict[str, Any]) -> None:
+    """Training vs scoring seconds of the loop (TrainResult.seconds) and their ratio: what
+    periodic evaluation cost this run (the eval budget's share; the final eval included)."""
+    from mlflow.entities import Metric
+
+    train_s, eval_s = float(seconds.get("train_s", 0.0)), float(seconds.get("eval_s", 0.0))
+    if train_s <= 0:
+        return
+    now = int(time.time() * 1000)
+    values = {names.TRAIN_S: train_s, names.EVAL_S: eval_s, names.EVAL_SHARE: eval_s / train_s}
+    client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in values.items()])

@@ -30,7 +30,7 @@ from pipelines.tracking.history import (
 )
 from pipelines.tracking.inputs import log_dataset
 from pipelines.tracking.lease import lease
-from pipelines.tracking.resources import system_metrics
+from pipelines.tracking.resources import log_eval_share, system_metrics
 from pipelines.tracking.runs import (
     clear_stale_tags,
     close_run,
@@ -158,6 +158,7 @@ def execute(
         with system_metrics(run_id, client.tracking_uri, resumed=not fresh):
             result = train(cfg, data, callbacks, evaluator=evaluator, resume=state, device=device, progress=progress)
         callbacks.settle()  # all sent, or (server away) a bounded wait, then TrackingLost
+        log_eval_share(client, run_id, result.seconds)
         if result.diverged:
             assert result.stopped is not None
             fail_diverged(client, run_id, callbacks.frames, result.stopped)
