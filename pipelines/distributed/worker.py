@@ -135,7 +135,5 @@ def train_worker(config: dict[str, Any]) -> None:
             tracking.client.set_tag(tracking.run_id, names.STOPPED_REASON, result.stopped)
     finally:
         if tracking:
-            import mlflow
-
             with contextlib.suppress(Exception):  # never mask the loop's own error
-                mlflow.flush_async_logging()
+                tracking.flush()

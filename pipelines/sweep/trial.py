@@ -104,9 +104,6 @@ DIE_WHEN_PRUNED_ENV = "GAN_PIPELINES_DIE_WHEN_PRUNED"
 
 def _die_if_asked() -> None:
     if os.environ.get(DIE_WHEN_PRUNED_ENV):
-        import mlflow
-
-        mlflow.flush_async_logging()
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -213,6 +210,7 @@ def run_trial(config: dict[str, Any], data: ImageData, ctx: TrialContext) -> Non
                 tracking.settle()  # all sent, or (server away) a bounded wait, then TrackingLost
                 log_eval_share(client, run_id, result.seconds)
         except SystemExit:  # Tune stopped this trial (ASHA pruned it, or the sweep ended)
+            tracking.flush()  # its last losses land before the run closes
             _die_if_asked()
             pruned = True
         log_resources(client, run_id, started, ctx.cpus_per_trial, ctx.gpus_per_trial)

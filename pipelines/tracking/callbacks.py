@@ -81,8 +81,8 @@ class MlflowCallbacks(Delivery, Callbacks):
         self._confirm()
         if self.outage.active:
             self._deliver({"kind": "metrics", "rows": rows})
-        else:  # the usual path: asynchronous, confirmed at a later callback
-            self.in_flight.append((rows, self._send_metrics(rows, synchronous=False)))
+        else:  # the usual path: sent by this run's sender thread, confirmed at a later callback
+            self.in_flight.append((rows, self.sender.submit(self._send_metrics, rows)))
 
     def on_scored(self, epoch: int, step: int, generator: nn.Module, improved: bool, final: bool) -> None:
         if self.rank != 0 or step <= self.eval_floor or self.cfg is None or self.image_shape is None:
@@ -117,7 +117,7 @@ class MlflowCallbacks(Delivery, Callbacks):
     def _send(self, event: dict[str, Any]) -> None:
         kind = event["kind"]
         if kind == "metrics":
-            self._send_metrics(event["rows"], synchronous=True)
+            self._send_metrics(event["rows"])
         elif kind == "scored":
             self._send_scored(event["epoch"], event["step"], event["generator"], event["improved"], event["final"])
         elif kind == "grid":
@@ -127,18 +127,13 @@ class MlflowCallbacks(Delivery, Callbacks):
         elif kind == "checkpoint" and Path(event["path"]).exists():  # else dropped by retention
             self._send_checkpoint(Path(event["path"]))
 
-    def _send_metrics(self, rows: list[tuple[int, dict[str, float]]], synchronous: bool) -> Any:
+    def _send_metrics(self, rows: list[tuple[int, dict[str, float]]]) -> None:
         from mlflow.entities import Metric
 
         ts = _now_ms()
         batch = [Metric(k, v, ts, s) for s, r in rows for k, v in {**r, **self._kimg(s)}.items()]
-        ops = [self.client.log_batch(self.run_id, metrics=batch[i : i + _BATCH], synchronous=synchronous)
-               for i in range(0, len(batch), _BATCH)]
-        if synchronous:
-            return None
-        from mlflow.utils.async_logging.run_operations import get_combined_run_operations
-
-        return get_combined_run_operations(ops)
+        for i in range(0, len(batch), _BATCH):
+            self.client.log_batch(self.run_id, metrics=batch[i : i + _BATCH])
 
     def _send_scored(self, epoch: int, step: int, generator: nn.Module, improved: bool, final: bool) -> None:
         assert self.cfg is not None and self.image_shape is not None

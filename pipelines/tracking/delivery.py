@@ -11,18 +11,20 @@ everything is kept; `train --resume RUN_ID` sends it later.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from torch import nn
 
 from gan.checkpoint import checkpoint_name
 from gan.config import RunConfig
+from gan.train import STEP_METRICS
 from pipelines.errors import TrackingError, TrackingLost
 from pipelines.tracking import names
+from pipelines.tracking.models import run_models
 from pipelines.tracking.outage import Outage
 from pipelines.tracking.outbox import Outbox
 
@@ -42,15 +44,19 @@ class Delivery:
     cfg: RunConfig | None
     image_shape: tuple[int, ...] | None
     best_epoch: int | None
+    model_at: tuple[int, str] | None
 
     def _init_delivery(self) -> None:
         self.outage, self.outbox = Outage(self.client.tracking_uri), Outbox(self.run_id)
         # Whoever holds the run's lease now (this process, or the driver of a Ray Train
         # run): a different holder after an outage means the run was taken over.
         self.owner = self.client.get_run(self.run_id).data.tags.get(names.LEASE_OWNER) if self.rank == 0 else None
-        self.in_flight: list[tuple[list, Any]] = []  # async metric batches not yet confirmed
-        # A failed async batch is ours to report (as one warning, then kept), not MLflow's.
-        logging.getLogger("mlflow.utils.async_logging").setLevel(logging.CRITICAL)
+        # Per-step metrics go out on this run's own thread, so the loop never waits on the
+        # server. Not MLflow's async queue: a flush from another thread (a Tune actor
+        # reused while the last trial's thread ends) can strand its batches, and a
+        # confirmation that never comes would hang the run's end.
+        self.sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"metrics-{self.run_id[:8]}")
+        self.in_flight: list[tuple[list, Future]] = []  # metric batches not yet confirmed
 
     def _send(self, event: dict[str, Any]) -> None:
         raise NotImplementedError
@@ -64,6 +70,7 @@ class Delivery:
         if self.rank != 0:
             return
         self._confirm(wait=True)
+        self.sender.shutdown(wait=False)  # idle now; a reused Ray actor must not collect threads
         if not self.outage.active:
             return
         wait_s = float(os.environ.get(SETTLE_ENV, SETTLE_S)) if wait_s is None else wait_s
@@ -95,9 +102,12 @@ class Delivery:
             return False
         self._check_owner()
         done = self.outbox.sent()
+        there = self._already_there()
         for event in self.outbox.pending(self._empty_generator):
             try:
-                self._send(event)
+                unsent = self._unsent(event, there)
+                if unsent is not None:
+                    self._send(unsent)
             except Exception:
                 if not self.outage.server_gone():
                     raise
@@ -111,6 +121,27 @@ class Delivery:
         print(f"tracking server {self.outage.where}{away}: sent the {done} writes of run {self.run_id} kept "
               "on local disk while it was away", file=sys.stderr)
         return True
+
+    def _already_there(self) -> dict[str, Any]:
+        """What the server holds: the write that was in flight when it went away may have
+        landed though its answer never came back (at-least-once), so a replay skips it."""
+        models = {int(m.tags.get(names.MODEL_STEP, -1)): m.model_id for m in run_models(self.client, self.run_id)}
+        steps = {key: {m.step for m in self.client.get_metric_history(self.run_id, key)}
+                 for key in (STEP_METRICS[0], names.EPOCH)}  # every step: batches may land out of order
+        return {"losses": steps[STEP_METRICS[0]], "evals": steps[names.EPOCH], "models": models}
+
+    def _unsent(self, event: dict[str, Any], there: dict[str, Any]) -> dict[str, Any] | None:
+        """The part of a kept event the server does not hold yet (None: all of it is there)."""
+        kind, step = event["kind"], int(event.get("step", 0))
+        if kind == "metrics":
+            rows = [(s, r) for s, r in event["rows"] if s not in there["losses"]]
+            return {**event, "rows": rows} if rows else None
+        if kind == "eval" and step in there["evals"]:
+            return None
+        if kind == "scored" and step in there["models"]:
+            self.model_at = (step, there["models"][step])  # its eval's scores link to it
+            return None
+        return event
 
     def _deliver(self, event: dict[str, Any]) -> None:
         if self.outage.active and not self.send_kept():
@@ -140,16 +171,19 @@ class Delivery:
                                          checkpoint_name(self.best_epoch) if self.best_epoch else None)
 
     def _confirm(self, wait: bool = False) -> None:
-        """Async metric batches that failed are delivered again (or kept)."""
+        """Metric batches the sender could not send are delivered again (or kept)."""
         still = []
-        for rows, ops in self.in_flight:
-            futures = getattr(ops, "_operation_futures", None) or []
-            if not wait and not all(f.done() for f in futures):
-                still.append((rows, ops))
-                continue
-            if any(f.exception() is not None for f in futures):
+        for rows, future in self.in_flight:
+            if not wait and not future.done():
+                still.append((rows, future))
+            elif future.exception() is not None:  # the sender's calls end: MLflow's HTTP retries are bounded
                 self._deliver({"kind": "metrics", "rows": rows})
         self.in_flight = still
+
+    def flush(self) -> None:
+        """Every metric batch sent or kept (a pruned trial, before its run closes)."""
+        if self.rank == 0:
+            self._confirm(wait=True)
 
     def _check_owner(self) -> None:
         """Back after an outage: if another process took the run over meanwhile (its lease

@@ -123,9 +123,6 @@ def finish_run(client: Any, run_id: str, cfg: RunConfig, generator: nn.Module,
 
     The final generator was logged at the last eval (MlflowCallbacks.on_scored) with its
     scores; a run without one (no eval at its end, or resumed past it) logs `generator`."""
-    import mlflow
-
-    mlflow.flush_async_logging()  # the loop's batched metrics land before the run closes
     log_progress_gif(client, run_id, frames)
     final = model_with_role(client, run_id, FINAL)
     model_id = final.model_id if final else log_model(client, run_id, cfg, generator, image_shape,
@@ -141,10 +138,7 @@ def end_early(client: Any, run_id: str, frames: list[tuple[int, Any]], reason: s
     raises: the caller (a sweep trial) goes on, and the driver closes stale runs."""
     import sys
 
-    import mlflow
-
     try:
-        mlflow.flush_async_logging()
         log_progress_gif(client, run_id, frames)
         client.set_tag(run_id, names.STOPPED_REASON, reason)
         client.set_terminated(run_id, "KILLED")
@@ -155,9 +149,6 @@ def end_early(client: Any, run_id: str, frames: list[tuple[int, Any]], reason: s
 def fail_diverged(client: Any, run_id: str, frames: list[tuple[int, Any]], reason: str) -> None:
     """A run the health guard stopped: GIF, stopped_reason, FAILED. What it logged and its
     checkpoints (all taken before the divergence was confirmed) stay; no final model."""
-    import mlflow
-
-    mlflow.flush_async_logging()
     log_progress_gif(client, run_id, frames)
     client.set_tag(run_id, names.STOPPED_REASON, reason)
     close_run(client, run_id, "FAILED", f"diverged: {reason}")
@@ -171,10 +162,7 @@ def diverged_reason(client: Any, run_id: str) -> str | None:
 
 def close_run(client: Any, run_id: str, status: str, message: str) -> None:
     """Mark a run ended without losing what is queued; never mask the original error."""
-    import mlflow
-
     try:
-        mlflow.flush_async_logging()
         client.set_tag(run_id, names.ERROR, message[:5000])
         client.set_terminated(run_id, status)
     except Exception:  # noqa: BLE001, S110 - the original exception matters more

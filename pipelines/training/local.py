@@ -58,7 +58,7 @@ class RunOutcome:
 DIE_AT_EVAL_ENV = "GAN_PIPELINES_DIE_AT_EVAL"
 
 
-def _dies_at_eval(evaluator: Any) -> Any:
+def _dies_at_eval(evaluator: Any, callbacks: MlflowCallbacks) -> Any:
     die_at = int(os.environ.get(DIE_AT_EVAL_ENV) or 0)
     if not die_at:
         return evaluator
@@ -67,9 +67,7 @@ def _dies_at_eval(evaluator: Any) -> Any:
     def evaluate(generator: Any, latent_dim: int) -> Any:
         calls["n"] += 1
         if calls["n"] == die_at:
-            import mlflow
-
-            mlflow.flush_async_logging()
+            callbacks.flush()  # the losses so far are in the run
             os.kill(os.getpid(), signal.SIGKILL)
         return evaluator(generator, latent_dim)
 
@@ -97,7 +95,7 @@ def run_local(
     # folder) is bad input, not a failed run.
     data = prepare(cfg)
     device = resolve_device(cfg.device)
-    evaluator = _dies_at_eval(build_evaluator(cfg, data, device))
+    evaluator = build_evaluator(cfg, data, device)
     client = client_for(uri)
     experiment_id = ensure_experiment(client, experiment)
     run_id, experiment_id = open_run(client, experiment_id, run_name, environment_tags(cfg.dataset, str(device)))
@@ -154,7 +152,7 @@ def execute(
             log_dataset(client, run_id, cfg.dataset, data)
         callbacks = MlflowCallbacks(client, run_id, floor=floors[0], eval_floor=floors[1], frames=frames,
                                     cfg=cfg, image_shape=data.shape)
-        evaluator = evaluator or build_evaluator(cfg, data, device)
+        evaluator = _dies_at_eval(evaluator or build_evaluator(cfg, data, device), callbacks)
         with system_metrics(run_id, client.tracking_uri, resumed=not fresh):
             result = train(cfg, data, callbacks, evaluator=evaluator, resume=state, device=device, progress=progress)
         callbacks.settle()  # all sent, or (server away) a bounded wait, then TrackingLost
