@@ -48,7 +48,8 @@ def mlflow_server(tmp_path):
          "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         # No background job runners (a dozen huey processes): this server only tracks.
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+             "MLFLOW_DISABLE_TELEMETRY": "true"},
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120

@@ -72,6 +72,11 @@ def _quiet() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "true" if sys.stderr.isatty() else "false")
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # the CLI prints its own links
+    # No usage pings from training jobs (often on machines without internet); and MLflow's
+    # telemetry thread unsets a variable while `mlflow server` copies its environment, which
+    # failed a sweep's private server at start (KeyError '_MLFLOW_TELEMETRY_SESSION_ID').
+    # MLFLOW_DISABLE_TELEMETRY=false opts back in.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     # A lost tracking server: MLflow's defaults retry one call for minutes in silence.
     # Bounded: ~4 tries, 30 s each at most, then the command fails with one line.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")

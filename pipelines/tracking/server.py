@@ -66,7 +66,8 @@ class LocalServer:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,  # noqa: S603
                                          preexec_fn=_die_with_parent,
                                          # only tracking: no background job runners
-                                         env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+                                         env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+                                              "MLFLOW_DISABLE_TELEMETRY": "true"})
         self._ready = False
 
     def url(self) -> str:
