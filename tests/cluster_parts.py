@@ -168,8 +168,8 @@ def mlflow_server(backend_uri: str, password: str, artifacts: Path, log: Path) -
            "--workers", "1", "--app-name", "basic-auth"]
     admin = secrets.token_urlsafe(24)
     env = {**os.environ, "PGPASSWORD": password, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-             "MLFLOW_DISABLE_TELEMETRY": "true",
-           "MLFLOW_AUTH_ADMIN_PASSWORD": admin, "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32)}
+           "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_AUTH_ADMIN_PASSWORD": admin,
+           "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32)}
     with open(log, "ab") as out:  # cwd: its basic_auth.db (users) goes next to the log
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
                                 cwd=log.parent)
