@@ -132,7 +132,9 @@ def test_a_trial_pruned_just_before_the_driver_died_is_closed_as_pruned_on_resum
 def test_a_trial_tune_never_recorded_is_replaced_and_its_run_marked_lost(tmp_path):
     # Tune saves its state at its first step and then, with this period, not again before
     # the kill: the second trial trains without Tune's saved state knowing it.
-    space = write_space(tmp_path, {**TINY, "epochs": 5})
+    # 30 epochs: under load the second trial must not finish (Tune saves its state then)
+    # between the check below and the kill.
+    space = write_space(tmp_path, {**TINY, "epochs": 30})
     driver = sweep(tmp_path, "--space", str(space), "--trials", "2", "--concurrency", "1", "--scheduler", "none",
                    "--name", "lost", env={"TUNE_GLOBAL_CHECKPOINT_S": "100000"})
     try:

@@ -79,10 +79,14 @@ class MlflowCallbacks(Delivery, Callbacks):
             self.started = True
             self._log_untrained()
         self._confirm()
+        # Each write keeps the time it happened: one sent late (after an outage) still sits
+        # in time order, which is the order MLflow returns a metric's history in.
+        ts = _now_ms()
+        event = {"kind": "metrics", "rows": rows, "ts": ts}
         if self.outage.active:
-            self._deliver({"kind": "metrics", "rows": rows})
+            self._deliver(event)
         else:  # the usual path: sent by this run's sender thread, confirmed at a later callback
-            self.in_flight.append((rows, self.sender.submit(self._send_metrics, rows)))
+            self.in_flight.append((event, self.sender.submit(self._send_metrics, rows, ts)))
 
     def on_scored(self, epoch: int, step: int, generator: nn.Module, improved: bool, final: bool) -> None:
         if self.rank != 0 or step <= self.eval_floor or self.cfg is None or self.image_shape is None:
@@ -98,7 +102,7 @@ class MlflowCallbacks(Delivery, Callbacks):
             return
         big = upscale(grid)
         self.frames.append((step, big))
-        self._deliver({"kind": "eval", "epoch": epoch, "step": step, "grid": big,
+        self._deliver({"kind": "eval", "epoch": epoch, "step": step, "grid": big, "ts": _now_ms(),
                        "metrics": {k: float(v) for k, v in metrics.items()}})
 
     def on_checkpoint(self, epoch: int, step: int, state: dict[str, Any]) -> None:
@@ -117,20 +121,20 @@ class MlflowCallbacks(Delivery, Callbacks):
     def _send(self, event: dict[str, Any]) -> None:
         kind = event["kind"]
         if kind == "metrics":
-            self._send_metrics(event["rows"])
+            self._send_metrics(event["rows"], event.get("ts") or _now_ms())
         elif kind == "scored":
             self._send_scored(event["epoch"], event["step"], event["generator"], event["improved"], event["final"])
         elif kind == "grid":
             self._send_grid(event["epoch"], event["step"], event["grid"])
         elif kind == "eval":
-            self._send_eval(event["epoch"], event["step"], event["grid"], event["metrics"])
+            self._send_eval(event["epoch"], event["step"], event["grid"], event["metrics"],
+                            event.get("ts") or _now_ms())
         elif kind == "checkpoint" and Path(event["path"]).exists():  # else dropped by retention
             self._send_checkpoint(Path(event["path"]))
 
-    def _send_metrics(self, rows: list[tuple[int, dict[str, float]]]) -> None:
+    def _send_metrics(self, rows: list[tuple[int, dict[str, float]]], ts: int) -> None:
         from mlflow.entities import Metric
 
-        ts = _now_ms()
         batch = [Metric(k, v, ts, s) for s, r in rows for k, v in {**r, **self._kimg(s)}.items()]
         for i in range(0, len(batch), _BATCH):
             self.client.log_batch(self.run_id, metrics=batch[i : i + _BATCH])
@@ -148,11 +152,10 @@ class MlflowCallbacks(Delivery, Callbacks):
                 if old.model_id != model_id and old.tags.get(names.MODEL_ROLE) == BEST:
                     self.client.delete_logged_model(old.model_id)
 
-    def _send_eval(self, epoch: int, step: int, big: np.ndarray, metrics: dict[str, float]) -> None:
+    def _send_eval(self, epoch: int, step: int, big: np.ndarray, metrics: dict[str, float], ts: int) -> None:
         from mlflow.entities import Metric
 
         self._send_grid(epoch, step, big)
-        ts = _now_ms()
         values = {**metrics, names.EPOCH: float(epoch), **self._kimg(step)}
         # Scores of a generator kept as a LoggedModel are linked to it: the Models tab and
         # search_logged_models rank models by their own numbers.

@@ -56,7 +56,7 @@ class Delivery:
         # reused while the last trial's thread ends) can strand its batches, and a
         # confirmation that never comes would hang the run's end.
         self.sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"metrics-{self.run_id[:8]}")
-        self.in_flight: list[tuple[list, Future]] = []  # metric batches not yet confirmed
+        self.in_flight: list[tuple[dict, Future]] = []  # metric batches (events) not yet confirmed
 
     def _send(self, event: dict[str, Any]) -> None:
         raise NotImplementedError
@@ -173,11 +173,11 @@ class Delivery:
     def _confirm(self, wait: bool = False) -> None:
         """Metric batches the sender could not send are delivered again (or kept)."""
         still = []
-        for rows, future in self.in_flight:
+        for event, future in self.in_flight:
             if not wait and not future.done():
-                still.append((rows, future))
+                still.append((event, future))
             elif future.exception() is not None:  # the sender's calls end: MLflow's HTTP retries are bounded
-                self._deliver({"kind": "metrics", "rows": rows})
+                self._deliver(event)
         self.in_flight = still
 
     def flush(self) -> None:
