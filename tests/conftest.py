@@ -39,27 +39,53 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for(predicate, timeout: float = 300, every: float = 0.3):
+    """The predicate's first truthy value, polled until `timeout` seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError("timed out")
+
+
+class MlflowServer:
+    """A real `mlflow server` on 127.0.0.1 over a throwaway sqlite store, on a fixed port so
+    a test can kill it and start it again on the same store."""
+
+    def __init__(self, root) -> None:
+        self.root, self.port, self.proc = root, free_port(), None
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+             "--backend-store-uri", f"sqlite:///{self.root}/server.db",
+             "--artifacts-destination", str(self.root / "server-artifacts"), "--workers", "1"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            # No background job runners (a dozen huey processes): this server only tracks.
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"})
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"{self.url}/health", timeout=2)
+                return
+            except OSError:
+                assert self.proc.poll() is None, "mlflow server exited"
+                time.sleep(0.3)
+        raise AssertionError("mlflow server did not start")
+
+    def kill(self) -> None:
+        """SIGKILL its process group: its graceful shutdown takes ~10 s; the store is a throwaway."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, 9)
+            self.proc.wait(timeout=30)
+
+
 @pytest.fixture
 def mlflow_server(tmp_path):
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        # No background job runners (a dozen huey processes): this server only tracks.
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-             "MLFLOW_DISABLE_TELEMETRY": "true"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=2)
-            break
-        except OSError:
-            assert proc.poll() is None, "mlflow server exited"
-            time.sleep(0.5)
-    yield url
-    os.killpg(proc.pid, 9)  # its graceful shutdown takes ~10 s; the store is a throwaway
-    proc.wait(timeout=30)
+    server = MlflowServer(tmp_path)
+    server.start()
+    yield server.url
+    server.kill()

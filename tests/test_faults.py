@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 
 from gan.safe_files import md5_of
 
@@ -51,15 +52,6 @@ def only_run(cwd: Path, experiment: str):
 def steps(cwd: Path, run_id: str, key: str) -> list[int]:
     return [m.step for m in client(cwd).get_metric_history(run_id, key)]
 
-
-def wait_for(predicate, timeout: float = 300, every: float = 0.5):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError("timed out")
 
 
 def test_an_eval_a_kill_interrupted_is_redone_once_and_a_running_run_has_one_owner(tmp_path):

@@ -9,16 +9,14 @@ once, its checkpoints and its models."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from conftest import MlflowServer
 
 pytestmark = pytest.mark.integration
 
@@ -28,43 +26,12 @@ STEPS = 5000 // 256  # per epoch
 EPOCHS = 40
 
 
-class Server:
-    """One `mlflow server` on a fixed port and store, which the test can kill and restart."""
-
-    def __init__(self, root: Path) -> None:
-        self.root, self.port, self.proc = root, free_port(), None
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-             "--backend-store-uri", f"sqlite:///{self.root}/server.db",
-             "--artifacts-destination", str(self.root / "server-artifacts"), "--workers", "1"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"})
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(f"{self.url}/health", timeout=2)
-                return
-            except OSError:
-                assert self.proc.poll() is None, "mlflow server exited"
-                time.sleep(0.3)
-        raise AssertionError("mlflow server did not start")
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-
 @pytest.fixture
 def server(tmp_path):
-    s = Server(tmp_path)
+    s = MlflowServer(tmp_path)
     s.start()
     yield s
-    if s.proc and s.proc.poll() is None:
-        s.kill()
+    s.kill()
 
 
 class Train:

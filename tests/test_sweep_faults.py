@@ -18,6 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
+from conftest import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -79,15 +80,6 @@ def tune_state(workdir: Path, name: str) -> dict[str, str]:
     states = [json.loads(t[0]) for t in saved["trial_data"]]
     return {s["trial_id"]: s["status"] for s in states}
 
-
-def wait_for(predicate, timeout: float = 240, every: float = 0.3):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError("timed out")
 
 
 def kill_driver_and_its_ray(driver: subprocess.Popen) -> None:
