@@ -41,6 +41,11 @@ class Callbacks:
         (gan.eval_budget): a sweep's trial says yes at its scheduler's rungs."""
         return False
 
+    def stop_requested(self) -> str | None:
+        """Asked on every rank after each epoch: a reason to end the run there (a scheduler
+        stopped its trial), else None. The ranks agree: one asking stops them all."""
+        return None
+
 
 class ForwardingCallbacks(Callbacks):
     """Hands every call to `inner`; a wrapper (health guard, Tune hand-off) overrides the
@@ -63,6 +68,9 @@ class ForwardingCallbacks(Callbacks):
 
     def wants_eval(self, epoch: int) -> bool:
         return self.inner.wants_eval(epoch)
+
+    def stop_requested(self) -> str | None:
+        return self.inner.stop_requested()
 
 
 __all__ = ["Callbacks", "Diverged", "ForwardingCallbacks", "StopTraining"]

@@ -46,14 +46,15 @@ class EvalBudget:
 
     def score_now(self, cfg: RunConfig, done: int, cb: Callbacks, evaluator: Any, sampler: nn.Module,
                   world: int, device: torch.device) -> bool:
-        """Score after `done` epochs? The last epoch always; an eval_every epoch when a
-        callback needs it or the budget allows. Every rank agrees."""
+        """Score after `done` epochs? The last epoch always; an epoch a callback wants
+        whatever eval_every (a sweep's rungs need not fall on its grid); an eval_every
+        epoch when the budget allows. Every rank agrees: one all-reduce per epoch, since
+        timings and callbacks differ by rank and the scoring is collective."""
         if done == cfg.epochs:
             return True
-        if done % cfg.eval_every != 0:
-            return False
-        wanted = cb.wants_eval(done) or self.allows(estimator(evaluator, sampler, cfg.latent_dim))
-        return any_rank(wanted, world, device)  # timings differ by rank; the scoring is collective
+        due = done % cfg.eval_every == 0
+        wanted = cb.wants_eval(done) or (due and self.allows(estimator(evaluator, sampler, cfg.latent_dim)))
+        return any_rank(wanted, world, device)
 
     def trained(self, seconds: float) -> None:
         self.train_s += seconds

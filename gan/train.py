@@ -32,6 +32,7 @@ from gan.ema import ema_beta, ema_update
 from gan.eval_budget import EvalBudget
 from gan.health import HEALTH_PREFIX, HealthGuard
 from gan.losses import LOSSES
+from gan.metrics.distributed import any_rank
 from gan.models import build_models
 from gan.precision import Precision, amp_dtype
 from gan.sampling import NonFiniteImages, fixed_latents, generate, image_grid
@@ -238,6 +239,8 @@ def train(
             if done % cfg.checkpoint_every == 0 or done == cfg.epochs:
                 state = _state(cfg, G, D, G_ema, opt_g, opt_d, prec, noise, done, step, best)
                 cb.on_checkpoint(done, step, {**state, "eval_budget": budget.state_dict()})
+            if done < cfg.epochs:
+                _stop_if_requested(cb, world, device)
     except StopTraining as stop:
         stopped = str(stop) or "stopped"
         diverged = isinstance(stop, Diverged)
@@ -254,6 +257,13 @@ def train(
         diverged=diverged,
         seconds=budget.state_dict(),
     )
+
+
+def _stop_if_requested(cb: Callbacks, world: int, device: torch.device) -> None:
+    """End the run after this epoch when a callback asks (on any rank; every rank stops)."""
+    reason = cb.stop_requested()
+    if any_rank(reason is not None, world, device):
+        raise StopTraining(reason or "stopped on another rank's request")
 
 
 def _score(evaluator: Evaluator | None, sampler: nn.Module, cfg: RunConfig, epoch: int) -> dict[str, float]:

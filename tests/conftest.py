@@ -9,10 +9,27 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+FAULTS_DIR = Path(__file__).parent / "faults"  # the test-only fault hooks (tests/faults/sitecustomize.py)
+
+
+def fault_env(folder: Path) -> dict[str, str]:
+    """Environment for a process (and everything it starts) that may be given faults:
+    arm one with arm_fault(folder, name)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = os.pathsep.join(p for p in (str(FAULTS_DIR), os.environ.get("PYTHONPATH", "")) if p)
+    return {"PYTHONPATH": path, "GAN_PIPELINES_FAULTS": str(folder)}
+
+
+def arm_fault(folder: Path, name: str, text: str = "1") -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(text)
 
 
 @pytest.fixture(scope="session")

@@ -24,13 +24,13 @@ BAD: dict[str, dict[str, list[str]]] = {
         "--health-g-ceiling": ["-5"], "--health-window": ["0"], "--health-g-limit": ["inf"],
         "--backbone": ["vgg"], "--eval-samples": ["5"], "--device": ["tpu"], "--experiment": [""],
         "--resume": ["a b"], "--workers": ["0"], "--cpus-per-worker": ["0"], "--ray-address": ["nohost"],
-        "--max-failures": ["-2"],
+        "--max-failures": ["-2"], "--ray-storage": ["a-file/sub"],
     },
     "sweep": {
         "--space": ["missing.yaml"], "--trials": ["0"], "--concurrency": ["0"], "--scheduler": ["hyperband"],
         "--grace-period": ["0"], "--searcher": ["cmaes"], "--experiment": [" "], "--seed": ["x"],
         "--name": ["../up"], "--resume": ["a'b"], "--workers-per-trial": ["0"], "--cpus-per-trial": ["0"],
-        "--gpus-per-trial": ["-1"], "--ray-address": ["127.0.0.1:1"],
+        "--gpus-per-trial": ["-1"], "--ray-address": ["127.0.0.1:1"], "--ray-storage": ["a-file/sub", "a-file"],
     },
     "promote": {
         "--sweep": ["x' or '1'='1"], "--experiment": [""], "--metric": ["nope"], "--min-epochs": ["-1"],
@@ -43,14 +43,15 @@ BAD: dict[str, dict[str, list[str]]] = {
 }
 # Flags whose every value is valid (switches, names, places): nothing to reject.
 ANY = {
-    "train": {"--spectral-norm", "--health-guard", "--amp", "--sync-bn", "--run-name", "--gpu", "--ray-storage"},
-    "sweep": {"--ray-storage"},
+    "train": {"--spectral-norm", "--health-guard", "--amp", "--sync-bn", "--run-name", "--gpu"},
     "promote": {"--force"},
     "generate": {"--out-dir"},
     "evaluate": {"--log"},
 }
-# Some bad values are only bad together with another flag (evaluate needs a model).
-CONTEXT = {"evaluate": {"--dataset": ["--run-id", "nope"], "--data-dir": ["--run-id", "nope"],
+# Some bad values are only bad together with another flag (evaluate needs a model; train
+# uses --ray-storage only with Ray Train workers).
+CONTEXT = {"train": {"--ray-storage": ["--workers", "2"]},
+           "evaluate": {"--dataset": ["--run-id", "nope"], "--data-dir": ["--run-id", "nope"],
                         "--backbone": ["--run-id", "nope"], "--num-samples": ["--run-id", "nope"],
                         "--seed": ["--run-id", "nope"]}}
 
@@ -75,6 +76,7 @@ CASES = [(c, f, v) for c, flags in BAD.items() for f, values in flags.items() fo
 @pytest.mark.parametrize(("command", "flag", "value"), CASES, ids=[f"{c} {f}={v!r}" for c, f, v in CASES])
 def test_a_bad_value_is_one_line_exit_2_and_creates_nothing(command, flag, value, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "a-file").write_text("")  # a folder cannot be made in a file, even by root
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     args = [command, *CONTEXT.get(command, {}).get(flag, []), flag, value]
@@ -107,3 +109,15 @@ class _nothing:  # noqa: N801 - a no-op context manager
 
     def __exit__(self, *exc: object) -> bool:
         return False
+
+
+@pytest.mark.parametrize("args", [["sweep"], ["train", "--workers", "2"]], ids=["sweep", "train --workers 2"])
+def test_a_ray_storage_that_cannot_be_a_folder_is_named_before_anything_is_created(args, tmp_path, monkeypatch,
+                                                                                    capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    (tmp_path / "a-file").write_text("")
+    assert main([*args, "--ray-storage", "a-file/ray"]) == 2
+    err = capsys.readouterr().err
+    assert "--ray-storage a-file/ray is invalid" in err and f"{tmp_path / 'a-file'} is a file" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # no store, no Ray folder

@@ -83,18 +83,74 @@ def test_the_real_evaluator_estimates_a_positive_cost(mnist_small):
     assert 0 < seconds < math.inf
 
 
-def test_trials_score_at_the_rungs_ray_asha_compares_them_at():
+def test_a_wanted_epoch_off_the_eval_every_grid_still_scores(mnist_small):
+    # eval_every 2, no eval fits the budget: 3 scores only because a callback wants it.
+    wanted = Evals(wanted=(3,))
+    train(make_config({**TINY, "eval_every": 2, "eval_budget": 1e-12}), mnist_small, wanted,
+          evaluator=Scores(cost=1e9))
+    assert wanted.epochs == [3, 5]
+
+
+class FakeTrial:
+    """What ASHAScheduler reads of a trial: its id."""
+
+    def __init__(self, trial_id: str) -> None:
+        self.trial_id = trial_id
+
+
+def asha_stop_epochs(scheduler, last_epoch: int) -> list[int]:
+    """The epochs where Ray's ASHA stops a trial that is worse than all others.
+
+    A good trial reporting every epoch fills each rung; a bad one reporting every epoch
+    is then judged once per rung, exactly at the rung's epoch, and is stopped there."""
+    from ray.tune.schedulers import TrialScheduler
+
+    good, bad = FakeTrial("good"), FakeTrial("bad")
+    for trial, fid in ((good, 1.0), (bad, 100.0)):
+        scheduler.on_trial_add(None, trial)
+        actions = [scheduler.on_trial_result(None, trial, {"epoch": e, "fid": fid})
+                   for e in range(1, last_epoch + 1)]
+    return [e for e, a in enumerate(actions, start=1) if a == TrialScheduler.STOP]
+
+
+def space_with(tmp_path, eval_every, epochs: int, grace: int):
+    from pipelines.sweep.space_file import load_space
+
+    path = tmp_path / f"every-{len(list(tmp_path.iterdir()))}.yaml"
+    path.write_text(f"sweep: {{grace_period: {grace}}}\nparams:\n  epochs: {epochs}\n"
+                    f"  eval_every: {eval_every}\n  lr_g: {{type: float, low: 1.0e-4, high: 1.0e-3}}\n")
+    return load_space(path)
+
+
+def test_trials_score_at_the_rungs_ray_asha_stops_them_at(tmp_path):
     from ray.tune.schedulers import ASHAScheduler
 
     from pipelines.sweep.options import SweepOptions
     from pipelines.sweep.space_file import load_space
     from pipelines.sweep.tuning import make_scheduler, rung_epochs
 
-    for name, grace in (("quick", None), ("default", 2)):
-        space = load_space(name)
-        opts = SweepOptions(space=name, grace_period=grace).resolved(space)
+    spaces = [load_space("quick"), load_space("default"), load_space("cifar10-gpu"),
+              space_with(tmp_path, "{type: categorical, choices: [2, 3]}", epochs=25, grace=1),
+              space_with(tmp_path, 1, epochs=15, grace=2)]  # a rung at 16 = max_t: never reached
+    for space in spaces:
+        opts = SweepOptions(space=space.path).resolved(space)
         scheduler = make_scheduler(space, opts)
         assert isinstance(scheduler, ASHAScheduler)
-        milestones = sorted(r[0] for r in scheduler._brackets[0]._rungs)  # Ray's own rung list
-        assert rung_epochs(space, opts) == tuple(milestones) and milestones
-    assert rung_epochs(space, SweepOptions(space="quick", scheduler="none").resolved(load_space("quick"))) == ()
+        last_epoch = space.max_value("epochs")
+        assert rung_epochs(space, opts) == tuple(asha_stop_epochs(scheduler, last_epoch)), space.path
+        assert rung_epochs(space, opts)
+    assert rung_epochs(load_space("quick"), SweepOptions(space="quick", scheduler="none").resolved(
+        load_space("quick"))) == ()
+
+
+def test_a_trial_with_any_eval_every_in_the_space_scores_at_every_rung(tmp_path, mnist_small):
+    from pipelines.sweep.options import SweepOptions
+    from pipelines.sweep.tuning import rung_epochs
+
+    space = space_with(tmp_path, "{type: categorical, choices: [2, 3]}", epochs=7, grace=1)
+    rungs = rung_epochs(space, SweepOptions(space=space.path).resolved(space))
+    assert rungs == (3, 6)  # grace: one eval of the slowest eval_every
+    at_rungs = Evals(wanted=rungs)
+    train(make_config({**TINY, "epochs": 7, "eval_every": 2, "eval_budget": 1e-12}), mnist_small, at_rungs,
+          evaluator=Scores(cost=1e9))
+    assert set(rungs) <= set(at_rungs.epochs)

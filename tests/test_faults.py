@@ -8,11 +8,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
+from conftest import arm_fault, fault_env, wait_for
 
 from gan.safe_files import md5_of
 
@@ -55,7 +54,8 @@ def steps(cwd: Path, run_id: str, key: str) -> list[int]:
 
 
 def test_an_eval_a_kill_interrupted_is_redone_once_and_a_running_run_has_one_owner(tmp_path):
-    p = cli(tmp_path, "train", "--epochs", "3", "--experiment", "k", *FAST, env={"GAN_PIPELINES_DIE_AT_EVAL": "2"})
+    arm_fault(tmp_path / "faults", "die_at_eval", "2")
+    p = cli(tmp_path, "train", "--epochs", "3", "--experiment", "k", *FAST, env=fault_env(tmp_path / "faults"))
     rc, _, err = finish(p)
     assert rc == -signal.SIGKILL, err  # died as eval 2 began: its losses logged, its scores not
     run = only_run(tmp_path, "k")
@@ -63,8 +63,8 @@ def test_an_eval_a_kill_interrupted_is_redone_once_and_a_running_run_has_one_own
     assert run.info.status == "RUNNING" and steps(tmp_path, rid, "fid") == [STEPS]
     assert steps(tmp_path, rid, "d_loss")[-1] == 2 * STEPS
 
-    # Two resumes at once: the lease lets exactly one of them train the run.
-    time.sleep(float(LEASE_S) + 1)  # the dead owner's lease goes stale
+    # Two resumes at once, right after the kill: the dead owner's lease is stale at once
+    # (its pid is gone), and the lease lets exactly one of them train the run.
     a, b = (cli(tmp_path, "train", "--resume", rid) for _ in range(2))
     (rc_a, _, err_a), (rc_b, _, err_b) = finish(a), finish(b)
     assert sorted([rc_a, rc_b]) == [0, 2], (err_a, err_b)

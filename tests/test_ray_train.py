@@ -164,11 +164,21 @@ def test_a_worker_user_error_surfaces_as_itself_and_a_dead_worker_as_one_line():
 
 
 @pytest.fixture(scope="module")
-def ray_session():
-    """One local Ray (2 CPUs) for the module: run_distributed uses a running session."""
+def ray_session(tmp_path_factory):
+    """One local Ray (2 CPUs) for the module: run_distributed uses a running session.
+    Yields the folder where a test arms a fault its workers fire (tests/faults)."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, logging_level="WARNING")
-    yield ray
+    from conftest import fault_env
+
+    faults = tmp_path_factory.mktemp("faults")
+    saved = dict(os.environ)
+    os.environ.update(fault_env(faults))  # Ray's processes inherit it at start
+    try:
+        ray.init(num_cpus=2, logging_level="WARNING", _node_ip_address="127.0.0.1")
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    yield faults
     ray.shutdown()
 
 
@@ -234,12 +244,13 @@ def test_a_worker_killed_after_the_first_checkpoint_restarts_and_logs_every_step
     from pipelines.cli import main
 
     client = _store(tmp_path, monkeypatch)
-    marker = tmp_path / "failed-once"
-    monkeypatch.setenv("GAN_PIPELINES_FAIL_ONCE", str(marker))
+    from conftest import arm_fault
+
+    arm_fault(ray_session, "fail_once")
     rc = main(["train", "--workers", "2", "--epochs", "2", "--max-failures", "1",
                "--experiment", "fault", "--ray-storage", str(tmp_path / "ray"), *TINY])
     assert rc == 0
-    assert marker.exists()  # rank 1 really died once
+    assert not (ray_session / "fail_once").exists()  # rank 1 really died once (the fault fired)
 
     run = _only_run(client, "fault")
     assert run.info.status == "FINISHED"

@@ -55,11 +55,26 @@ def make_run(client, exp, parent, fids, *, dataset="mnist-5k", backbone="classif
 
 
 def sweep(client, name, fid_histories, **kw):
+    """A sweep as `gan-pipeline sweep` tags it: the parent by name and role, each trial by
+    name and parent (so the newest run with the sweep's name tag is a trial)."""
     exp = ensure_experiment(client, "sweeps")
-    parent = client.create_run(exp, run_name=name, tags={"sweep_name": name}).info.run_id
+    parent = client.create_run(exp, run_name=name, tags={"sweep_name": name, "sweep.role": "parent"}).info.run_id
     children = [make_run(client, exp, parent, f, seed=i, **kw) for i, f in enumerate(fid_histories)]
+    for child in children:
+        client.set_tag(child, "sweep_name", name)
     client.set_terminated(parent, "FINISHED")
     return parent, children
+
+
+def plain_run(client, name, fids=None):
+    """A run that is no sweep's parent though it is named like one; with `fids`, it has a
+    child run holding a model that beats every sweep's."""
+    exp = ensure_experiment(client, "sweeps")
+    rid = client.create_run(exp, run_name=name).info.run_id
+    if fids:
+        make_run(client, exp, rid, fids)
+    client.set_terminated(rid, "FINISHED")
+    return rid
 
 
 def check_promotion_flow(client):
@@ -93,9 +108,41 @@ def test_promote_picks_best_not_last_and_never_demotes(tmp_path, monkeypatch):
     check_promotion_flow(client)
 
 
+def test_promote_sweep_takes_the_tagged_parent_not_a_newer_run_named_like_it(tmp_path):
+    client = client_for(f"sqlite:///{tmp_path}/mlflow.db")
+    parent, runs = sweep(client, "s", [[6.0], [4.0]])
+    plain_run(client, "s", fids=[0.5])  # started after the sweep: newest by name
+    chosen = promote(client, sweep="s", model_name="gen")
+    assert chosen.candidate.run_id == runs[1] and chosen.candidate.value == 4.0
+    assert promote(client, sweep=parent, model_name="gen").candidate.run_id == runs[1]  # by run id too
+
+
+def test_promote_names_the_sweeps_that_exist_when_none_has_that_name(tmp_path, monkeypatch, capsys):
+    from pipelines.cli import main
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = client_for(uri)
+    with pytest.raises(TrackingError, match="no sweep named 'nope'.*no sweep in this store"):
+        promote(client, sweep="nope")
+    for i in range(7):
+        sweep(client, f"s{i}", [])
+    plain_run(client, "ghost", fids=[1.0])
+    with pytest.raises(TrackingError, match=r"no sweep named 'ghost'") as e:
+        promote(client, sweep="ghost")
+    listed = str(e.value).split("sweeps here (newest first): ")[1]
+    assert len([n for n in ("s0", "s1", "s2", "s3", "s4", "s5", "s6") if n in listed]) == 5
+    with pytest.raises(TrackingError, match="is not a sweep's parent run"):
+        promote(client, sweep=plain_run(client, "other"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    capsys.readouterr()
+    assert main(["promote", "--sweep", "ghost"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "s6" in err
+
+
 def test_promote_errors_are_clear(tmp_path):
     client = client_for(f"sqlite:///{tmp_path}/mlflow.db")
-    with pytest.raises(TrackingError, match="no sweep parent run"):
+    with pytest.raises(TrackingError, match="no sweep named"):
         promote(client, sweep="nope")
     sweep(client, "empty", [[5.0]], status="FAILED")
     with pytest.raises(TrackingError, match="no finished run to promote"):

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
 import optuna
 import pytest
 import yaml
@@ -142,12 +149,70 @@ def test_sweep_flags_below_one_are_config_errors(flag):
         SweepOptions(**{flag: 0}).resolved(load_space("quick"))
 
 
-def test_shipped_spaces_resolve_by_name_from_any_folder(tmp_path, monkeypatch):
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_shipped_spaces_are_the_top_level_search_spaces_folder():
+    from pipelines.sweep.space import SPACES_DIR
+
+    assert SPACES_DIR == REPO / "search_spaces"
+    assert {"quick.yaml", "default.yaml", "cifar10-gpu.yaml"} <= {p.name for p in SPACES_DIR.glob("*.yaml")}
+    assert not (REPO / "pipelines" / "sweep" / "spaces").exists()  # one copy in the repository
+
+
+def test_shipped_spaces_resolve_by_name_or_path_from_any_folder(tmp_path, monkeypatch):
     from pipelines.sweep.space import SPACES_DIR, resolve_path
 
+    monkeypatch.chdir(REPO)  # a checkout: the path the README writes is a plain relative path
+    assert resolve_path("search_spaces/quick.yaml").resolve() == SPACES_DIR / "quick.yaml"
     monkeypatch.chdir(tmp_path)  # no search_spaces/ here: the names come from the package
     assert resolve_path("quick") == SPACES_DIR / "quick.yaml" and resolve_path("quick").is_file()
+    assert resolve_path("search_spaces/quick.yaml") == SPACES_DIR / "quick.yaml"
+    assert resolve_path("search_spaces/none-such.yaml") == Path("search_spaces/none-such.yaml")  # named as given
     assert load_space("quick").sweep["trials"] >= 1
+    own = tmp_path / "search_spaces" / "quick.yaml"  # a user's own copy, edited, wins over the shipped one
+    own.parent.mkdir()
+    own.write_text((SPACES_DIR / "quick.yaml").read_text().replace("trials: 10", "trials: 3"))
+    assert load_space("search_spaces/quick.yaml").sweep["trials"] == 3 and load_space("quick").sweep["trials"] == 10
+
+
+def test_an_installed_wheel_holds_the_spaces_and_sweep_finds_them(tmp_path):
+    """Build the wheel (from a copy: setuptools writes build/ next to the sources), unpack it
+    as site-packages, and run the installed CLI from another folder: `--space quick` and
+    `--space search_spaces/quick.yaml` load (the sweep then stops at --trials 0, before
+    anything is created)."""
+    src = tmp_path / "src"
+    for name in ("pyproject.toml", "README.md"):
+        (src / name).parent.mkdir(exist_ok=True)
+        shutil.copy(REPO / name, src / name)
+    for name in ("gan", "pipelines", "search_spaces"):
+        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "-w", str(tmp_path / "dist"), str(src)], check=True, timeout=300, capture_output=True)
+    wheel = zipfile.ZipFile(next((tmp_path / "dist").glob("*.whl")))
+    files = wheel.namelist()
+    shipped = sorted(p.name for p in (REPO / "search_spaces").glob("*.yaml"))
+    assert sorted(f.split("/", 1)[1] for f in files if f.startswith("search_spaces/")) == shipped
+    assert not any(f.endswith(".yaml") and not f.startswith("search_spaces/") for f in files)
+    site, elsewhere = tmp_path / "site", tmp_path / "elsewhere"
+    wheel.extractall(site)
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site), "MLFLOW_TRACKING_URI": f"sqlite:///{elsewhere}/mlflow.db"}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=elsewhere, env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    listed = cli("spaces")
+    assert listed.returncode == 0 and [line.split()[0] for line in listed.stdout.splitlines()] == \
+        [Path(name).stem for name in shipped], listed.stderr
+    found = subprocess.run([sys.executable, "-c", "import pipelines.sweep.space as s; print(s.SPACES_DIR)"],
+                           cwd=elsewhere, env=env, capture_output=True, text=True, check=True)
+    assert Path(found.stdout.strip()) == site / "search_spaces"  # the installed copy, not the checkout's
+    for space in ("quick", "search_spaces/quick.yaml"):
+        r = cli("sweep", "--space", space, "--trials", "0")
+        assert r.returncode == 2 and "--trials 0 is invalid" in r.stderr, r.stderr  # the space itself loaded
+    assert sorted(p.name for p in elsewhere.iterdir()) == []  # nothing created
 
 
 def test_spaces_command_lists_name_trials_and_description(tmp_path, monkeypatch, capsys):

@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from conftest import wait_for
+from conftest import arm_fault, fault_env, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -98,9 +98,10 @@ def test_a_trial_pruned_just_before_the_driver_died_is_closed_as_pruned_on_resum
     space = write_space(tmp_path, {**TINY, "arch": "dcgan", "dcgan_width": 8, "batch_size": 64,
                                    "eval_samples": 200, "epochs": 3,
                                    "lr_g": {"type": "categorical", "choices": [1e-7, 1e-3]}})
+    arm_fault(tmp_path / "faults", "die_when_pruned")
     driver = sweep(tmp_path, "--space", str(space), "--trials", "3", "--concurrency", "1", "--scheduler", "asha",
                    "--grace-period", "1", "--seed", "0", "--name", "pruned",
-                   env={"GAN_PIPELINES_DIE_WHEN_PRUNED": "1"})
+                   env=fault_env(tmp_path / "faults"))
     try:
         def stopped_unclosed():
             ended = {t for t, s in tune_state(tmp_path, "pruned").items() if s == "TERMINATED"}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import sys
 
 from gan.config import ConfigError
 from pipelines.cli.flags import config_from_args, ray_options, sweep_options
@@ -70,12 +71,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                        for k, v in sampled_params(b, out.space).items())
     m = b.data.metrics
-    print(f"best trial {b.data.tags.get(names.TRIAL_ID)} (run {b.info.run_id}): "
+    # Named as in MLflow and in the progress lines (Tune's id is in the run's tags).
+    print(f"best trial {b.info.run_name} (run {b.info.run_id}): "
           f"FID {m.get(names.FID, math.nan):.2f} (best during training {m.get(names.BEST_FID, math.nan):.2f}, "
           f"{b.data.params.get('backbone', '')} backbone)")
     print(f"  {params}")
     print(ui_hint(out.tracking_uri, out.experiment_id, b.info.run_id, sweep=out.name,
                   parent_run_id=out.parent_run_id))
+    # The last line says what to do next: register the winner (promote checks that it is
+    # better than the current champion before moving the alias).
+    print(f"next: gan-pipeline promote --sweep {out.name}   # registers the best generator; "
+          "alias champion if it beats the current one")
     return 0
 
 
@@ -85,6 +91,11 @@ def cmd_spaces(args: argparse.Namespace) -> int:
     from pipelines.sweep.space_file import shipped
 
     spaces = shipped()
+    if not spaces:  # a broken install, not a user error: say where they were looked for
+        from pipelines.sweep.space import SPACES_DIR
+
+        print(f"no shipped search spaces in {SPACES_DIR}", file=sys.stderr)
+        return 1
     width = max(len(Path(s.path).stem) for s in spaces)
     for s in spaces:
         trials = s.sweep.get("trials", 10)

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import re
+from pathlib import Path
 from typing import Any
 
-from gan.config import ARCHS, BACKBONES, LOSSES, NORMS, RunConfig, config_from_sources
+from gan.config import ARCHS, BACKBONES, LOSSES, NORMS, ConfigError, RunConfig, config_from_sources
 from pipelines.distributed.options import DEFAULT_STORAGE, RayOptions
 from pipelines.sweep.options import DEFAULT_EXPERIMENT, DEFAULT_SPACE, SCHEDULERS, SEARCHERS, SweepOptions
 
@@ -113,11 +115,33 @@ def add_ray_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def ray_options(args: argparse.Namespace) -> RayOptions:
-    """`train`'s Ray flags as RayOptions (which check their own values)."""
+    """`train`'s Ray flags as RayOptions (which check their own values); --ray-storage is
+    checked only where Ray Train uses it (--workers > 1)."""
+    if args.workers > 1:
+        writable_folder("--ray-storage", args.ray_storage)
     return RayOptions(
         workers=args.workers, gpu=args.gpu, cpus_per_worker=args.cpus_per_worker,
         ray_address=args.ray_address, max_failures=args.max_failures, storage_path=args.ray_storage,
     )
+
+
+def writable_folder(flag: str, path: str) -> str:
+    """A local folder Ray will create and write in, checked before anything is created:
+    Ray fails on it only after the store and the runs exist (a PermissionError, exit 1,
+    mlflow.db left behind). The folder itself need not exist, the nearest existing one
+    above it must be a writable folder. A URI (s3://...) is left to Ray."""
+    if "://" in path:
+        return path
+    wanted = Path(path).expanduser().absolute()
+    existing = wanted
+    while not existing.exists():  # the folder Ray would create it in (/ always exists)
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "it is a file" if existing == wanted else f"{existing} is a file, no folder can be made in it"
+        raise ConfigError(f"{flag} {path} is invalid: {what}; give a writable folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path} is invalid: {existing} is not writable; give a writable folder")
+    return path
 
 
 def add_sweep_parser(subparsers: Any, command: Any) -> argparse.ArgumentParser:
@@ -130,7 +154,8 @@ def add_sweep_parser(subparsers: Any, command: Any) -> argparse.ArgumentParser:
         "summary table, parameter plots and the best trials' samples. With no arguments: "
         "the shipped space quick on the embedded mnist-5k, a few minutes on a CPU.")
     s.add_argument("--space", default=DEFAULT_SPACE, metavar="FILE",
-                   help="search space YAML, or a shipped space's name (gan-pipeline spaces; default: quick)")
+                   help="search space YAML (e.g. search_spaces/default.yaml or your own), or a shipped "
+                   "space's name (gan-pipeline spaces; default: quick)")
     s.add_argument("--trials", type=int, default=None, metavar="N",
                    help="trials in all (default: the space's sweep.trials, else 10)")
     s.add_argument("--concurrency", type=int, default=None, metavar="N",
@@ -165,6 +190,9 @@ def add_sweep_parser(subparsers: Any, command: Any) -> argparse.ArgumentParser:
 
 
 def sweep_options(args: argparse.Namespace) -> SweepOptions:
+    """`sweep`'s flags as SweepOptions (resolved and checked against the space later); the
+    Tune state folder is checked here, before the driver opens the store."""
+    writable_folder("--ray-storage", args.ray_storage)
     return SweepOptions(
         space=args.space, trials=args.trials, concurrency=args.concurrency, scheduler=args.scheduler,
         grace_period=args.grace_period, searcher=args.searcher, experiment=args.experiment,

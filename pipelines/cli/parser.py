@@ -42,8 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=commands.cmd_train)
     add_sweep_parser(sub, commands.cmd_sweep)
     sp = sub.add_parser("spaces", help="list the search spaces that ship with the package",
-                        description="List the shipped search spaces (name, default trials, description); "
-                        "pass a name to `gan-pipeline sweep --space NAME` from any folder.")
+                        description="List the shipped search spaces (name, default trials, description): "
+                        "the files in search_spaces/, installed with the package; pass a name to "
+                        "`gan-pipeline sweep --space NAME` from any folder, or copy a file to write your own.")
     sp.set_defaults(func=commands.cmd_spaces)
 
     pr = sub.add_parser("promote", help="register the best generator; move alias champion if better",

@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import subprocess
+from typing import Any
 
 from pipelines.distributed.reaper import child_pids, start_watcher, stop_watcher
 from pipelines.errors import ClusterError, TrackingError
@@ -35,7 +36,9 @@ def connect(address: str | None, tracking_uri: str) -> bool:
     check_reachable(address)
     before = child_pids()
     try:
-        ray.init(address=address, logging_level=logging.WARNING)
+        # A Ray this command starts listens on loopback only, never on the machine's own IP.
+        local: dict[str, Any] = {"_node_ip_address": "127.0.0.1"} if address is None else {}
+        ray.init(address=address, logging_level=logging.WARNING, **local)
     except (ConnectionError, ValueError, RuntimeError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ClusterError(f"ray_address={address!r} is invalid: cannot connect ({first})") from None

@@ -2,17 +2,15 @@
 TorchTrainer, data-parallel (DDP: gloo on CPU, NCCL on GPU) over N workers.
 
 The driver's side of a distributed run: it validates everything, creates the MLflow
-run, fits (ScalingConfig, TorchConfig, FailureConfig, storage), then logs the GIF and
-generator and marks the run FINISHED (or FAILED with the error). What each worker runs
-is pipelines.distributed.worker.
+run and owns it (tracking.runs.TrackedRun: lease, config, how it ends), and fits
+(ScalingConfig, TorchConfig, FailureConfig, storage); `fit_run` is shared with a sweep's
+distributed trials. What each worker runs is pipelines.distributed.worker.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
-import tempfile
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +25,8 @@ if TYPE_CHECKING:
     from ray.train.torch import TorchTrainer
     from torch import nn
 
+    from gan.train import TrainResult
+    from pipelines.tracking.runs import RunHandle
     from pipelines.training.local import RunOutcome
 
 
@@ -47,9 +47,11 @@ def check_resources(opts: RayOptions, fixed: bool) -> None:
 
 
 def make_trainer(opts: RayOptions, loop_config: dict[str, Any], name: str,
-                 worker: Callable[[dict[str, Any]], None] | None = None) -> TorchTrainer:
+                 worker: Callable[[dict[str, Any]], None] | None = None,
+                 callbacks: list[Any] | None = None) -> TorchTrainer:
     """The TorchTrainer of one run: N workers, each running `worker(loop_config)`
-    (default pipelines.distributed.worker.train_worker; the benchmark passes its own)."""
+    (default pipelines.distributed.worker.train_worker; the benchmark passes its own);
+    `callbacks`: Ray Train callbacks (a sweep trial's TuneReportCallback)."""
     from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
     from ray.train import RunConfig as RayRunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -69,6 +71,7 @@ def make_trainer(opts: RayOptions, loop_config: dict[str, Any], name: str,
             failure_config=FailureConfig(max_failures=opts.max_failures),
             # MLflow keeps every checkpoint; Ray only needs the newest to restart from.
             checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks or None,
         ),
     )
 
@@ -78,9 +81,10 @@ def run_distributed(cfg: RunConfig, opts: RayOptions, experiment: str | None = N
     """Train over opts.workers Ray Train workers and record one MLflow run.
 
     --workers 1 is a local run (in-process, no Ray; on cuda with --gpu)."""
-    from pipelines.tracking.inputs import log_dataset
-    from pipelines.tracking.lease import lease
-    from pipelines.tracking.runs import open_run, run_guard
+    import torch
+
+    from pipelines.tracking.opening import open_run
+    from pipelines.tracking.runs import TrackedRun
     from pipelines.tracking.store import (
         absolute_uri,
         client_for,
@@ -89,8 +93,8 @@ def run_distributed(cfg: RunConfig, opts: RayOptions, experiment: str | None = N
         probe_store,
         tracking_uri,
     )
-    from pipelines.training.local import run_local
-    from pipelines.training.prepare import DEFAULT_EXPERIMENT, prepare
+    from pipelines.training.local import RunOutcome, run_local
+    from pipelines.training.prepare import DEFAULT_EXPERIMENT, build_evaluator, prepare
 
     experiment = experiment or DEFAULT_EXPERIMENT
     if opts.workers == 1:
@@ -102,6 +106,9 @@ def run_distributed(cfg: RunConfig, opts: RayOptions, experiment: str | None = N
     uri = absolute_uri(tracking_uri())  # workers open the store from their own folders
     probe_store(uri)  # bounded; before anything exists
     data = prepare(cfg, opts.workers, check_device=False)
+    # A backbone the dataset cannot use is bad input, not a failed run: build it once here
+    # (its one-time work is cached on disk for the workers of this machine).
+    build_evaluator(cfg, data, torch.device("cpu"))
     client = client_for(uri)
     experiment_id = ensure_experiment(client, experiment)
     address = ray_address(opts.ray_address)
@@ -111,56 +118,57 @@ def run_distributed(cfg: RunConfig, opts: RayOptions, experiment: str | None = N
         check_resources(opts, fixed=local)
         tags = environment_tags(cfg.dataset, f"{opts.workers}x{'cuda' if opts.gpu else 'cpu'}")
         run_id, experiment_id = open_run(client, experiment_id, run_name, tags)
-        log_dataset(client, run_id, cfg.dataset, data)
-        with lease(client, run_id), run_guard(client, run_id):
-            return _fit_and_finish(client, experiment_id, run_id, cfg, opts, uri, data.shape)
+        with TrackedRun(client, run_id, fresh=True) as run:
+            run.start(cfg, run_params(opts), data)
+            run.restore()  # a new run: nothing to restore (Ray Train restarts its own group)
+            result = fit_run(run.handle(uri), cfg, opts, data.shape)
+            model_uri = run.close(result, cfg, data.shape)
+            if model_uri is None:
+                raise RunDiverged(f"run {run_id} is FAILED: {result.stopped}")
+            return RunOutcome(run_id, experiment_id, result, model_uri)
     finally:
         if started:
             disconnect()
 
 
-def _fit_and_finish(client: Any, experiment_id: str, run_id: str, cfg: RunConfig,
-                    opts: RayOptions, uri: str, image_shape: tuple[int, int, int]) -> RunOutcome:
+def fit_run(handle: RunHandle, cfg: RunConfig, opts: RayOptions, image_shape: tuple[int, int, int],
+            callbacks: list[Any] | None = None) -> TrainResult:
+    """The one loop on opts.workers Ray Train workers, rank 0 writing into the run
+    `handle` names (its owner holds the lease and closes it). Returns what a local
+    loop returns: the final generator (from the last checkpoint), the eval history, and
+    whether the health guard stopped it."""
     from gan.checkpoint import load_checkpoint
+    from gan.models import build_models
     from gan.train import TrainResult
-    from pipelines.distributed.worker import FAIL_ONCE_ENV, checkpoint_file
-    from pipelines.tracking.history import logged_eval_history, logged_grids
-    from pipelines.tracking.runs import diverged_reason, fail_diverged, finish_run, log_run_config
-    from pipelines.training.local import RunOutcome
+    from pipelines.distributed.worker import checkpoint_file
+    from pipelines.tracking.history import logged_eval_history
+    from pipelines.tracking.runs import diverged_reason
+    from pipelines.tracking.store import client_for
 
-    log_run_config(client, run_id, cfg, run_params(opts))
-    name = f"gan-{run_id}"  # Ray's folder of this run, named after the MLflow run
-    client.set_tag(run_id, names.RAY_STORAGE, f"{opts.storage.rstrip('/')}/{name}")
-    loop_config = {
-        "cfg": cfg.to_dict(), "tracking_uri": uri, "run_id": run_id,
-        "threads": opts.cpus_per_worker, "fail_once": os.environ.get(FAIL_ONCE_ENV),
-    }
+    client = client_for(handle.tracking_uri)
+    name = f"gan-{handle.run_id}"  # Ray's folder of this run, named after the MLflow run
+    client.set_tag(handle.run_id, names.RAY_STORAGE, f"{opts.storage.rstrip('/')}/{name}")
+    loop_config = {"cfg": cfg.to_dict(), "handle": handle, "threads": opts.cpus_per_worker}
     try:
-        result = make_trainer(opts, loop_config, name).fit()
+        fitted = make_trainer(opts, loop_config, name, callbacks=callbacks).fit()
     except Exception as e:  # noqa: BLE001 - Ray's errors wrap the workers'; say which
         causes = _worker_causes(e)
         first = next(iter(causes.values()), None)
         if isinstance(first, (UserError, TrackingLost)):
             raise first from e  # already one line for the user (a dataset missing on a node)
         raise DistributedTrainingError(_worker_summary(e, causes)) from e
-    reason = diverged_reason(client, run_id)  # rank 0 wrote it when the guard stopped the loop
-    if reason:
-        with tempfile.TemporaryDirectory() as tmp:
-            fail_diverged(client, run_id, logged_grids(client, run_id, tmp), reason)
-        raise RunDiverged(f"run {run_id} is FAILED: {reason}")
-    if result.checkpoint is None:
+    reason = diverged_reason(client, handle.run_id)  # rank 0 wrote it when the guard stopped the loop
+    if fitted.checkpoint is None and reason is None:
         raise DistributedTrainingError("the workers finished without reporting a checkpoint")
-    with result.checkpoint.as_directory() as folder:
-        state = load_checkpoint(checkpoint_file(folder))
-    generator = final_generator(cfg, image_shape, state)
-    with tempfile.TemporaryDirectory() as tmp:
-        frames = logged_grids(client, run_id, tmp)  # rank 0 logged them; the GIF is made here
-    model_uri = finish_run(client, run_id, cfg, generator, frames, image_shape,
-                           epoch=int(state["epoch"]), step=int(state["step"]))
-    history = logged_eval_history(client, run_id)
-    done = TrainResult(epochs_done=int(state["epoch"]), step=int(state["step"]),
-                       generator=generator, eval_history=history)
-    return RunOutcome(run_id, experiment_id, done, model_uri)
+    state: dict[str, Any] = {"epoch": 0, "step": 0, "G": None, "G_ema": None}
+    if fitted.checkpoint is not None:
+        with fitted.checkpoint.as_directory() as folder:
+            state = load_checkpoint(checkpoint_file(folder))
+    generator = final_generator(cfg, image_shape, state) if state["G"] is not None \
+        else build_models(cfg, image_shape)[0].eval()
+    return TrainResult(epochs_done=int(state["epoch"]), step=int(state["step"]), generator=generator,
+                       eval_history=logged_eval_history(client, handle.run_id), stopped=reason,
+                       diverged=reason is not None)
 
 
 class DistributedTrainingError(RuntimeError):

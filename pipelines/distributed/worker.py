@@ -2,16 +2,14 @@
 Ray Train hands back (after a worker-group restart), and call the one training loop,
 gan.train.train, in the DDP process group Ray Train has already set up.
 
-Rank 0 writes the MLflow run the driver created; every rank reports each checkpoint to
-Ray Train (a barrier), so a failed group restarts from the newest one.
+Rank 0 writes the MLflow run the driver owns (tracking.runs.AttachedRun); every rank
+reports each checkpoint to Ray Train (a barrier), so a failed group restarts from the
+newest one.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,32 +23,30 @@ from gan.data import load_dataset
 from gan.train import train
 from pipelines.tracking import names
 from pipelines.tracking.callbacks import MlflowCallbacks
-from pipelines.tracking.history import last_eval_step, last_logged_step
 from pipelines.tracking.resources import system_metrics
-from pipelines.tracking.store import client_for
+from pipelines.tracking.runs import AttachedRun, RunHandle
 from pipelines.training.prepare import build_evaluator
-
-# Test hook: GAN_PIPELINES_FAIL_ONCE=/path/marker makes rank 1 die once, right after
-# the first checkpoint, unless the marker exists (it creates it first). The driver reads
-# the variable and forwards it, since a cluster's workers do not see its environment.
-FAIL_ONCE_ENV = "GAN_PIPELINES_FAIL_ONCE"
-# Ray Train registers a checkpoint only once it has polled every rank's report (every
-# 2 s); a rank that dies before that poll takes the report with it. Wait past two polls.
-_FAIL_AFTER_S = 5.0
 
 
 class RayTrainCallbacks(ForwardingCallbacks):
     """Per-step and eval numbers to MLflow (rank 0); checkpoints to Ray Train (all ranks)."""
 
-    def __init__(self, rank: int, tracking: MlflowCallbacks | None = None,
-                 fail_once: str | None = None) -> None:
+    def __init__(self, rank: int, tracking: MlflowCallbacks | None = None) -> None:
         super().__init__(tracking)  # only rank 0 has one; the others forward to a no-op
-        self.rank, self.tracking, self.fail_once = rank, tracking, fail_once
+        self.rank, self.tracking = rank, tracking
         self.last_eval: dict[str, float] = {}
 
     def on_eval(self, epoch: int, step: int, grid: np.ndarray, metrics: dict[str, float]) -> None:
         self.last_eval = {k: float(v) for k, v in metrics.items()}
         super().on_eval(epoch, step, grid, metrics)
+
+    def stop_requested(self) -> str | None:
+        """Rank 0 reads whether the run's owner asked the workers to stop (a sweep trial
+        Tune stopped: sweep.trial.TuneStopWatch); the loop makes every rank agree."""
+        if self.tracking is None:
+            return None
+        reason = self.tracking.client.get_run(self.tracking.run_id).data.tags.get(names.STOP_REQUESTED)
+        return reason or self.inner.stop_requested()
 
     def on_checkpoint(self, epoch: int, step: int, state: dict[str, Any]) -> None:
         import ray.train
@@ -66,17 +62,6 @@ class RayTrainCallbacks(ForwardingCallbacks):
             # SYNC upload (the default): the folder is copied to storage before report returns.
             metrics = {"epoch": epoch, "step": step, **self.last_eval}
             ray.train.report(metrics, checkpoint=checkpoint)
-        self._maybe_fail()
-
-    def _maybe_fail(self) -> None:
-        if not self.fail_once or self.rank != 1:
-            return
-        try:  # O_EXCL: exactly one process, in exactly one attempt, gets to fail
-            os.close(os.open(self.fail_once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-        except FileExistsError:
-            return
-        time.sleep(_FAIL_AFTER_S)
-        os._exit(1)
 
 
 def checkpoint_file(folder: str | Path) -> Path:
@@ -99,12 +84,13 @@ def restored_state() -> dict[str, Any] | None:
 
 
 def train_worker(config: dict[str, Any]) -> None:
-    """The TorchTrainer's per-worker function. `config`: cfg (a RunConfig dict),
-    tracking_uri, run_id, threads, fail_once."""
+    """The TorchTrainer's per-worker function. `config`: cfg (a RunConfig dict), handle
+    (the RunHandle of the run its driver owns), threads."""
     import ray.train
     import ray.train.torch
 
     cfg = make_config(config["cfg"])
+    handle: RunHandle = config["handle"]
     rank = ray.train.get_context().get_world_rank()
     torch.set_num_threads(int(config["threads"]))
     device = ray.train.torch.get_device()
@@ -112,28 +98,20 @@ def train_worker(config: dict[str, Any]) -> None:
         torch.cuda.set_device(device)
     data = load_dataset(cfg.dataset, cfg.data_dir, cfg.image_size)
     state = restored_state()
-
-    tracking = None
-    if rank == 0:
-        client, run_id = client_for(config["tracking_uri"]), config["run_id"]
-        # Steps this run already holds (logged before a failure) are not written again.
-        tracking = MlflowCallbacks(client, run_id, floor=last_logged_step(client, run_id),
-                                   eval_floor=last_eval_step(client, run_id), cfg=cfg, image_shape=data.shape)
+    evaluator = build_evaluator(cfg, data, device)
+    if rank != 0:
+        train(cfg, data, RayTrainCallbacks(rank), evaluator=evaluator, resume=state, device=device, progress=False)
+        return
+    # Rank 0 writes the run: restored like every mode's (a restarted group sends what its
+    # last life kept offline first), as the driver's lease's holder.
+    with AttachedRun(handle) as run:
+        tracking = run.tracking(cfg, data.shape, run.restore())
         if state is not None:
-            client.set_tag(run_id, names.RAY_RESTORED_FROM_STEP, str(state["step"]))
-    callbacks = RayTrainCallbacks(rank, tracking, config.get("fail_once"))
-    # rank 0's machine in the run's system metrics (the other ranks' nodes are not sampled)
-    usage = system_metrics(config["run_id"], config["tracking_uri"], resumed=True) if rank == 0 \
-        else contextlib.nullcontext()
-    try:
-        with usage:
-            result = train(cfg, data, callbacks, evaluator=build_evaluator(cfg, data, device),
-                           resume=state, device=device, progress=False)
-        if tracking:  # all sent, or (server away) a bounded wait, then TrackingLost
-            tracking.settle()
-        if result.diverged and tracking:  # every rank stopped at the same step; the driver fails the run
-            tracking.client.set_tag(tracking.run_id, names.STOPPED_REASON, result.stopped)
-    finally:
-        if tracking:
-            with contextlib.suppress(Exception):  # never mask the loop's own error
-                tracking.flush()
+            run.client.set_tag(run.run_id, names.RAY_RESTORED_FROM_STEP, str(state["step"]))
+        # rank 0's machine in the run's system metrics (the other ranks' nodes are not sampled)
+        with system_metrics(run.run_id, handle.tracking_uri, resumed=True):
+            result = train(cfg, data, RayTrainCallbacks(rank, tracking), evaluator=evaluator, resume=state,
+                           device=device, progress=False)
+        run.settle(result.seconds)
+        if result.diverged:  # every rank stopped at the same step; the driver fails the run
+            run.mark_diverged(str(result.stopped))

@@ -8,21 +8,24 @@ RUNNING, and a resumed sweep's driver is the one that finds it:
     lost    Tune's saved state never knew the trial (the driver died first): the restored
             sweep ran a new trial in its place; tagged sweep.lost, closed with its GIF
     dead    the trial errored and its process died: KILLED, saying so
+    runless Tune errored the trial before its function ran (so it made no run): a FAILED
+            run says so, so a sweep of N trials always shows N runs
 """
 
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipelines.sweep.trial import pruned_reason
 from pipelines.tracking import names
 from pipelines.tracking.history import logged_grids
-from pipelines.tracking.runs import end_early
+from pipelines.tracking.runs import close_early
 
 LOST_REASON = "lost: the driver died before Tune recorded this trial; a new trial took its place"
+RUNLESS_REASON = "tune: the trial failed before it started"
 DEAD_REASON = "tune: the trial's process ended before it closed its run"
 
 
@@ -32,6 +35,8 @@ class Ended:
 
     errored: bool
     epoch: int | None
+    error: str = ""  # the first line of Tune's error
+    config: dict[str, Any] = field(default_factory=dict)  # what Tune sampled for it
 
 
 def tune_outcomes(grid: Any) -> dict[str, Ended]:
@@ -40,9 +45,33 @@ def tune_outcomes(grid: Any) -> dict[str, Ended]:
     for i in range(len(grid)):
         result = grid[i]
         epoch = (result.metrics or {}).get(names.EPOCH)
+        error = (str(result.error).strip().splitlines() or [""])[0] if result.error is not None else ""
         out[Path(result.path).name.removeprefix("trial_")] = Ended(
-            result.error is not None, int(epoch) if epoch is not None else None)
+            result.error is not None, int(epoch) if epoch is not None else None, error[:300],
+            dict(result.config or {}))
     return out
+
+
+def record_runless_trials(client: Any, experiment_id: str, parent_id: str, sweep_name: str, runs: list[Any],
+                          ended: dict[str, Ended], searched: tuple[str, ...]) -> None:
+    """A FAILED run for each trial Tune ended without its function ever running (so it
+    made none): the sweep's N trials are N runs, each saying how it ended."""
+    from mlflow.entities import Param
+
+    from pipelines.sweep.naming import trial_name
+
+    have = {r.data.tags.get(names.TRIAL_ID) for r in runs}
+    number = len(runs)
+    for trial_id, outcome in ended.items():
+        if trial_id in have or not outcome.errored:
+            continue
+        number += 1
+        sampled = {k: outcome.config[k] for k in searched if k in outcome.config}
+        run = client.create_run(experiment_id, run_name=trial_name(number, sampled), tags={
+            names.PARENT_RUN: parent_id, names.TRIAL_ID: trial_id, names.SWEEP_NAME: sweep_name,
+            names.STOPPED_REASON: f"{RUNLESS_REASON}: {outcome.error}"[:5000]})
+        client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in sampled.items()])
+        client.set_terminated(run.info.run_id, "FAILED")
 
 
 def close_open_trials(client: Any, runs: list[Any], ended: dict[str, Ended]) -> None:
@@ -73,4 +102,4 @@ def close_open_trials(client: Any, runs: list[Any], ended: dict[str, Ended]) -> 
 
 def _end_early(client: Any, run_id: str, reason: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        end_early(client, run_id, logged_grids(client, run_id, tmp), reason)
+        close_early(client, run_id, logged_grids(client, run_id, tmp), reason)

@@ -119,9 +119,9 @@ def run_sweep(given: SweepOptions, resume: str | None = None) -> SweepOutcome:
     print(f"sweep {opts.name}: {opts.trials} trials of {space.path}, {opts.concurrency} at a time, "
           f"{opts.searcher} + {opts.scheduler}; parent run {parent_id}", file=sys.stderr)
 
-    from pipelines.tracking.runs import run_guard
+    from pipelines.tracking.runs import parent_guard
 
-    with run_guard(client, parent_id):
+    with parent_guard(client, parent_id):
         ended = _tune(space, opts, data, uri, experiment_id, parent_id, exp_dir, restore=bool(resume))
         return _finish(client, experiment_id, parent_id, space, opts, uri, started, ended)
 
@@ -208,10 +208,12 @@ def _finish(client: Any, experiment_id: str, parent_id: str, space: SearchSpace,
             opts: Sweep, uri: str, started: float, ended: dict[str, Ended]) -> SweepOutcome:
     from mlflow.entities import Metric
 
-    from pipelines.sweep.closing import close_open_trials
+    from pipelines.sweep.closing import close_open_trials, record_runless_trials
     from pipelines.sweep.report import best_run, child_runs, log_report
 
     close_open_trials(client, child_runs(client, experiment_id, parent_id), ended)
+    record_runless_trials(client, experiment_id, parent_id, opts.name, child_runs(client, experiment_id, parent_id),
+                          ended, tuple(p.name for p in space.params))
     runs = child_runs(client, experiment_id, parent_id)
     runs = log_report(client, parent_id, runs, space)  # as renamed and described
     best = best_run(runs)

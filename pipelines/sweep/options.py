@@ -69,8 +69,12 @@ class SweepOptions:
         if out.workers_per_trial > 1 and 0 < out.gpus_per_trial < 1:
             raise ConfigError("--gpus-per-trial below 1 is invalid with --workers-per-trial > 1: "
                               "each Ray Train worker takes a whole GPU")
-        if not out.name or "/" in out.name or out.name.startswith("."):
-            raise ConfigError(f"--name {out.name!r} is invalid: must be a plain folder name")
+        if not out.name or any(c in out.name for c in "/'\"\\") or out.name.startswith("."):
+            raise ConfigError(f"--name {out.name!r} is invalid: must be a plain folder name (no quotes)")
+        every, epochs = space.max_value("eval_every"), space.max_value("epochs")
+        if out.scheduler == "asha" and out.grace_period * every > epochs:
+            raise ConfigError(f"--grace-period {out.grace_period} is invalid: {out.grace_period} evals of "
+                              f"eval_every {every} pass the last epoch ({epochs}); at most {max(1, epochs // every)}")
         return out
 
 

@@ -14,10 +14,10 @@ from pipelines.sweep.options import Sweep, SweepOptions
 from pipelines.sweep.space import SearchSpace
 from pipelines.sweep.space_file import load_space
 from pipelines.tracking import names
-from pipelines.tracking.runs import open_run
+from pipelines.tracking.opening import open_run
 from pipelines.tracking.store import environment_tags, share_sweep_view
 
-PARENT_ROLE = "parent"
+PARENT_ROLE = names.SWEEP_PARENT
 
 
 def create_parent(client: Any, experiment_id: str, space: SearchSpace,

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pipelines.sweep.naming import differing, trial_name
+from pipelines.sweep.naming import differing, number_of, trial_name
 from pipelines.sweep.notes import parent_note, trial_note
 from pipelines.sweep.space import SearchSpace
 from pipelines.tracking import names
@@ -134,12 +134,19 @@ def log_report(client: Any, parent_run_id: str, runs: list[Any], space: SearchSp
 
 
 def name_trials(client: Any, runs: list[Any], space: SearchSpace) -> list[Any]:
-    """Rename each trial to its number (in start order) and the sampled values that differ
-    across trials; returns the runs as renamed."""
-    runs = sorted(runs, key=lambda r: r.info.start_time)
+    """Rename each trial to its number and the sampled values that differ across trials
+    (at most MAX_NAME characters, naming.py); returns the runs as renamed.
+
+    The numbers the trials were given at start are kept when no two share one: the
+    console's progress lines named the trials by them. Otherwise (two trials that started
+    at once took the same number) every trial is numbered in start order."""
+    runs = sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))
     values = {r.info.run_id: sampled_params(r, space) for r in runs}
     keep = differing(list(values.values()))
-    for number, r in enumerate(runs, 1):
+    given = [number_of(r.info.run_name) for r in runs]
+    kept = [n for n in given if n is not None]
+    numbers = kept if len(set(kept)) == len(runs) else list(range(1, len(runs) + 1))
+    for number, r in zip(numbers, runs, strict=True):
         name = trial_name(number, values[r.info.run_id], keep)
         if name != r.info.run_name:
             client.update_run(r.info.run_id, name=name)

@@ -1,7 +1,7 @@
 """Search spaces as objects: a `Param` (a distribution, maybe conditional) and a
 `SearchSpace` that samples them define-by-run for Optuna, and where the shipped space
-files live (pipelines/sweep/spaces/, package data). Reading and checking a file is
-space_file.py.
+files live (search_spaces/ at the top of the repository, installed next to pipelines/ by
+the wheel). Reading and checking a file is space_file.py.
 """
 
 from __future__ import annotations
@@ -15,7 +15,11 @@ from gan.config import RunConfig, make_config
 if TYPE_CHECKING:
     import optuna
 
-SPACES_DIR = Path(__file__).resolve().parent / "spaces"  # package data: works from any folder
+# The shipped spaces sit next to the `pipelines` package: search_spaces/ beside pipelines/
+# in a checkout (and an editable install), and in site-packages where the wheel puts it
+# (pyproject.toml). One rule for both, and it never picks up a user's own search_spaces/
+# folder in the working directory, so `--space quick` means the same file everywhere.
+SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 
 
 @dataclass(frozen=True)
@@ -102,8 +106,14 @@ class SearchSpace:
 
 
 def resolve_path(name: str | Path) -> Path:
-    """A path as given, else a bare name of a shipped space ('quick', 'default', ...)."""
+    """A path as given (a user's own file), else a bare name of a shipped space ('quick',
+    'default', ...). `search_spaces/NAME.yaml`, the path the README and MLproject write,
+    is the shipped file when no such file is here: it works from an installed wheel too."""
     p = Path(name)
-    if p.exists() or p.suffix or len(p.parts) > 1:
+    if p.exists():
+        return p
+    if len(p.parts) == 2 and p.parts[0] == SPACES_DIR.name and (SPACES_DIR / p.name).is_file():
+        return SPACES_DIR / p.name
+    if p.suffix or len(p.parts) > 1:
         return p
     return SPACES_DIR / f"{name}.yaml"

@@ -1,5 +1,6 @@
 """Search space files: YAML read with size and alias limits, validated into a
-SearchSpace (space.py); shipped() lists the ones in the package for `gan-pipeline spaces`.
+SearchSpace (space.py); shipped() lists the ones in search_spaces/ (installed with the
+package) for `gan-pipeline spaces`.
 
 A space file is data, not code. Its keys are RunConfig field names:
 
@@ -34,7 +35,8 @@ TOP_KEYS = ("description", "sweep", "params")
 
 
 def shipped() -> list[SearchSpace]:
-    """The spaces that ship with the package, by name (their file's stem)."""
+    """The spaces that ship with the package (search_spaces/*.yaml), sorted by name (their
+    file's stem, what `--space NAME` takes)."""
     return [load_space(p) for p in sorted(SPACES_DIR.glob("*.yaml"))]
 
 

@@ -16,11 +16,11 @@ a duplicate. How a trial ends is written on its run:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
-import signal
-import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -31,16 +31,13 @@ import torch
 from gan.callbacks import Callbacks, ForwardingCallbacks
 from gan.config import RunConfig, make_config
 from gan.data import ImageData
-from gan.train import resolve_device, train
-from pipelines.sweep.naming import trial_name
+from gan.train import resolve_device
+from pipelines.sweep.naming import TUNE_NAME_KEY, trial_name
 from pipelines.tracking import names
-from pipelines.tracking.callbacks import MlflowCallbacks, send_offline_writes
-from pipelines.tracking.history import last_eval_step, last_logged_step, latest_checkpoint, logged_grids
-from pipelines.tracking.inputs import log_dataset
-from pipelines.tracking.lease import lease
-from pipelines.tracking.resources import log_eval_share, log_resources, system_metrics
-from pipelines.tracking.runs import diverged_reason, end_early, fail_diverged, finish_run, log_run_config, run_guard
+from pipelines.tracking.resources import log_resources
+from pipelines.tracking.runs import TrackedRun
 from pipelines.tracking.store import client_for, environment_tags
+from pipelines.training.in_process import fit_here
 from pipelines.training.prepare import build_evaluator
 
 
@@ -67,16 +64,18 @@ class TuneCallbacks(ForwardingCallbacks):
     report is where Tune stops a trial, and a trial that has trained its whole budget
     must keep its checkpoint and model even when ASHA ranks it low at that rung."""
 
-    def __init__(self, inner: Callbacks, last_epoch: int, rungs: tuple[int, ...] = ()) -> None:
+    def __init__(self, inner: Callbacks, last_epoch: int, rungs: tuple[int, ...] = (),
+                 first_step: list[float] | None = None, name: str = "") -> None:
         super().__init__(inner)
+        self.name = name  # the run's name, sent with each report for the driver's progress lines
         self.last_epoch, self.rungs = last_epoch, set(rungs)
         self.epoch = 0
         self.last: dict[str, float] = {}
-        self.first_step_at: float | None = None
+        self.first_step = first_step if first_step is not None else []  # when the first step's losses came
 
     def on_metrics(self, rows: list[tuple[int, dict[str, float]]]) -> None:
-        if rows and self.first_step_at is None:
-            self.first_step_at = time.time()
+        if rows and not self.first_step:
+            self.first_step.append(time.time())
         self.inner.on_metrics(rows)
 
     def on_eval(self, epoch: int, step: int, grid: np.ndarray, metrics: dict[str, float]) -> None:
@@ -86,31 +85,28 @@ class TuneCallbacks(ForwardingCallbacks):
                      names.EPOCH: epoch, "step": step}
         if epoch < self.last_epoch:
             # Tune ends a pruned trial by raising SystemExit out of report(): see run_trial.
-            report(self.last)
+            report(self.last, self.name)
 
 
     def wants_eval(self, epoch: int) -> bool:
         return epoch in self.rungs or self.inner.wants_eval(epoch)
+
+    def wrapping(self, inner: Callbacks) -> TuneCallbacks:
+        """This hand-off around the run's own callbacks (fit_here builds those)."""
+        self.inner = inner
+        return self
 
 
 def pruned_reason(epoch: int) -> str:
     return f"tune: stopped by the scheduler after epoch {epoch} (its FID was not competitive)"
 
 
-# Test hook: GAN_PIPELINES_DIE_WHEN_PRUNED=1 makes a trial's process kill -9 itself as Tune
-# stops it, before it closes its run: what a driver killed at that moment leaves behind.
-DIE_WHEN_PRUNED_ENV = "GAN_PIPELINES_DIE_WHEN_PRUNED"
-
-
-def _die_if_asked() -> None:
-    if os.environ.get(DIE_WHEN_PRUNED_ENV):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def report(metrics: dict[str, float]) -> None:
+def report(metrics: dict[str, float], name: str = "") -> None:
+    """Scores to Tune; with the trial's MLflow run name, which the driver's progress lines
+    print (tuning.shown_name), so the console and the runs table name a trial alike."""
     from ray import tune
 
-    tune.report(metrics)
+    tune.report({**metrics, TUNE_NAME_KEY: name} if name else metrics)
 
 
 def find_child(client: Any, ctx: TrialContext, trial_id: str) -> Any | None:
@@ -136,9 +132,14 @@ def open_child(client: Any, ctx: TrialContext, trial_id: str, cfg: RunConfig,
         return run.info.run_id, False
     tags = {**environment_tags(cfg.dataset, device), names.PARENT_RUN: ctx.parent_run_id,
             names.TRIAL_ID: trial_id, names.SWEEP_NAME: ctx.sweep_name, **node}
-    started = client.search_runs([ctx.experiment_id], f"tags.`{names.PARENT_RUN}` = '{ctx.parent_run_id}'",
-                                 max_results=10_000)
-    run = client.create_run(ctx.experiment_id, run_name=trial_name(len(started) + 1, sampled), tags=tags)
+    run = client.create_run(ctx.experiment_id, run_name=trial_name(0, sampled), tags=tags)
+    # Its number is its place among the sweep's trials in start order (the order the report
+    # keeps), counted once it exists: two trials that start at once do not share a number.
+    siblings = client.search_runs([ctx.experiment_id], f"tags.`{names.PARENT_RUN}` = '{ctx.parent_run_id}'",
+                                  max_results=10_000)
+    order = sorted((r.info.start_time, r.info.run_id) for r in siblings)
+    number = order.index((run.info.start_time, run.info.run_id)) + 1
+    client.update_run(run.info.run_id, name=trial_name(number, sampled))
     return run.info.run_id, True
 
 
@@ -162,10 +163,20 @@ def cached_evaluator(cfg: RunConfig, data: ImageData, device: torch.device) -> A
     return _EVALUATORS[key]
 
 
+# When Tune reuses this actor for the next trial, Ray's FunctionTrainable.reset_config waits
+# TUNE_FUNCTION_THREAD_TIMEOUT_S (default 2 s) for this trial's thread to end. A pruned trial
+# is still closing its run then (losses, lease, GIF, KILLED); if the wait runs out, Ray errors
+# the *next* trial before its function runs: no run, no retry, and its concurrency slot is
+# never given back (a 40-trial sweep recorded 39 runs). Ray reads it in this process at each
+# reuse, so a trial sets it for its own actor, on a local Ray and on a cluster alike.
+REUSE_WAIT_ENV, REUSE_WAIT_S = "TUNE_FUNCTION_THREAD_TIMEOUT_S", 300
+
+
 def run_trial(config: dict[str, Any], data: ImageData, ctx: TrialContext) -> None:
     """The Tune function trainable of a sweep (bound with tune.with_parameters)."""
     from ray import tune
 
+    os.environ[REUSE_WAIT_ENV] = str(REUSE_WAIT_S)
     started = time.time()
     trial_id = tune.get_context().get_trial_id()
     cfg = make_config(config)
@@ -181,58 +192,91 @@ def run_trial(config: dict[str, Any], data: ImageData, ctx: TrialContext) -> Non
     device = resolve_device(cfg.device)
     client = client_for(ctx.tracking_uri)
     run_id, fresh = open_child(client, ctx, trial_id, cfg, str(device), sampled)
-    state, floor, eval_floor, frames = None, 0, 0, []
-    if not fresh:  # a resumed sweep restarted this trial: continue its run, no duplicate
-        send_offline_writes(client, run_id)  # what it trained here while the server was away
-        with tempfile.TemporaryDirectory() as tmp:
-            state = latest_checkpoint(client, run_id, tmp)
-            frames = logged_grids(client, run_id, tmp) if state else []
-        floor = last_logged_step(client, run_id)  # steps the run holds are not written twice
-        eval_floor = last_eval_step(client, run_id)  # an eval a kill interrupted is redone
-        if state is not None:
-            cfg = make_config(state["config"])
-            client.set_tag(run_id, names.TRIAL_RESUMED_FROM_STEP, str(state["step"]))
-    tracking = MlflowCallbacks(client, run_id, floor=floor, eval_floor=eval_floor, frames=frames, cfg=cfg,
-                               image_shape=data.shape)
-    to_tune = TuneCallbacks(tracking, cfg.epochs, ctx.rungs)
-    pruned = False
-    with run_guard(client, run_id):
-        if fresh or state is None:
-            log_run_config(client, run_id, cfg, {"world_size": 1, "device_type": str(device),
-                                                 "num_workers": 1, names.TRIAL_ID: trial_id}, omit=inactive)
-            log_dataset(client, run_id, cfg.dataset, data)
-        try:
-            # The lease keeps `train --resume` off a trial that is training. Not checked here:
-            # Tune restarting this trial after its node died must not wait out the dead lease.
-            with system_metrics(run_id, ctx.tracking_uri, resumed=not fresh), lease(client, run_id):
-                result = train(cfg, data, to_tune, evaluator=cached_evaluator(cfg, data, device),
-                               resume=state, device=device, progress=False)
-                tracking.settle()  # all sent, or (server away) a bounded wait, then TrackingLost
-                log_eval_share(client, run_id, result.seconds)
-        except SystemExit:  # Tune stopped this trial (ASHA pruned it, or the sweep ended)
-            tracking.flush()  # its last losses land before the run closes
-            _die_if_asked()
-            pruned = True
+    name = client.get_run(run_id).info.run_name
+    first_step: list[float] = []
+
+    def resources() -> None:
         log_resources(client, run_id, started, ctx.cpus_per_trial, ctx.gpus_per_trial)
-        if to_tune.first_step_at is not None:
-            client.set_tag(run_id, names.TRIAL_SECONDS_TO_FIRST_STEP,
-                           f"{to_tune.first_step_at - started:.2f}")
-    if pruned:
-        # Quick: a reused actor waits only ~2 s for this thread before it gives up on it.
-        end_early(client, run_id, tracking.frames, pruned_reason(to_tune.epoch))
-        raise SystemExit(0)
-    if result.diverged:  # the health guard stopped it: FAILED, no final model; the sweep goes on
-        assert result.stopped is not None
-        fail_diverged(client, run_id, tracking.frames, result.stopped)
-        report({names.FID: math.nan, names.BEST_FID: to_tune.last.get(names.BEST_FID, math.nan),
-                names.EPOCH: result.epochs_done, "step": result.step, "stopped": 1})
-        return None
-    with run_guard(client, run_id):
-        finish_run(client, run_id, cfg, result.generator, tracking.frames, data.shape,
-                   epoch=result.epochs_done, step=result.step)
-    final = to_tune.last or _logged_scores(client, run_id)  # resumed after its last epoch: logged
-    report({**final, names.EPOCH: result.epochs_done, "step": result.step})
+        if first_step:
+            client.set_tag(run_id, names.TRIAL_SECONDS_TO_FIRST_STEP, f"{first_step[0] - started:.2f}")
+
+    # The lease keeps `train --resume` off a trial that is training; taken without a check:
+    # Tune restarting this trial after its node died must not wait out the dead lease.
+    with TrackedRun(client, run_id, fresh=fresh, prunable=True, before_close=resources) as run:
+        run.start(cfg, {"world_size": 1, "device_type": str(device), "num_workers": 1,
+                        names.TRIAL_ID: trial_id}, data, omit=inactive)
+        restored = run.restore()  # a resumed sweep restarted this trial: continue its run
+        if restored.state is not None:
+            cfg = make_config(restored.state["config"])
+            client.set_tag(run_id, names.TRIAL_RESUMED_FROM_STEP, str(restored.state["step"]))
+        to_tune = TuneCallbacks(Callbacks(), cfg.epochs, ctx.rungs, first_step, name)
+        run.pruned_reason = lambda: pruned_reason(to_tune.epoch)  # Tune stops it in report()
+        result = fit_here(run, cfg, data, restored, cached_evaluator(cfg, data, device), wrap=to_tune.wrapping)
+        if run.close(result, cfg, data.shape) is None:  # diverged: FAILED, no model; the sweep goes on
+            report({names.FID: math.nan, names.BEST_FID: to_tune.last.get(names.BEST_FID, math.nan),
+                    names.EPOCH: result.epochs_done, "step": result.step, "stopped": 1}, name)
+            return None
+        final = to_tune.last or _logged_scores(client, run_id)  # resumed after its last epoch: logged
+        report({**final, names.EPOCH: result.epochs_done, "step": result.step}, name)
     return None
+
+
+class TuneStopWatch:
+    """A distributed trial's ear for Tune's stop. Its workers report through this actor's
+    main thread (TuneReportCallback's queue), so Tune's stop never raises in the thread
+    running fit(): this watch sees the session's stop, asks the workers to end after
+    their epoch (the run's STOP_REQUESTED tag, read by rank 0, agreed by all ranks), and
+    drains the report queue nobody reads any more so the Train run can finish. The trial
+    then closes its run as pruned."""
+
+    POLL_S = 0.5
+
+    def __init__(self, client: Any, run_id: str, reason: Any) -> None:
+        from ray.train._internal.session import get_session
+
+        self.client, self.run_id, self.reason = client, run_id, reason
+        self.session = get_session()
+        self.stopped = False
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True, name=f"tune-stop-{run_id[:8]}")
+
+    def __enter__(self) -> TuneStopWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=5)
+
+    def _watch(self) -> None:
+        while not self._done.wait(self.POLL_S):
+            if self.session is None:
+                return
+            if not self.stopped and self.session.stop_event.is_set():
+                self.stopped = True
+                with contextlib.suppress(Exception):  # the workers then run to their end
+                    self.client.set_tag(self.run_id, names.STOP_REQUESTED, self.reason())
+            if self.stopped:
+                self._drain()
+
+    def _drain(self) -> None:
+        queue = getattr(self.session, "_inter_actor_queue", None)  # Ray's own: no public handle
+        if queue is None:
+            return
+        with contextlib.suppress(Exception):  # Empty ends it; a queue actor gone too
+            while True:
+                queue.get_nowait()
+
+
+def tune_stopped() -> bool:
+    """Whether Tune has stopped this trial. A distributed trial's workers report to Tune
+    through its actor's main thread, so Tune's stop ends that actor (and the Train run it
+    owns) rather than raising in the thread that runs fit(): fit() then fails, and that
+    failure is a prune, not a crash. (Ray's own session object: no public API says it.)"""
+    from ray.train._internal.session import get_session
+
+    session = get_session()
+    return session is None or session.stop_event.is_set()
 
 
 def _logged_scores(client: Any, run_id: str) -> dict[str, float]:
@@ -243,13 +287,12 @@ def _logged_scores(client: Any, run_id: str) -> dict[str, float]:
 def _run_distributed_trial(cfg: RunConfig, data: ImageData, ctx: TrialContext,
                            trial_id: str, sampled: dict[str, Any], inactive: tuple[str, ...]) -> None:
     """N Ray Train workers for this trial (Train V2 inside Tune): trainer.fit() here, the
-    workers' reports forwarded to Tune by TuneReportCallback."""
+    workers' reports forwarded to Tune by TuneReportCallback. The same lifecycle as every
+    run: this trial's process owns the run, its rank 0 writes into it."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from gan.checkpoint import load_checkpoint
     from pipelines.distributed.options import RayOptions, run_params, worker_config
-    from pipelines.distributed.trainer import final_generator, make_trainer
-    from pipelines.distributed.worker import checkpoint_file
+    from pipelines.distributed.trainer import fit_run
 
     opts = RayOptions(workers=ctx.workers_per_trial, gpu=ctx.gpus_per_trial > 0,
                       cpus_per_worker=max(1, int(ctx.cpus_per_trial)), storage_path=ctx.storage_path)
@@ -259,30 +302,26 @@ def _run_distributed_trial(cfg: RunConfig, data: ImageData, ctx: TrialContext,
     client = client_for(ctx.tracking_uri)
     run_id, fresh = open_child(client, ctx, trial_id, cfg, f"{opts.workers}x{'cuda' if opts.gpu else 'cpu'}", sampled)
     started = time.time()
-    with run_guard(client, run_id):
-        if fresh:
-            log_run_config(client, run_id, cfg, {**run_params(opts), names.TRIAL_ID: trial_id}, omit=inactive)
-            log_dataset(client, run_id, cfg.dataset, data)
-        loop_config = {"cfg": cfg.to_dict(), "tracking_uri": ctx.tracking_uri, "run_id": run_id,
-                       "threads": opts.cpus_per_worker, "fail_once": None}
-        trainer = make_trainer(opts, loop_config, f"gan-{run_id}")
-        # make_trainer builds the Train RunConfig; the Tune hand-off is this sweep's business.
-        callbacks: list[Any] = [*(trainer.run_config.callbacks or []), TuneReportCallback()]
-        trainer.run_config.callbacks = callbacks
-        result = trainer.fit()  # rank 0 samples the run's system metrics (distributed.worker)
-        log_resources(client, run_id, started, ctx.cpus_per_trial * opts.workers,
-                      ctx.gpus_per_trial * opts.workers)
-        with tempfile.TemporaryDirectory() as tmp:
-            frames = logged_grids(client, run_id, tmp)
-        reason = diverged_reason(client, run_id)  # rank 0 wrote it when the guard stopped the loop
-        if reason:
-            fail_diverged(client, run_id, frames, reason)
+
+    def resources() -> None:
+        log_resources(client, run_id, started, ctx.cpus_per_trial * opts.workers, ctx.gpus_per_trial * opts.workers)
+
+    def last_epoch() -> int:
+        return int(client.get_run(run_id).data.metrics.get(names.EPOCH, 0))
+
+    with TrackedRun(client, run_id, fresh=fresh, prunable=True, before_close=resources) as run:
+        run.start(cfg, {**run_params(opts), names.TRIAL_ID: trial_id}, data, omit=inactive)
+        run.restore(checkpoint=False)  # Ray Train restores its own checkpoint (same name, same storage)
+        run.pruned_reason = lambda: pruned_reason(last_epoch())
+        with TuneStopWatch(client, run_id, run.pruned_reason) as tune_stop:
+            try:  # rank 0 samples the run's system metrics (distributed.worker)
+                result = fit_run(run.handle(ctx.tracking_uri), cfg, opts, data.shape,
+                                 callbacks=[TuneReportCallback()])
+            except Exception:
+                if tune_stop.stopped or tune_stopped():  # Tune ended this trial's actor, and its Train run
+                    raise SystemExit(0) from None
+                raise
+        if tune_stop.stopped:  # the workers stopped at an epoch's end, as Tune asked: pruned
+            raise SystemExit(0)
+        if run.close(result, cfg, data.shape) is None:
             report({names.FID: math.nan, names.EPOCH: cfg.epochs, "stopped": 1})
-            return
-        if result.checkpoint is None:
-            raise RuntimeError("the trial's workers finished without reporting a checkpoint")
-        with result.checkpoint.as_directory() as folder:
-            state = load_checkpoint(checkpoint_file(folder))
-        generator = final_generator(cfg, data.shape, state)
-        finish_run(client, run_id, cfg, generator, frames, data.shape,
-                   epoch=int(state["epoch"]), step=int(state["step"]))

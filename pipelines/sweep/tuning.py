@@ -1,6 +1,6 @@
 """How Tune runs a sweep's trials: the Optuna searcher (TPE or random, seeded), the ASHA
 scheduler on the FID-style score, the trainable with its resources, the progress line
-per finished trial, and short trial folder names."""
+per finished trial (named as in MLflow), and short trial folder names."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import math
 import sys
 from typing import Any
 
+from pipelines.sweep.naming import TUNE_NAME_KEY
 from pipelines.sweep.options import METRIC, MODE, Sweep
 from pipelines.sweep.space import SearchSpace
 from pipelines.tracking import names
@@ -55,9 +56,12 @@ def make_scheduler(space: SearchSpace, opts: Sweep) -> Any:
 
 
 def rung_epochs(space: SearchSpace, opts: Sweep) -> tuple[int, ...]:
-    """The epochs where ASHA compares trials (grace * 2^k below max_t, as Ray's ASHA
-    places them): a trial scores there whatever its eval budget, so pruning keeps its
-    signal (TuneCallbacks.wants_eval)."""
+    """The epochs where ASHA compares trials: a trial scores there whatever its eval
+    budget and eval_every, so pruning keeps its signal (TuneCallbacks.wants_eval).
+
+    Ray's ASHA places milestones at grace * rf^k up to max_t inclusive; one at max_t
+    never judges a trial (max_t is one past the last epoch), so it is left out. The
+    tests drive Ray's scheduler to check these are the epochs where it stops a bad trial."""
     if opts.scheduler == "none":
         return ()
     grace, max_t = _asha_bounds(space, opts)
@@ -83,20 +87,30 @@ def make_trainable(data: Any, ctx: Any, opts: Sweep) -> Any:
 
 
 def progress_callback() -> Any:
-    """One line per finished trial on the driver's stderr."""
+    """One line per finished trial on the driver's stderr, naming the trial as MLflow does."""
     from ray.tune import Callback
 
     class Progress(Callback):
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             r = trial.last_result or {}
             fid = r.get(METRIC, math.nan)
-            print(f"  trial {trial.trial_id}: epoch {r.get('epoch', 0)}, FID {fid:.2f} "
+            print(f"  {shown_name(trial)}: epoch {r.get('epoch', 0)}, FID {fid:.2f} "
                   f"({sum(t.status == 'TERMINATED' for t in trials)} done)", file=sys.stderr)
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            print(f"  trial {trial.trial_id}: error (see its MLflow run)", file=sys.stderr)
+            print(f"  {shown_name(trial)}: error (see its MLflow run)", file=sys.stderr)
 
     return Progress()
+
+
+def shown_name(trial: Any) -> str:
+    """The trial's MLflow run name (`t04 dcgan hinge lr_g=3e-4`) as the trial reported it
+    to Tune (naming.TUNE_NAME_KEY), so a console line finds its run in the runs table.
+    The name comes from the trial itself: only it knows the number its run was given.
+    Tune's id (`trial def7caf8`) for a trial that reported no name (it failed before its
+    first eval, or its Ray Train workers report for it)."""
+    name = (trial.last_result or {}).get(TUNE_NAME_KEY)
+    return str(name) if name else f"trial {trial.trial_id}"
 
 
 def trial_dirname(trial: Any) -> str:

@@ -1,11 +1,12 @@
 """MLflow tracking: everything that reads or writes the tracking store.
 
 Owns: the store (which one, probed and named for every process: store.py), the private
-`mlflow server` a sweep runs in front of sqlite (server.py), a run's lifecycle (open,
-guard, finish: runs.py), its one owner (lease.py), what the training loop writes into a
-run (callbacks.py; sample grids and the GIF: pictures.py) and, while the server is away,
-keeps on local disk and sends once it is back (delivery.py, outage.py, outbox.py), what
-it reads back on resume (history.py), the generator's MLflow model format
+`mlflow server` a sweep runs in front of sqlite (server.py), which run a command trains
+into (opening.py), a run's lifecycle, the same object in every mode (lease, record,
+restore, callbacks, settle, close exactly one way: runs.py), its one owner (lease.py),
+what the training loop writes into a run (callbacks.py; sample grids and the GIF:
+pictures.py) and, while the server is away, keeps on local disk and sends once it is
+back (delivery.py, outage.py, outbox.py), what it reads back on resume (history.py), the generator's MLflow model format
 (generator_model.py), and every tag, metric and artifact name (names.py).
 
 Must not import: pipelines.training, .distributed, .sweep, .registry, .cli (it is the

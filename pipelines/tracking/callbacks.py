@@ -33,7 +33,7 @@ from gan.sampling import fixed_latents, generate, image_grid
 from pipelines.errors import TrackingError, TrackingLost
 from pipelines.tracking import names
 from pipelines.tracking.delivery import Delivery
-from pipelines.tracking.models import BEST, FINAL, drop_role, log_model, model_with_role, run_models
+from pipelines.tracking.models import BEST, FINAL, drop_role, log_model, model_with_role
 from pipelines.tracking.outbox import Outbox
 from pipelines.tracking.pictures import upscale
 
@@ -50,12 +50,18 @@ class MlflowCallbacks(Delivery, Callbacks):
     and final generators as LoggedModels (tracking.models), each eval's metrics carrying
     the model_id of the generator that earned them, and prunes old checkpoints to
     cfg.keep_checkpoints plus the best eval's.
+
+    `owner` is the lease holder (tracking.lease) to compare against after an outage, when
+    the callbacks are built before the lease is taken; `lease` (a Lease or LeaseWatch)
+    stops every write with TrackingLost once another process took the run over.
     """
 
     def __init__(self, client: Any, run_id: str, rank: int = 0, floor: int = 0,
                  frames: list[tuple[int, np.ndarray]] | None = None, cfg: RunConfig | None = None,
-                 image_shape: tuple[int, ...] | None = None, eval_floor: int | None = None) -> None:
+                 image_shape: tuple[int, ...] | None = None, eval_floor: int | None = None, *,
+                 owner: str | None = None, lease: Any = None) -> None:
         self.client, self.run_id, self.rank, self.floor = client, run_id, rank, floor
+        self.lease = lease
         # evals resume from their own floor: one a kill interrupted (losses logged, eval not) is redone
         self.eval_floor = floor if eval_floor is None else eval_floor
         self.frames: list[tuple[int, np.ndarray]] = list(frames or [])
@@ -64,7 +70,7 @@ class MlflowCallbacks(Delivery, Callbacks):
         self.started = floor > 0  # a fresh run logs its untrained generator's grid at step 0
         self.best_epoch: int | None = None
         self.step = floor
-        self._init_delivery()
+        self._init_delivery(owner)
         if floor and cfg is not None and rank == 0:  # a resumed run: its best so far
             best = model_with_role(client, run_id, BEST)
             self.best_epoch = int(best.tags.get(names.MODEL_EPOCH, 0)) if best else None
@@ -74,6 +80,7 @@ class MlflowCallbacks(Delivery, Callbacks):
         rows = [(s, r) for s, r in rows if s > self.floor]
         if self.rank != 0 or not rows:
             return
+        self._check_lease()
         self.step = rows[-1][0]
         if not self.started:
             self.started = True
@@ -91,6 +98,7 @@ class MlflowCallbacks(Delivery, Callbacks):
     def on_scored(self, epoch: int, step: int, generator: nn.Module, improved: bool, final: bool) -> None:
         if self.rank != 0 or step <= self.eval_floor or self.cfg is None or self.image_shape is None:
             return
+        self._check_lease()
         if improved:
             self.best_epoch = epoch
         if improved or final:
@@ -100,6 +108,7 @@ class MlflowCallbacks(Delivery, Callbacks):
     def on_eval(self, epoch: int, step: int, grid: np.ndarray, metrics: dict[str, float]) -> None:
         if self.rank != 0 or step <= self.eval_floor:
             return
+        self._check_lease()
         big = upscale(grid)
         self.frames.append((step, big))
         self._deliver({"kind": "eval", "epoch": epoch, "step": step, "grid": big, "ts": _now_ms(),
@@ -108,6 +117,7 @@ class MlflowCallbacks(Delivery, Callbacks):
     def on_checkpoint(self, epoch: int, step: int, state: dict[str, Any]) -> None:
         if self.rank != 0 or step < self.floor:
             return
+        self._check_lease()
         with tempfile.TemporaryDirectory(prefix="gan-ckpt-") as tmp:
             self.log_checkpoint(save_checkpoint(state, Path(tmp) / checkpoint_name(epoch)), step)
 
@@ -125,10 +135,10 @@ class MlflowCallbacks(Delivery, Callbacks):
         elif kind == "scored":
             self._send_scored(event["epoch"], event["step"], event["generator"], event["improved"], event["final"])
         elif kind == "grid":
-            self._send_grid(event["epoch"], event["step"], event["grid"])
+            self._send_grid(event["epoch"], event["step"], event["grid"], image=not event.get("image_there"))
         elif kind == "eval":
             self._send_eval(event["epoch"], event["step"], event["grid"], event["metrics"],
-                            event.get("ts") or _now_ms())
+                            event.get("ts") or _now_ms(), image=not event.get("image_there"))
         elif kind == "checkpoint" and Path(event["path"]).exists():  # else dropped by retention
             self._send_checkpoint(Path(event["path"]))
 
@@ -145,17 +155,18 @@ class MlflowCallbacks(Delivery, Callbacks):
         model_id = log_model(self.client, self.run_id, self.cfg, generator, self.image_shape,
                              role=",".join(roles), epoch=epoch, step=step)
         self.model_at = (step, model_id)
-        if final:  # an extended run's earlier final generator is final no more
+        # A run keeps one model per role: an extended run's earlier final generator is final
+        # no more, and the best it replaces (maybe "best,final") keeps only its other role.
+        if final:
             drop_role(self.client, self.run_id, FINAL, keep=model_id)
         if improved:
-            for old in run_models(self.client, self.run_id):  # a run keeps one best model
-                if old.model_id != model_id and old.tags.get(names.MODEL_ROLE) == BEST:
-                    self.client.delete_logged_model(old.model_id)
+            drop_role(self.client, self.run_id, BEST, keep=model_id)
 
-    def _send_eval(self, epoch: int, step: int, big: np.ndarray, metrics: dict[str, float], ts: int) -> None:
+    def _send_eval(self, epoch: int, step: int, big: np.ndarray, metrics: dict[str, float], ts: int,
+                   image: bool = True) -> None:
         from mlflow.entities import Metric
 
-        self._send_grid(epoch, step, big)
+        self._send_grid(epoch, step, big, image=image)
         values = {**metrics, names.EPOCH: float(epoch), **self._kimg(step)}
         # Scores of a generator kept as a LoggedModel are linked to it: the Models tab and
         # search_logged_models rank models by their own numbers.
@@ -163,8 +174,11 @@ class MlflowCallbacks(Delivery, Callbacks):
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, step, model_id=model_id)
                                                     for k, v in values.items()])
 
-    def _send_grid(self, epoch: int, step: int, big: np.ndarray) -> None:
-        self.client.log_image(self.run_id, big, key=names.GRID_KEY, step=step)
+    def _send_grid(self, epoch: int, step: int, big: np.ndarray, image: bool = True) -> None:
+        """image=False: the run already holds this step's image (a replay), only the
+        grids/epoch_NNN.png copy is written again (same name: it overwrites)."""
+        if image:
+            self.client.log_image(self.run_id, big, key=names.GRID_KEY, step=step)
         from PIL import Image
 
         with tempfile.TemporaryDirectory(prefix="gan-grid-") as tmp:

@@ -15,6 +15,7 @@ import os
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -24,6 +25,7 @@ from gan.config import RunConfig
 from gan.train import STEP_METRICS
 from pipelines.errors import TrackingError, TrackingLost
 from pipelines.tracking import names
+from pipelines.tracking.history import _GRID_FILE
 from pipelines.tracking.models import run_models
 from pipelines.tracking.outage import Outage
 from pipelines.tracking.outbox import Outbox
@@ -45,18 +47,33 @@ class Delivery:
     image_shape: tuple[int, ...] | None
     best_epoch: int | None
     model_at: tuple[int, str] | None
+    lease: Any  # a Lease or LeaseWatch (tracking.lease): its `lost` stops every write
 
-    def _init_delivery(self) -> None:
+    def _init_delivery(self, owner: str | None = None) -> None:
         self.outage, self.outbox = Outage(self.client.tracking_uri), Outbox(self.run_id)
-        # Whoever holds the run's lease now (this process, or the driver of a Ray Train
-        # run): a different holder after an outage means the run was taken over.
-        self.owner = self.client.get_run(self.run_id).data.tags.get(names.LEASE_OWNER) if self.rank == 0 else None
+        # Who holds the run's lease (this process, or the driver of a Ray Train run): a
+        # different holder after an outage means the run was taken over. Given when the
+        # callbacks are built before the lease is taken; else whoever holds it now.
+        self.owner = (owner or getattr(self.lease, "owner", None) or self._lease_tag()) if self.rank == 0 else None
         # Per-step metrics go out on this run's own thread, so the loop never waits on the
         # server. Not MLflow's async queue: a flush from another thread (a Tune actor
         # reused while the last trial's thread ends) can strand its batches, and a
         # confirmation that never comes would hang the run's end.
         self.sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"metrics-{self.run_id[:8]}")
         self.in_flight: list[tuple[dict, Future]] = []  # metric batches (events) not yet confirmed
+
+    def _lease_tag(self) -> str | None:
+        return self.client.get_run(self.run_id).data.tags.get(names.LEASE_OWNER)
+
+    def _check_lease(self) -> None:
+        """TrackingLost once another process took the run over (the lease saw it): nothing
+        more is written, not even the metric batches still waiting for the sender."""
+        lost = getattr(self.lease, "lost", None) if self.lease is not None else None
+        if lost:
+            for _, future in self.in_flight:
+                future.cancel()
+            self.in_flight = []
+            raise TrackingLost(lost)
 
     def _send(self, event: dict[str, Any]) -> None:
         raise NotImplementedError
@@ -69,6 +86,7 @@ class Delivery:
         bounded wait for it (progress every 10 s); TrackingLost if it does not return."""
         if self.rank != 0:
             return
+        self._check_lease()
         self._confirm(wait=True)
         self.sender.shutdown(wait=False)  # idle now; a reused Ray actor must not collect threads
         if not self.outage.active:
@@ -128,7 +146,14 @@ class Delivery:
         models = {int(m.tags.get(names.MODEL_STEP, -1)): m.model_id for m in run_models(self.client, self.run_id)}
         steps = {key: {m.step for m in self.client.get_metric_history(self.run_id, key)}
                  for key in (STEP_METRICS[0], names.EPOCH)}  # every step: batches may land out of order
-        return {"losses": steps[STEP_METRICS[0]], "evals": steps[names.EPOCH], "models": models}
+        return {"losses": steps[STEP_METRICS[0]], "evals": steps[names.EPOCH], "models": models,
+                "images": self._image_steps()}
+
+    def _image_steps(self) -> set[int]:
+        """The steps of the sample grids the run holds (log_image gives each call a new
+        file, so a grid sent twice would show twice on the run page's slider)."""
+        found = (_GRID_FILE.match(Path(a.path).name) for a in self.client.list_artifacts(self.run_id, names.IMAGES_DIR))
+        return {int(m.group(1)) for m in found if m}
 
     def _unsent(self, event: dict[str, Any], there: dict[str, Any]) -> dict[str, Any] | None:
         """The part of a kept event the server does not hold yet (None: all of it is there)."""
@@ -141,9 +166,12 @@ class Delivery:
         if kind == "scored" and step in there["models"]:
             self.model_at = (step, there["models"][step])  # its eval's scores link to it
             return None
+        if kind in ("grid", "eval") and step in there["images"]:  # an eval's grid landed, its scores not
+            return {**event, "image_there": True}
         return event
 
     def _deliver(self, event: dict[str, Any]) -> None:
+        self._check_lease()
         if self.outage.active and not self.send_kept():
             self._keep(event)
             return

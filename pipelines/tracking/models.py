@@ -3,10 +3,11 @@ one object: the Models tab and `mlflow.search_logged_models(order_by=metrics.fid
 generators by their own scores, and promote registers exactly the model it ranked.
 
 A run keeps two: `generator-best` (replaced each time an eval improves the run's best
-FID; the one it replaces is deleted) and `generator` (the final one, so
-runs:/RUN_ID/generator still names it). When the last eval is also the best, one model
-carries both roles. Each model holds the run's params and tags saying what it was scored
-on (dataset, image size, backbone, sample count), so only comparable models compete.
+FID; the one it replaces loses the role, and is deleted when it holds no other) and
+`generator` (the final one, so runs:/RUN_ID/generator still names it). When the last
+eval is also the best, one model carries both roles. Each model holds the run's params
+and tags saying what it was scored on (dataset, image size, backbone, sample count), so
+only comparable models compete.
 """
 
 from __future__ import annotations
@@ -74,23 +75,28 @@ def run_models(client: Any, run_id: str) -> list[Any]:
                   key=lambda m: m.creation_timestamp, reverse=True)
 
 
+def roles_of(model: Any) -> list[str]:
+    """A model's roles: its role tag holds one ("best") or both ("best,final")."""
+    return [r for r in model.tags.get(names.MODEL_ROLE, "").split(",") if r]
+
+
 def model_roles(client: Any, run_id: str) -> set[str]:
     """The roles the run's kept models hold: {"best", "final"} for a run that finished."""
-    return {r for m in run_models(client, run_id) for r in m.tags.get(names.MODEL_ROLE, "").split(",") if r}
+    return {r for m in run_models(client, run_id) for r in roles_of(m)}
 
 
 def model_with_role(client: Any, run_id: str, role: str) -> Any | None:
     for m in run_models(client, run_id):
-        if role in m.tags.get(names.MODEL_ROLE, "").split(","):
+        if role in roles_of(m):
             return m
     return None
 
 
 def drop_role(client: Any, run_id: str, role: str, keep: str) -> None:
-    """Take `role` from the run's other models (an extended run's old final one); a model
-    left with no role is deleted."""
+    """Take `role` from the run's other models (an extended run's old final one, the best
+    a better one replaces); a model left with no role is deleted."""
     for m in run_models(client, run_id):
-        roles = [r for r in m.tags.get(names.MODEL_ROLE, "").split(",") if r]
+        roles = roles_of(m)
         if m.model_id == keep or role not in roles:
             continue
         rest = [r for r in roles if r != role]
@@ -101,6 +107,6 @@ def drop_role(client: Any, run_id: str, role: str, keep: str) -> None:
 
 
 def add_role(client: Any, model: Any, role: str) -> None:
-    roles = [r for r in model.tags.get(names.MODEL_ROLE, "").split(",") if r]
+    roles = roles_of(model)
     if role not in roles:
         client.set_logged_model_tags(model.model_id, {names.MODEL_ROLE: ",".join([*roles, role])})

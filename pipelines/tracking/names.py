@@ -31,7 +31,9 @@ RAY_RESTORED_FROM_STEP = "ray.restored_from_step"
 
 # sweeps: the parent run and its trials
 SWEEP_NAME = "sweep_name"
-SWEEP_ROLE = "sweep.role"  # "parent" on the sweep's own run
+SWEEP_ROLE = "sweep.role"  # SWEEP_PARENT on the sweep's own run
+SWEEP_PARENT = "parent"
+STOP_REQUESTED = "gan.stop_requested"  # a distributed trial's driver asks its Ray Train workers to stop
 SWEEP_STORAGE = "sweep.storage"  # the Tune experiment folder (for --resume)
 SWEEP_LOST = "sweep.lost"
 TRIAL_ID = "tune_trial_id"  # also logged as a param of each trial

@@ -8,6 +8,10 @@ event; arrays and weights in files beside it) and `sent` (how many events alread
 reached the server: a replay interrupted by a second outage resumes after them, so no
 step is logged twice). Nothing here is unpickled: grids are PNGs, weights load with
 weights_only, the rest is JSON.
+
+A kill while an event is appended leaves a torn last line: that event never happened
+(its callback never returned), so reading skips it, with a warning, and the next append
+cuts it off first. A torn line before others is damage, not a kill, and an error.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +30,7 @@ from torch import nn
 
 from gan.checkpoint import checkpoint_name
 from gan.metrics.base import cache_root
+from pipelines.errors import TrackingError
 
 OFFLINE_DIR = "offline"
 
@@ -39,9 +45,11 @@ class Outbox:
 
     def __init__(self, run_id: str) -> None:
         self.run_id, self.dir = run_id, outbox_dir(run_id)
+        self.log = self.dir / "events.jsonl"
+        self._said_torn = False
 
     def exists(self) -> bool:
-        return (self.dir / "events.jsonl").exists()
+        return self.log.exists()
 
     def open(self, cfg: dict[str, Any] | None, image_shape: tuple[int, ...] | None, reason: str) -> None:
         """Start (or continue) spooling: record this process as the writer."""
@@ -88,7 +96,8 @@ class Outbox:
             name = checkpoint_name(int(event["epoch"]))
             shutil.copyfile(event["path"], self.dir / name)
             line["path"] = name
-        with open(self.dir / "events.jsonl", "a") as f:
+        self._cut_torn_tail()
+        with open(self.log, "a") as f:
             f.write(json.dumps(line) + "\n")
             f.flush()
             os.fsync(f.fileno())
@@ -96,10 +105,8 @@ class Outbox:
     def pending(self, build_generator: Any = None) -> list[dict[str, Any]]:
         """The events not yet sent, payloads loaded back. build_generator() makes an empty
         generator of the run's architecture for a kept state dict."""
-        lines = (self.dir / "events.jsonl").read_text().splitlines()
         events = []
-        for raw in lines[self.sent():]:
-            event = json.loads(raw)
+        for event in self._events()[self.sent():]:
             if "grid" in event:
                 from PIL import Image
 
@@ -116,15 +123,63 @@ class Outbox:
         return events
 
     def sent(self) -> int:
+        """How many events already reached the server (never more than are kept; an
+        unreadable count is 0: a replay skips what the server already holds)."""
         path = self.dir / "sent"
-        return int(path.read_text()) if path.exists() else 0
+        try:
+            count = int(path.read_text())
+        except (OSError, ValueError):
+            return 0
+        return max(0, min(count, self.size()))
 
     def mark_sent(self, count: int) -> None:
         _write_atomic(self.dir / "sent", str(count))
 
     def size(self) -> int:
-        path = self.dir / "events.jsonl"
-        return len(path.read_text().splitlines()) if path.exists() else 0
+        """How many whole events are kept (a torn last line is none)."""
+        return len(self._events())
+
+    def _events(self) -> list[dict[str, Any]]:
+        """The kept events as written, without a torn last line (said once)."""
+        if not self.log.exists():
+            return []
+        lines = self.log.read_text().splitlines()
+        events = []
+        for n, raw in enumerate(lines, start=1):
+            try:
+                events.append(json.loads(raw))
+            except json.JSONDecodeError:
+                if n < len(lines):
+                    raise TrackingError(
+                        f"{self.log} line {n} is not a JSON event (only the last line can be torn by a kill): "
+                        "the outbox is damaged; move it aside to go on without what it keeps") from None
+                self._say_torn()
+        return events
+
+    def _cut_torn_tail(self) -> None:
+        """An append after a torn last line would glue onto it: cut it off first (a whole
+        event that lost only its newline gets the newline)."""
+        if not self.log.exists() or self.log.stat().st_size == 0:
+            return
+        with open(self.log, "rb+") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) == b"\n":
+                return
+            f.seek(0)
+            data = f.read()  # rare (a kill mid-append): the whole log is read once
+            cut = data.rfind(b"\n") + 1
+            try:
+                json.loads(data[cut:])
+                f.write(b"\n")
+            except ValueError:
+                self._say_torn()
+                f.truncate(cut)
+
+    def _say_torn(self) -> None:
+        if not self._said_torn:
+            self._said_torn = True
+            print(f"warning: {self.log}: its last event is torn (the process was killed while writing it); "
+                  "it is skipped", file=sys.stderr)
 
     def drop_checkpoints(self, keep: int, also_keep: str | None) -> None:
         """The retention policy, offline: the newest `keep` kept checkpoint files (and the

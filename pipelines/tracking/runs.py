@@ -1,157 +1,283 @@
-"""A run's lifecycle, the same for a local run, a Ray Train run and a sweep trial: open
-(or adopt `mlflow run`'s) run, log the resolved config, guard the training so any
-failure marks the run, finish it with its GIF and generator.
+"""A run's lifecycle, written once for every mode: a local run, a Ray Train run (its
+driver owns the run, its rank 0 writes into it), a sweep trial and a distributed trial.
+
+    with TrackedRun(client, run_id, fresh=...) as run:  # the lease first: one owner
+        run.start(cfg, where, data)          # params, config.yaml, dataset: inside the guard
+        restored = run.restore()             # outbox, newest intact checkpoint, grids,
+                                             # per-kind floors, stale tags cleared
+        tracking = run.tracking(cfg, shape, restored)   # the loop's MLflow callbacks
+        result = ...the one loop, here or on Ray Train workers...
+        run.settle(result)                   # every write sent (or a bounded wait)
+        run.close(result, cfg, shape)        # FINISHED with models, or FAILED (diverged)
+
+Leaving the block any other way closes the run exactly one way: a Tune stop (SystemExit
+in a sweep trial) KILLED as pruned with its reason and GIF; Ctrl-C KILLED; any other
+error FAILED with the error; TrackingLost (the server away, or the run taken over)
+leaves the run as it is. The lease is released at the end, and only its own tags.
+
+A process that writes into a run another process owns (a Ray Train rank 0) gets a
+RunHandle from the owner and enters an AttachedRun: the same restore and callbacks, a
+read-only watch on the owner's lease, and no say over how the run ends.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-from collections.abc import Iterator
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
-from torch import nn
+import numpy as np
 
 from gan.config import RunConfig
+from gan.data import ImageData
 from gan.health import HEALTH_PREFIX
 from pipelines.errors import TrackingError, TrackingLost
 from pipelines.tracking import names
-from pipelines.tracking.lease import check_free
+from pipelines.tracking.callbacks import MlflowCallbacks, send_offline_writes
+from pipelines.tracking.history import (
+    NoIntactCheckpoint,
+    last_eval_step,
+    last_logged_step,
+    latest_checkpoint,
+    logged_grids,
+)
+from pipelines.tracking.inputs import log_dataset
+from pipelines.tracking.lease import Lease, watch_lease
 from pipelines.tracking.models import FINAL, log_model, model_with_role
 from pipelines.tracking.pictures import log_progress_gif
-from pipelines.tracking.store import config_params
+from pipelines.tracking.resources import log_eval_share
+from pipelines.tracking.store import client_for, config_params
+
+Frames = list[tuple[int, np.ndarray]]
 
 
-def find_resumable(client: Any, experiment_id: str, run_id: str | None, extend_to: int | None = None) -> Any:
-    """The run `--resume [RUN_ID]` may continue, by the rules a user can rely on:
+@dataclass
+class Restored:
+    """Where a run continues from: its newest intact checkpoint (None: from the start),
+    the last step of each kind it holds (losses, evals) and its grids so far."""
 
-    - no RUN_ID: the newest unfinished run of the experiment, never a pruned or diverged
-      sweep trial or a sweep's parent (those only by id);
-    - a FINISHED run only with a larger --epochs (`extend_to`), which extends it;
-    - never a run whose lease is fresh (someone is still training it)."""
-    if run_id and run_id != "latest":
+    state: dict[str, Any] | None = None
+    floor: int = 0
+    eval_floor: int = 0
+    frames: Frames = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RunHandle:
+    """What a process needs to write into a run another process owns (picklable)."""
+
+    tracking_uri: str
+    run_id: str
+    owner: str
+
+
+class TrackedRun:
+    """The owner's side of one run. `fresh`: the run was just created (its config and
+    dataset are logged); else it continues (restore). `prunable`: a sweep trial, where a
+    SystemExit is Tune stopping it; `pruned_reason()` then says why. `before_close` runs
+    on every way out (a trial's resource figures)."""
+
+    def __init__(self, client: Any, run_id: str, *, fresh: bool, contested: bool = False,
+                 prunable: bool = False, before_close: Callable[[], None] | None = None) -> None:
+        self.client, self.run_id, self.fresh = client, run_id, fresh
+        self.contested, self.prunable, self.before_close = contested, prunable, before_close
+        self.pruned_reason: Callable[[], str] = lambda: "tune: stopped by the scheduler"
+        self.lease = Lease(client, run_id)
+        self.closed: str | None = None  # the status it was closed with
+        self._tracking: MlflowCallbacks | None = None
+
+    # ---- entering and leaving
+    def __enter__(self) -> TrackedRun:
+        self.lease.take(contested=self.contested)  # before anything reads the run's owner
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: Any) -> None:
+        lost = isinstance(error, TrackingLost)
         try:
-            run = client.get_run(run_id)
-        except Exception:  # noqa: BLE001 - MlflowException for an unknown id
-            raise TrackingError(f"--resume {run_id}: no such MLflow run in this store") from None
-    else:
-        runs = client.search_runs([experiment_id], "attributes.status != 'FINISHED'",
-                                  order_by=["attributes.start_time DESC"], max_results=200)
-        runs = [r for r in runs if _continuable(r)]
-        if not runs:
-            raise TrackingError("--resume: no unfinished run in this experiment to continue (pruned or "
-                                "diverged sweep trials are resumed only by id: --resume RUN_ID)")
-        run = runs[0]
-    if run.data.tags.get(names.SWEEP_ROLE) == "parent":
-        raise TrackingError(f"--resume {run.info.run_id}: it is a sweep's parent run: continue the sweep "
-                            f"with gan-pipeline sweep --resume {run.data.tags.get(names.SWEEP_NAME, '')}")
-    if run.info.status == "FINISHED":
-        done = int(run.data.params.get("epochs", 0))
-        if not extend_to or extend_to <= done:
-            raise TrackingError(f"--resume {run.info.run_id}: the run is FINISHED ({done} epochs): pass "
-                                f"--epochs N with N > {done} to extend it")
-    check_free(run)
-    return run
+            if lost or self.closed:
+                return
+            if error is None:
+                self._close_failed("the run's block ended without closing it")
+            elif isinstance(error, SystemExit) and self.prunable:
+                self.prune(self.pruned_reason())
+            elif isinstance(error, KeyboardInterrupt):
+                self._mark("KILLED", "interrupted by the user")
+            else:
+                self._close_failed(f"{type(error).__name__}: {error}")
+        finally:
+            if lost:  # the store is away or the run someone else's: touch nothing
+                self.lease.stop()
+            else:
+                self.lease.release()
+
+    def handle(self, tracking_uri: str) -> RunHandle:
+        return RunHandle(tracking_uri, self.run_id, self.lease.owner)
+
+    # ---- the steps, in order
+    def start(self, cfg: RunConfig, where: dict[str, Any], data: ImageData, omit: tuple[str, ...] = ()) -> None:
+        """A new run's record: the resolved config (plus where it runs, less `omit`) as
+        params, all of it as config.yaml, and the dataset as an input."""
+        if not self.fresh:
+            return
+        from mlflow.entities import Param
+
+        params = config_params(cfg, where, omit)
+        self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in params.items()])
+        self.client.log_text(self.run_id, cfg.to_yaml(), names.CONFIG_FILE)
+        log_dataset(self.client, self.run_id, cfg.dataset, data)
+
+    def restore(self, *, require_checkpoint: bool = False, checkpoint: bool = True) -> Restored:
+        """Continue where the run's last life stopped: what it kept offline is sent first,
+        then its newest intact checkpoint (a torn newest one falls back to the one before;
+        none intact: FAILED), its grids, each metric kind's floor; its last life's error
+        and stop reason are history. checkpoint=False: the loop restores its own (Ray
+        Train's storage)."""
+        if self.fresh:
+            return Restored()
+        send_offline_writes(self.client, self.run_id)
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                state = latest_checkpoint(self.client, self.run_id, tmp) if checkpoint else None
+            except NoIntactCheckpoint as e:
+                self._mark("FAILED", str(e))
+                raise TrackingError(f"--resume {self.run_id}: {e}; the run is marked FAILED") from None
+            if state is None and require_checkpoint:
+                raise TrackingError(f"--resume: run {self.run_id} has no checkpoint to continue from")
+            frames = logged_grids(self.client, self.run_id, tmp) if state is not None else []
+        run = self.client.get_run(self.run_id)
+        for key in (names.ERROR, names.STOPPED_REASON):
+            if key in run.data.tags:
+                self.client.delete_tag(self.run_id, key)
+        if run.info.status != "RUNNING":
+            self.client.update_run(self.run_id, status="RUNNING")
+        return Restored(state, last_logged_step(self.client, self.run_id),
+                        last_eval_step(self.client, self.run_id), frames)
+
+    def tracking(self, cfg: RunConfig, image_shape: tuple[int, ...], restored: Restored) -> MlflowCallbacks:
+        """The loop's MLflow callbacks, writing as this lease's owner and stopping the run
+        the moment the lease is taken over."""
+        self._tracking = _callbacks(self.client, self.run_id, cfg, image_shape, restored, self.lease.owner,
+                                    self.lease)
+        return self._tracking
+
+    def settle(self, seconds: dict[str, Any]) -> None:
+        """Every write sent, or (server away) a bounded wait then TrackingLost; then what
+        periodic evaluation cost (TrainResult.seconds)."""
+        if self._tracking is not None:
+            self._tracking.settle()
+        log_eval_share(self.client, self.run_id, seconds)
+
+    def close(self, result: Any, cfg: RunConfig, image_shape: tuple[int, ...]) -> str | None:
+        """The end of a run that trained (a TrainResult): FINISHED with its final model
+        (returns its URI), or, when the health guard stopped it, FAILED with the reason
+        (returns None; what it logged and its checkpoints stay, no final model)."""
+        if result.diverged:
+            reason = str(result.stopped)
+            self._before_close()
+            log_progress_gif(self.client, self.run_id, self._frames())
+            self.client.set_tag(self.run_id, names.STOPPED_REASON, reason)
+            self._mark("FAILED", f"diverged: {reason}")
+            return None
+        self._before_close()
+        log_progress_gif(self.client, self.run_id, self._frames())
+        # The final generator was logged at the last eval with its scores; a run without
+        # one (no eval at its end, or resumed past it) logs `generator` now.
+        final = model_with_role(self.client, self.run_id, FINAL)
+        model_id = final.model_id if final else log_model(
+            self.client, self.run_id, cfg, result.generator, image_shape, role=FINAL,
+            epoch=result.epochs_done, step=result.step)
+        if result.stopped:
+            self.client.set_tag(self.run_id, names.STOPPED_REASON, result.stopped)
+        self.client.set_terminated(self.run_id, "FINISHED")
+        self.closed = "FINISHED"
+        return f"models:/{model_id}"
+
+    def prune(self, reason: str) -> None:
+        """Stopped early by Tune: its last losses land, then GIF, reason, KILLED."""
+        if self._tracking is not None:
+            self._tracking.flush()
+        self._before_close()
+        close_early(self.client, self.run_id, self._frames(), reason)
+        self.closed = "KILLED"
+
+    # ---- helpers
+    def _frames(self) -> Frames:
+        if self._tracking is not None:
+            return self._tracking.frames
+        with tempfile.TemporaryDirectory() as tmp:  # the loop ran elsewhere (Ray Train's rank 0)
+            return logged_grids(self.client, self.run_id, tmp)
+
+    def _before_close(self) -> None:
+        if self.before_close is not None:
+            hook, self.before_close = self.before_close, None  # once, whichever way it closes
+            try:
+                hook()
+            except Exception as e:  # noqa: BLE001 - a resource figure never hides how it ended
+                print(f"warning: run {self.run_id}: {e}", file=sys.stderr)
+
+    def _close_failed(self, message: str) -> None:
+        if self._tracking is not None:
+            with contextlib.suppress(Exception):  # the original error matters more
+                self._tracking.flush()  # what the loop logged before the error stays
+        self._before_close()
+        self._mark("FAILED", message)
+
+    def _mark(self, status: str, message: str) -> None:
+        mark_ended(self.client, self.run_id, status, message)
+        self.closed = status
 
 
-def _continuable(run: Any) -> bool:
-    reason = run.data.tags.get(names.STOPPED_REASON, "")
-    return run.data.tags.get(names.SWEEP_ROLE) != "parent" and not reason.startswith(("tune:", "health:"))
+class AttachedRun:
+    """A Ray Train rank 0's side of a run its driver owns: restore (a restarted group
+    sends what its last life kept offline first), callbacks that write as the owner and
+    stop when the owner's lease is lost, settle. How the run ends is the owner's call."""
+
+    def __init__(self, handle: RunHandle) -> None:
+        self.handle = handle
+        self.client = client_for(handle.tracking_uri)
+        self.run_id = handle.run_id
+        self._tracking: MlflowCallbacks | None = None
+        self._watch: Any = None
+
+    def __enter__(self) -> AttachedRun:
+        self._watch = watch_lease(self.client, self.run_id, self.handle.owner)
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: Any) -> None:
+        try:
+            if self._tracking is not None and not isinstance(error, TrackingLost):
+                self._tracking.flush()
+        except Exception:  # noqa: BLE001, S110 - never mask the loop's own error
+            pass
+        finally:
+            self._watch.stop()
+
+    def restore(self) -> Restored:
+        send_offline_writes(self.client, self.run_id)
+        return Restored(None, last_logged_step(self.client, self.run_id), last_eval_step(self.client, self.run_id))
+
+    def tracking(self, cfg: RunConfig, image_shape: tuple[int, ...], restored: Restored) -> MlflowCallbacks:
+        self._tracking = _callbacks(self.client, self.run_id, cfg, image_shape, restored, self.handle.owner,
+                                    self._watch)
+        return self._tracking
+
+    def settle(self, seconds: dict[str, Any]) -> None:
+        if self._tracking is not None:
+            self._tracking.settle()
+        log_eval_share(self.client, self.run_id, seconds)
+
+    def mark_diverged(self, reason: str) -> None:
+        """Every rank stopped at the same step; the driver reads this and fails the run."""
+        self.client.set_tag(self.run_id, names.STOPPED_REASON, reason)
 
 
-def clear_stale_tags(client: Any, run: Any) -> None:
-    """A resumed run starts clean: the error or stop reason of its last life is history."""
-    for key in (names.ERROR, names.STOPPED_REASON):
-        if key in run.data.tags:
-            client.delete_tag(run.info.run_id, key)
-
-
-def adopted_run(client: Any) -> Any | None:
-    """The run `mlflow run` created for this process (MLFLOW_RUN_ID), if any and still open."""
-    run_id = os.environ.get("MLFLOW_RUN_ID")
-    if not run_id:
-        return None
-    try:
-        run = client.get_run(run_id)
-    except Exception:  # noqa: BLE001 - a stale id from another store: ignore it
-        return None
-    return run if run.info.status == "RUNNING" else None
-
-
-def open_run(client: Any, experiment_id: str, run_name: str | None,
-             tags: dict[str, str]) -> tuple[str, str]:
-    """A new run, or under `mlflow run` the project's own run: (run_id, experiment_id)."""
-    project_run = adopted_run(client)
-    if project_run is None:
-        run = client.create_run(experiment_id, run_name=run_name, tags=tags)
-        return run.info.run_id, experiment_id
-    for k, v in tags.items():
-        client.set_tag(project_run.info.run_id, k, v)
-    return project_run.info.run_id, project_run.info.experiment_id
-
-
-@contextlib.contextmanager
-def run_guard(client: Any, run_id: str) -> Iterator[None]:
-    """Any exception inside marks the run KILLED (Ctrl-C) or FAILED (with the error) and
-    propagates; what was logged before it stays."""
-    try:
-        yield
-    except TrackingLost:  # the store is away (or the run someone else's): nothing to mark
-        raise
-    except KeyboardInterrupt:
-        close_run(client, run_id, "KILLED", "interrupted by the user")
-        raise
-    except BaseException as e:
-        close_run(client, run_id, "FAILED", f"{type(e).__name__}: {e}")
-        raise
-
-
-def log_run_config(client: Any, run_id: str, cfg: RunConfig, extra: dict[str, Any],
-                   omit: tuple[str, ...] = ()) -> None:
-    """The resolved config (plus where it ran, less `omit`) as params, and all of it as
-    config.yaml."""
-    from mlflow.entities import Param
-
-    client.log_batch(run_id, params=[Param(k, v) for k, v in config_params(cfg, extra, omit).items()])
-    client.log_text(run_id, cfg.to_yaml(), names.CONFIG_FILE)
-
-
-def finish_run(client: Any, run_id: str, cfg: RunConfig, generator: nn.Module,
-               frames: list[tuple[int, Any]], image_shape: tuple[int, ...], *, epoch: int, step: int,
-               stopped: str | None = None) -> str:
-    """The end of a good run: progress GIF, FINISHED. Returns the final model's URI.
-
-    The final generator was logged at the last eval (MlflowCallbacks.on_scored) with its
-    scores; a run without one (no eval at its end, or resumed past it) logs `generator`."""
-    log_progress_gif(client, run_id, frames)
-    final = model_with_role(client, run_id, FINAL)
-    model_id = final.model_id if final else log_model(client, run_id, cfg, generator, image_shape,
-                                                      role=FINAL, epoch=epoch, step=step)
-    if stopped:
-        client.set_tag(run_id, names.STOPPED_REASON, stopped)
-    client.set_terminated(run_id, "FINISHED")
-    return f"models:/{model_id}"
-
-
-def end_early(client: Any, run_id: str, frames: list[tuple[int, Any]], reason: str) -> None:
-    """A run stopped before its budget (pruned, diverged): GIF, reason, KILLED. Never
-    raises: the caller (a sweep trial) goes on, and the driver closes stale runs."""
-    import sys
-
-    try:
-        log_progress_gif(client, run_id, frames)
-        client.set_tag(run_id, names.STOPPED_REASON, reason)
-        client.set_terminated(run_id, "KILLED")
-    except Exception as e:  # noqa: BLE001
-        print(f"warning: could not close run {run_id}: {e}", file=sys.stderr)
-
-
-def fail_diverged(client: Any, run_id: str, frames: list[tuple[int, Any]], reason: str) -> None:
-    """A run the health guard stopped: GIF, stopped_reason, FAILED. What it logged and its
-    checkpoints (all taken before the divergence was confirmed) stay; no final model."""
-    log_progress_gif(client, run_id, frames)
-    client.set_tag(run_id, names.STOPPED_REASON, reason)
-    close_run(client, run_id, "FAILED", f"diverged: {reason}")
+def _callbacks(client: Any, run_id: str, cfg: RunConfig, image_shape: tuple[int, ...], restored: Restored,
+               owner: str, lease: Any) -> MlflowCallbacks:
+    return MlflowCallbacks(client, run_id, floor=restored.floor, eval_floor=restored.eval_floor,
+                           frames=restored.frames, cfg=cfg, image_shape=image_shape, owner=owner, lease=lease)
 
 
 def diverged_reason(client: Any, run_id: str) -> str | None:
@@ -160,10 +286,41 @@ def diverged_reason(client: Any, run_id: str) -> str | None:
     return reason if reason.startswith(HEALTH_PREFIX) else None
 
 
-def close_run(client: Any, run_id: str, status: str, message: str) -> None:
-    """Mark a run ended without losing what is queued; never mask the original error."""
+def close_early(client: Any, run_id: str, frames: Frames, reason: str) -> None:
+    """A run stopped before its budget by Tune (or closed for a trial whose process
+    died): GIF, reason, KILLED. Never raises: a sweep goes on."""
+    try:
+        log_progress_gif(client, run_id, frames)
+        client.set_tag(run_id, names.STOPPED_REASON, reason)
+        client.set_terminated(run_id, "KILLED")
+    except Exception as e:  # noqa: BLE001
+        print(f"warning: could not close run {run_id}: {e}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def parent_guard(client: Any, run_id: str) -> Iterator[None]:
+    """A sweep's parent run (it trains nothing, holds no lease): any error inside marks
+    it FAILED (Ctrl-C: KILLED) and propagates."""
+    try:
+        yield
+    except TrackingLost:
+        raise
+    except KeyboardInterrupt:
+        mark_ended(client, run_id, "KILLED", "interrupted by the user")
+        raise
+    except BaseException as e:
+        mark_ended(client, run_id, "FAILED", f"{type(e).__name__}: {e}")
+        raise
+
+
+def mark_ended(client: Any, run_id: str, status: str, message: str) -> None:
+    """Mark a run ended with `message` as its error tag; never masks the original error."""
     try:
         client.set_tag(run_id, names.ERROR, message[:5000])
         client.set_terminated(run_id, status)
-    except Exception:  # noqa: BLE001, S110 - the original exception matters more
+    except Exception:  # noqa: BLE001, S110 - the original error matters more
         pass
+
+
+__all__ = ["AttachedRun", "Restored", "RunHandle", "TrackedRun", "close_early", "diverged_reason", "mark_ended",
+           "parent_guard"]

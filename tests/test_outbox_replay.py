@@ -1,0 +1,135 @@
+"""What a run kept on local disk while its tracking server was away, sent later exactly
+once, against a real sqlite MLflow store: a kill mid-append leaves a torn last line that
+a replay skips, every grid and every metric step lands once even when part of it had
+landed before the server went away, and an extended run keeps one best and one final
+generator."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from gan.config import make_config
+from gan.models import build_models
+from pipelines.errors import TrackingError
+from pipelines.tracking import names
+from pipelines.tracking.callbacks import MlflowCallbacks, send_offline_writes
+from pipelines.tracking.history import _GRID_FILE
+from pipelines.tracking.models import run_models
+from pipelines.tracking.outbox import Outbox
+
+SHAPE = (1, 28, 28)
+
+
+@pytest.fixture(autouse=True)
+def cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("GAN_PIPELINES_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def store(tmp_path):
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    run_id = client.create_run(client.create_experiment("offline")).info.run_id
+    return client, run_id
+
+
+def metrics(*steps: int) -> dict:
+    return {"kind": "metrics", "rows": [(s, {"d_loss": float(s), "g_loss": -float(s)}) for s in steps], "ts": 1}
+
+
+def grid(step: int) -> np.ndarray:
+    return np.full((16, 16), step, dtype=np.uint8)
+
+
+def evaluation(epoch: int, step: int) -> dict:
+    return {"kind": "eval", "epoch": epoch, "step": step, "grid": grid(step), "ts": 2,
+            "metrics": {"fid": 100.0 / epoch}}
+
+
+def events_file(outbox: Outbox) -> Path:
+    return outbox.dir / "events.jsonl"
+
+
+def test_a_torn_last_line_is_skipped_with_one_warning(capsys):
+    outbox = Outbox("torn")
+    outbox.open(None, None, "test")
+    outbox.keep(metrics(1))
+    outbox.keep(metrics(2))
+    with open(events_file(outbox), "a") as f:
+        f.write('{"kind": "metrics", "rows": [[3, {"d_lo')  # killed mid-append
+    assert [e["rows"][0][0] for e in outbox.pending()] == [1, 2]
+    assert outbox.size() == 2 and outbox.sent() == 0
+    assert capsys.readouterr().err.count("warning") == 1
+    outbox.keep(metrics(4))  # a later append is its own line, not glued to the torn one
+    assert [e["rows"][0][0] for e in outbox.pending()] == [1, 2, 4]
+    outbox.mark_sent(2)
+    assert outbox.size() == 3 and outbox.sent() == 2
+
+
+def test_a_torn_line_in_the_middle_is_an_error():
+    outbox = Outbox("torn-middle")
+    outbox.open(None, None, "test")
+    good = json.dumps(metrics(1))
+    events_file(outbox).write_text(f"{good}\n{{\"kind\": \"metr\n{good}\n")
+    with pytest.raises(TrackingError, match="line 2"):
+        outbox.pending()
+
+
+def image_steps(client, run_id) -> Counter:
+    found = (_GRID_FILE.match(Path(a.path).name) for a in client.list_artifacts(run_id, names.IMAGES_DIR))
+    return Counter(int(m.group(1)) for m in found if m)
+
+
+def metric_steps(client, run_id, key: str) -> Counter:
+    return Counter(m.step for m in client.get_metric_history(run_id, key))
+
+
+def test_a_replay_sends_every_grid_and_metric_step_exactly_once(store):
+    client, run_id = store
+    outbox = Outbox(run_id)  # as MlflowCallbacks keeps them while the server is away
+    outbox.open(None, None, "test")
+    for event in ({"kind": "grid", "epoch": 0, "step": 0, "grid": grid(0)}, metrics(1, 2, 3), evaluation(1, 3),
+                  metrics(4, 5, 6), evaluation(2, 6)):
+        outbox.keep(event)
+    # What landed before the answers stopped coming: the untrained grid, and the grid of
+    # the first eval (the server died between its grid and its metrics).
+    client.log_image(run_id, grid(0), key=names.GRID_KEY, step=0)
+    client.log_image(run_id, grid(3), key=names.GRID_KEY, step=3)
+
+    send_offline_writes(client, run_id)
+
+    assert image_steps(client, run_id) == Counter({0: 1, 3: 1, 6: 1})
+    assert metric_steps(client, run_id, "d_loss") == Counter(range(1, 7))
+    assert metric_steps(client, run_id, names.EPOCH) == Counter({3: 1, 6: 1})
+    assert metric_steps(client, run_id, "fid") == Counter({3: 1, 6: 1})
+    grids = sorted(Path(a.path).name for a in client.list_artifacts(run_id, names.GRIDS_DIR))
+    assert grids == ["epoch_000.png", "epoch_001.png", "epoch_002.png"]
+    assert not outbox.exists()
+
+
+def roles(client, run_id) -> list[str]:
+    return sorted(r for m in run_models(client, run_id) for r in m.tags[names.MODEL_ROLE].split(","))
+
+
+def test_an_extended_run_keeps_one_best_and_one_final_model(store):
+    client, run_id = store
+    cfg = make_config({"arch": "mlp", "mlp_width": 8, "latent_dim": 16, "device": "cpu"})
+    generator = build_models(cfg, SHAPE)[0]
+    first = MlflowCallbacks(client, run_id, cfg=cfg, image_shape=SHAPE)
+    first.on_scored(1, 10, generator, improved=True, final=False)
+    first.on_scored(2, 20, generator, improved=True, final=True)  # its last eval is its best
+    assert roles(client, run_id) == ["best", "final"]
+
+    extended = MlflowCallbacks(client, run_id, floor=20, cfg=cfg, image_shape=SHAPE)  # --epochs 4
+    extended.on_scored(3, 30, generator, improved=True, final=False)
+    assert roles(client, run_id) == ["best", "final"]
+    assert {m.tags[names.MODEL_ROLE]: int(m.tags[names.MODEL_STEP]) for m in run_models(client, run_id)} == {
+        "best": 30, "final": 20}
+    extended.on_scored(4, 40, generator, improved=False, final=True)
+    assert {m.tags[names.MODEL_ROLE]: int(m.tags[names.MODEL_STEP]) for m in run_models(client, run_id)} == {
+        "best": 30, "final": 40}
