@@ -33,6 +33,10 @@ class Callbacks:
     def on_eval(self, epoch: int, step: int, grid: np.ndarray, metrics: dict[str, float]) -> None:
         """After `epoch` epochs: the fixed-latent sample grid and the eval metrics."""
 
+    def on_grid(self, epoch: int, step: int, grid: np.ndarray) -> None:
+        """After `epoch` epochs, an eval_every epoch the eval budget did not score: the
+        fixed-latent sample grid alone (drawing it takes no random numbers from training)."""
+
     def on_checkpoint(self, epoch: int, step: int, state: dict[str, Any]) -> None:
         """A full-state checkpoint after `epoch` epochs (see gan.checkpoint)."""
 
@@ -62,6 +66,9 @@ class ForwardingCallbacks(Callbacks):
 
     def on_eval(self, epoch: int, step: int, grid: np.ndarray, metrics: dict[str, float]) -> None:
         self.inner.on_eval(epoch, step, grid, metrics)
+
+    def on_grid(self, epoch: int, step: int, grid: np.ndarray) -> None:
+        self.inner.on_grid(epoch, step, grid)
 
     def on_checkpoint(self, epoch: int, step: int, state: dict[str, Any]) -> None:
         self.inner.on_checkpoint(epoch, step, state)

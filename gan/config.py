@@ -60,7 +60,7 @@ class RunConfig:
     ema: float = 0.0  # EMA decay of G's weights; 0 disables the EMA copy
     seed: int = 0
     # cadence
-    eval_every: int = 1  # epochs between sample grids / metrics (when the eval budget allows)
+    eval_every: int = 1  # epochs between sample grids (always) and metrics (when the eval budget allows)
     eval_budget: float = 0.05  # periodic evals take at most this share of training time; 0: no limit
     checkpoint_every: int = 1  # epochs between full-state checkpoints
     keep_checkpoints: int = 2  # newest checkpoints kept (plus the best one's); 0 keeps all

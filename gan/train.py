@@ -236,6 +236,8 @@ def train(
                 history.append((step, scores))
                 cb.on_scored(done, step, sampler, improved, done == cfg.epochs)
                 cb.on_eval(done, step, grid, scores)
+            elif done % cfg.eval_every == 0:  # not scored (the budget): the grid still, from z_fixed alone
+                cb.on_grid(done, step, image_grid(generate(sampler, z_fixed)))
             if done % cfg.checkpoint_every == 0 or done == cfg.epochs:
                 state = _state(cfg, G, D, G_ema, opt_g, opt_d, prec, noise, done, step, best)
                 cb.on_checkpoint(done, step, {**state, "eval_budget": budget.state_dict()})

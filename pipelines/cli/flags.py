@@ -38,8 +38,8 @@ FLAG_HELP = {
     "ema": "EMA decay of G's weights for sampling/eval (0 = off, e.g. 0.999); warmed up: its half-life is "
     "at most 1%% of the images seen, so it starts as G and reaches this decay later",
     "seed": "random seed: same config + seed = same losses on CPU",
-    "eval_every": "epochs between sample grids and FID-style evals (when --eval-budget allows; the last "
-    "epoch is always scored)",
+    "eval_every": "epochs between sample grids (always drawn) and FID-style evals (when --eval-budget allows; "
+    "the last epoch is always scored)",
     "eval_budget": "most of the training time periodic evals may take (default 0.05; 0: every --eval-every "
     "epochs, whatever they cost)",
     "checkpoint_every": "epochs between full-state checkpoints",

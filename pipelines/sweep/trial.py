@@ -237,6 +237,7 @@ class TuneStopWatch:
         self.client, self.run_id, self.reason = client, run_id, reason
         self.session = get_session()
         self.stopped = False
+        self.why: str | None = None  # the stop reason, as of the moment Tune stopped it
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True, name=f"tune-stop-{run_id[:8]}")
 
@@ -254,8 +255,9 @@ class TuneStopWatch:
                 return
             if not self.stopped and self.session.stop_event.is_set():
                 self.stopped = True
-                with contextlib.suppress(Exception):  # the workers then run to their end
-                    self.client.set_tag(self.run_id, names.STOP_REQUESTED, self.reason())
+                with contextlib.suppress(Exception):  # else the workers run to their end
+                    self.why = self.reason()
+                    self.client.set_tag(self.run_id, names.STOP_REQUESTED, self.why)
             if self.stopped:
                 self._drain()
 
@@ -312,8 +314,9 @@ def _run_distributed_trial(cfg: RunConfig, data: ImageData, ctx: TrialContext,
     with TrackedRun(client, run_id, fresh=fresh, prunable=True, before_close=resources) as run:
         run.start(cfg, {**run_params(opts), names.TRIAL_ID: trial_id}, data, omit=inactive)
         run.restore(checkpoint=False)  # Ray Train restores its own checkpoint (same name, same storage)
-        run.pruned_reason = lambda: pruned_reason(last_epoch())
-        with TuneStopWatch(client, run_id, run.pruned_reason) as tune_stop:
+        with TuneStopWatch(client, run_id, lambda: pruned_reason(last_epoch())) as tune_stop:
+            # the epoch Tune judged it at, not the one its workers stopped after
+            run.pruned_reason = lambda: tune_stop.why or pruned_reason(last_epoch())
             try:  # rank 0 samples the run's system metrics (distributed.worker)
                 result = fit_run(run.handle(ctx.tracking_uri), cfg, opts, data.shape,
                                  callbacks=[TuneReportCallback()])

@@ -4,8 +4,8 @@ them, checkpoints under a retention policy). Only rank 0 writes.
 
 The clock: MLflow steps are optimizer steps (one sequence per run: resume and dedup rely
 on it), and every logged row also carries `kimg` (thousands of real images D has seen),
-so a chart with kimg as its x-axis lines up trials of different batch sizes. Grids are
-upscaled to >= 512 px and kept twice: by step for the run page's image slider, and as
+so a chart with kimg as its x-axis lines up trials of different batch sizes. Grids (one
+every eval_every epoch, whether the eval budget let it score or not) are upscaled to >= 512 px and kept twice: by step for the run page's image slider, and as
 grids/epoch_NNN.png, a name every run of a sweep shares (an epoch is one pass over the
 same data), so the compare page shows two runs' samples side by side.
 
@@ -110,9 +110,24 @@ class MlflowCallbacks(Delivery, Callbacks):
             return
         self._check_lease()
         big = upscale(grid)
+        event = {"kind": "eval", "epoch": epoch, "step": step, "grid": big, "ts": _now_ms(),
+                 "metrics": {k: float(v) for k, v in metrics.items()}}
+        if step in {s for s, _ in self.frames}:  # drawn unscored before a resume, scored this time
+            event["image_there"] = True
+        else:
+            self.frames.append((step, big))
+        self._deliver(event)
+
+    def on_grid(self, epoch: int, step: int, grid: np.ndarray) -> None:
+        """An eval_every epoch the budget did not score: its grid on the slider, in
+        grids/ and in the GIF all the same. A grid the run already holds (an epoch redone
+        after a resume from an older checkpoint) is not logged twice."""
+        if self.rank != 0 or step <= self.eval_floor or step in {s for s, _ in self.frames}:
+            return
+        self._check_lease()
+        big = upscale(grid)
         self.frames.append((step, big))
-        self._deliver({"kind": "eval", "epoch": epoch, "step": step, "grid": big, "ts": _now_ms(),
-                       "metrics": {k: float(v) for k, v in metrics.items()}})
+        self._deliver({"kind": "grid", "epoch": epoch, "step": step, "grid": big})
 
     def on_checkpoint(self, epoch: int, step: int, state: dict[str, Any]) -> None:
         if self.rank != 0 or step < self.floor:

@@ -1,6 +1,6 @@
 """Pictures of a run: sample grids upscaled for the UI, and the labelled progress GIF
-(each frame with its epoch and FID, read back from the run so a resumed run's frames get
-theirs too)."""
+(each frame with its epoch and FID, or `not scored` where the eval budget skipped the
+scores, read back from the run so a resumed run's frames get theirs too)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ def upscale(grid: np.ndarray, min_px: int = MIN_GRID_PX) -> np.ndarray:
 
 def log_progress_gif(client: Any, run_id: str, frames: list[tuple[int, np.ndarray]]) -> None:
     """The (step, grid) frames as progress.gif in step order, each labelled with its epoch
-    and FID (read back from the run, so a resumed run's frames get theirs too)."""
+    and FID, or `not scored` (read back from the run, so a resumed run's frames get theirs
+    too: a scored eval's step holds the `epoch` metric, a grid drawn unscored does not)."""
     if not frames:
         return
     epochs = {m.step: int(m.value) for m in client.get_metric_history(run_id, names.EPOCH)}
@@ -35,10 +36,23 @@ def log_progress_gif(client: Any, run_id: str, frames: list[tuple[int, np.ndarra
 
 
 def _frame_label(step: int, epochs: dict[int, int], fids: dict[int, float]) -> str:
+    """`epoch 3   FID 12.34` for a scored eval, `epoch 2   not scored` for a grid the eval
+    budget drew without scores (its epoch from the run's steps per epoch)."""
     if step == 0:
         return "epoch 0 (untrained)"
-    label = f"epoch {epochs[step]}" if step in epochs else f"step {step}"
-    return label + (f"   FID {fids[step]:.2f}" if step in fids else "")
+    if step in epochs:
+        return f"epoch {epochs[step]}   " + (f"FID {fids[step]:.2f}" if step in fids else "scored")
+    epoch = _epoch_at(step, epochs)
+    return (f"epoch {epoch}" if epoch is not None else f"step {step}") + "   not scored"
+
+
+def _epoch_at(step: int, epochs: dict[int, int]) -> int | None:
+    """The epoch that ends at `step`, from any scored eval's (step, epoch): a run's epochs
+    all have the same number of steps. None when no eval tells, or `step` ends none."""
+    for s, e in epochs.items():
+        if e > 0 and s % e == 0 and step % (s // e) == 0:
+            return step // (s // e)
+    return None
 
 
 def _labelled(frame: np.ndarray, text: str) -> np.ndarray:

@@ -15,21 +15,22 @@ from typing import Any
 
 from pipelines.tracking import names
 
-SAMPLING_S = 5.0  # MLflow's default is 10 s: most CPU trials would end before one sample
+FIRST_SAMPLING_S = 1.0  # a run's first minute: a trial of a few seconds still gets samples
+SAMPLING_S = 5.0  # the interval it grows to (MLflow's default is 10 s)
+_GROWS_OVER_S = 60.0  # the interval in between: the run's age / 60 (a 1 h run: ~800 samples)
 
 
 @contextlib.contextmanager
 def system_metrics(run_id: str, tracking_uri: str, *, resumed: bool = False) -> Iterator[None]:
     """MLflow's SystemMetricsMonitor on `run_id` while the block runs (no fluent active run
-    needed); a resumed run continues its system metrics' steps. Never fails the run."""
+    needed), sampling every second at first and less often as the run goes on, with a last
+    sample when the block ends: a run of any length has system metrics. A resumed run
+    continues their steps. Never fails the run."""
     monitor = None
     try:
-        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
         # ERROR: a sample the server could not take (it is away) is no news; the run says so
         logging.getLogger("mlflow.system_metrics").setLevel(logging.ERROR)
-        monitor = SystemMetricsMonitor(run_id, sampling_interval=SAMPLING_S, samples_before_logging=1,
-                                       resume_logging=resumed, tracking_uri=tracking_uri)
+        monitor = _monitor(run_id, tracking_uri, resumed)
         monitor.start()
     except Exception as e:  # noqa: BLE001 - e.g. psutil missing: train anyway
         print(f"note: no system metrics: {e}", file=sys.stderr)
@@ -40,6 +41,41 @@ def system_metrics(run_id: str, tracking_uri: str, *, resumed: bool = False) -> 
         if monitor is not None:
             with contextlib.suppress(Exception):
                 monitor.finish()
+
+
+def _monitor(run_id: str, tracking_uri: str, resumed: bool) -> Any:
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    class Monitor(SystemMetricsMonitor):  # type: ignore[misc]
+        """MLflow's monitor with an interval that grows with the run's age (its loop reads
+        sampling_interval before each wait), and a last sample on finish: MLflow's loop
+        drops what it collected since its last publish when it is told to stop."""
+
+        def __init__(self) -> None:
+            self.started, self.fixed = time.monotonic(), None
+            super().__init__(run_id, sampling_interval=None, samples_before_logging=1, resume_logging=resumed,
+                             tracking_uri=tracking_uri)
+
+        @property  # type: ignore[override]
+        def sampling_interval(self) -> float:
+            if self.fixed is not None:  # MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL set: it wins
+                return self.fixed
+            age = time.monotonic() - self.started
+            return min(SAMPLING_S, max(FIRST_SAMPLING_S, age / _GROWS_OVER_S))
+
+        @sampling_interval.setter
+        def sampling_interval(self, value: float | None) -> None:
+            self.fixed = value  # MLflow's __init__: the environment's interval, else None
+
+        def finish(self) -> None:
+            if self._process is None:  # never started
+                return
+            super().finish()  # the loop stopped and what it published flushed
+            self.collect_metrics()
+            self.publish_metrics(self.aggregate_metrics())
+            self.mlflow_logger.flush()
+
+    return Monitor()
 
 
 def ray_node_id() -> str | None:
