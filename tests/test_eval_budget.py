@@ -33,10 +33,15 @@ class Scores:
 class Evals(Callbacks):
     def __init__(self, wanted: tuple[int, ...] = ()) -> None:
         self.epochs: list[int] = []
+        self.grids: list[int] = []  # epochs drawn without scores
         self.wanted = set(wanted)
 
     def on_eval(self, epoch, step, grid, metrics):
         self.epochs.append(epoch)
+
+    def on_grid(self, epoch, step, grid):
+        assert grid.shape == (8 * 30 + 2, 8 * 30 + 2)  # the same fixed-latent grid on_eval gets
+        self.grids.append(epoch)
 
     def wants_eval(self, epoch):
         return epoch in self.wanted
@@ -56,18 +61,20 @@ def test_the_budget_admits_an_eval_only_while_all_evals_fit_in_the_share():
     assert (resumed.train_s, resumed.last) == (18.0, 0.4) and resumed.eval_s == b.eval_s
 
 
-def test_over_budget_only_the_last_epoch_and_the_wanted_ones_score_and_training_is_unchanged(mnist_small):
+def test_over_budget_the_last_and_wanted_epochs_score_the_rest_draw_a_grid_and_training_is_unchanged(mnist_small):
     dear, every = Scores(cost=1e9), Scores(cost=None)
     skipped, wanted = Evals(), Evals(wanted=(2,))
     a = train(make_config(TINY), mnist_small, skipped, evaluator=dear)
     b = train(make_config({**TINY, "eval_budget": 0}), mnist_small, Evals(), evaluator=every)
     # A budget no real eval fits in (its measured cost replaces the estimate after one).
     c = train(make_config({**TINY, "eval_budget": 1e-12}), mnist_small, wanted, evaluator=Scores(cost=1e9))
-    assert skipped.epochs == [5] and dear.calls == 1 and dear.estimates == 1
+    # Every eval_every epoch has its grid, scored or not (drawing takes no random numbers).
+    d = train(make_config({**TINY, "eval_every": 5}), mnist_small, Evals(), evaluator=Scores(cost=None))
+    assert skipped.epochs == [5] and skipped.grids == [1, 2, 3, 4] and dear.calls == 1 and dear.estimates == 1
     assert every.calls == 5 and every.estimates == 0
-    assert wanted.epochs == [2, 5]
+    assert wanted.epochs == [2, 5] and wanted.grids == [1, 3, 4]
     # Scoring draws nothing from the training streams: the weights are the same either way.
-    for x, y in ((a, b), (a, c)):
+    for x, y in ((a, b), (a, c), (a, d)):
         for p, q in zip(x.generator.state_dict().values(), y.generator.state_dict().values(), strict=True):
             assert torch.equal(p, q)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipelines.tracking import names
 from pipelines.tracking.models import model_roles
 
 pytestmark = pytest.mark.integration
@@ -103,7 +104,7 @@ def test_three_trial_sweep_makes_a_parent_with_nested_children_and_a_report(ray_
         assert datasets == [("mnist-5k", "1680ceb83f00b2ba")]
         assert c.data.metrics["kimg"] == pytest.approx(2 * 78 * 64 / 1000)
         assert {"grids/epoch_000.png", "grids/epoch_002.png"} <= _artifacts(client, c.info.run_id, "grids")
-        assert c.data.metrics["resources/wall_s"] > 0 and c.data.metrics["resources/peak_memory_mb"] > 0
+        assert c.data.metrics[names.WALL_S] > 0 and c.data.metrics[names.PEAK_MEMORY_MB] > 0
     assert client.get_experiment(parent.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     assert set(parent.data.metrics) == {"sweep.fid", "sweep.best_fid", "sweep.trials_finished", "sweep.seconds"}
     assert "| # | trial |" in parent.data.tags["mlflow.note.content"]

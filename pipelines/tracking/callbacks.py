@@ -5,7 +5,8 @@ them, checkpoints under a retention policy). Only rank 0 writes.
 The clock: MLflow steps are optimizer steps (one sequence per run: resume and dedup rely
 on it), and every logged row also carries `kimg` (thousands of real images D has seen),
 so a chart with kimg as its x-axis lines up trials of different batch sizes. Grids (one
-every eval_every epoch, whether the eval budget let it score or not) are upscaled to >= 512 px and kept twice: by step for the run page's image slider, and as
+every eval_every epoch, whether the eval budget let it score or not) are upscaled to
+>= 512 px and kept twice: by step for the run page's image slider, and as
 grids/epoch_NNN.png, a name every run of a sweep shares (an epoch is one pass over the
 same data), so the compare page shows two runs' samples side by side.
 

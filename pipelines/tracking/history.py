@@ -57,9 +57,11 @@ def latest_checkpoint(client: Any, run_id: str, dest: str | Path) -> dict[str, A
 
 def logged_eval_history(client: Any, run_id: str) -> list[tuple[int, dict[str, float]]]:
     """The eval metrics a run holds, by step: every metric logged at an eval step (the
-    steps of the `epoch` metric that on_eval writes) other than the per-step losses."""
+    steps of the `epoch` metric that on_eval writes) other than the per-step losses and the
+    system metrics (sampled at steps of their own, which an eval's step may equal)."""
     eval_steps = {m.step for m in client.get_metric_history(run_id, names.EPOCH)}
-    keys = set(client.get_run(run_id).data.metrics) - set(STEP_METRICS) - {names.EPOCH}
+    keys = {k for k in client.get_run(run_id).data.metrics if not k.startswith(names.SYSTEM_PREFIX)}
+    keys -= set(STEP_METRICS) | {names.EPOCH}
     history: dict[int, dict[str, float]] = {s: {} for s in eval_steps}
     for key in sorted(keys):
         for m in client.get_metric_history(run_id, key):

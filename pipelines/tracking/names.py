@@ -52,14 +52,17 @@ TRIALS_FINISHED = "sweep.trials_finished"
 SWEEP_SECONDS = "sweep.seconds"
 KIMG = "kimg"  # thousands of real images shown to D: the clock trials share (see README)
 SWEEP_PREFIX = "sweep."  # the parent's own metrics (sweep.best_fid, ...): apart from the trials'
-RESOURCE_PREFIX = "resources/"  # a trial's resource use; "/" groups them in the UI's charts
-WALL_S = "resources/wall_s"
-CPU_HOURS = "resources/cpu_hours"
-GPU_HOURS = "resources/gpu_hours"
-PEAK_MEMORY_MB = "resources/peak_memory_mb"
-TRAIN_S = "resources/train_s"  # seconds in training steps (this life of the run)
-EVAL_S = "resources/eval_s"  # seconds scoring (gan.eval_budget keeps it near 5% of train_s)
-EVAL_SHARE = "resources/eval_share"
+# A run's resource use sits with MLflow's own system/ metrics (CPU, memory, GPU): the UI
+# shows "system/x" on the run's System metrics tab and last on the compare page, while any
+# other "a/b" name opens a section of its own that comes before the model's metrics.
+SYSTEM_PREFIX = "system/"
+WALL_S = "system/wall_s"
+CPU_HOURS = "system/cpu_hours"
+GPU_HOURS = "system/gpu_hours"
+PEAK_MEMORY_MB = "system/peak_memory_mb"
+TRAIN_S = "system/train_s"  # seconds in training steps (this life of the run)
+EVAL_S = "system/eval_s"  # seconds scoring (gan.eval_budget keeps it near 5% of train_s)
+EVAL_SHARE = "system/eval_share"
 EVAL_PREFIX = "eval_"  # eval_<backbone>_<metric>: `gan-pipeline evaluate --log`
 
 # params that are not RunConfig fields

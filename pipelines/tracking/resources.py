@@ -46,17 +46,18 @@ def system_metrics(run_id: str, tracking_uri: str, *, resumed: bool = False) -> 
 def _monitor(run_id: str, tracking_uri: str, resumed: bool) -> Any:
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-    class Monitor(SystemMetricsMonitor):  # type: ignore[misc]
+    class Monitor(SystemMetricsMonitor):
         """MLflow's monitor with an interval that grows with the run's age (its loop reads
         sampling_interval before each wait), and a last sample on finish: MLflow's loop
         drops what it collected since its last publish when it is told to stop."""
 
         def __init__(self) -> None:
-            self.started, self.fixed = time.monotonic(), None
+            self.started = time.monotonic()
+            self.fixed: float | None = None
             super().__init__(run_id, sampling_interval=None, samples_before_logging=1, resume_logging=resumed,
                              tracking_uri=tracking_uri)
 
-        @property  # type: ignore[override]
+        @property
         def sampling_interval(self) -> float:
             if self.fixed is not None:  # MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL set: it wins
                 return self.fixed
