@@ -27,19 +27,22 @@ pytestmark = [
                        reason="needs Debian's chromium and chromium-driver (.ci/run installs them)"),
 ]
 
+# A budget no periodic eval fits in: epochs 1 and 2 are not scored, the last one is; every
+# epoch still has its sample grid.
+EPOCHS = 3
 SPACE = {"params": {
-    "dataset": "mnist-5k", "arch": "mlp", "mlp_width": 16, "epochs": 2, "eval_every": 1,
-    "eval_samples": 200, "latent_dim": 16, "batch_size": 128, "device": "cpu", "eval_budget": 0,
+    "dataset": "mnist-5k", "arch": "mlp", "mlp_width": 16, "epochs": EPOCHS, "eval_every": 1,
+    "eval_samples": 200, "latent_dim": 16, "batch_size": 128, "device": "cpu", "eval_budget": 1e-6,
     "lr_g": {"type": "float", "low": 1e-4, "high": 2e-3, "log": True},
     "loss": {"type": "categorical", "choices": ["bce", "hinge"]},
 }}
 
 
-def _cli(args: list[str], env: dict[str, str], cwd: Path) -> str:
+def _cli(args: list[str], env: dict[str, str], cwd: Path) -> tuple[str, str]:
     done = subprocess.run([sys.executable, "-m", "pipelines.cli", *args], env=env, cwd=cwd,
                           capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
+    return done.stdout, done.stderr
 
 
 @pytest.fixture
@@ -77,11 +80,11 @@ def _shot(driver, folder: Path, name: str) -> None:
 
 
 def test_a_new_user_finds_the_best_trial_its_samples_and_the_champion(mlflow_server, browser, tmp_path):
-    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1",
-           "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "PYTHONPATH": str(REPO)}
+    env.pop("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", None)  # the product's own sampling, short trials too
     space = tmp_path / "ui.yaml"
     space.write_text(yaml.safe_dump(SPACE))
-    out = _cli(["sweep", "--space", str(space), "--trials", "3", "--concurrency", "2", "--scheduler", "none",
+    out, progress = _cli(["sweep", "--space", str(space), "--trials", "3", "--concurrency", "2", "--scheduler", "none",
                 "--name", "ui", "--experiment", "ui-test", "--ray-storage", str(tmp_path / "ray")], env, tmp_path)
     _cli(["promote", "--sweep", "ui", "--model-name", "ui-gen"], env, tmp_path)
     urls = dict(re.findall(r"^\s+(trials, best first|best trial|sweep report):\s+(\S+)$", out, re.M))
@@ -94,7 +97,9 @@ def test_a_new_user_finds_the_best_trial_its_samples_and_the_champion(mlflow_ser
     best = client.get_run(best_id)
     trials = client.search_runs([best.info.experiment_id], "tags.sweep_name = 'ui' and tags.tune_trial_id LIKE '%'")
     names = [t.info.run_name for t in trials]
-    assert len(names) == 3 and all(n.startswith("t0") for n in names)
+    assert len(names) == 3 and all(n.startswith("t0") and len(n) <= 32 for n in names)
+    assert all(f"{n}:" in progress for n in names), progress  # the console names trials as MLflow does
+    assert "gan-pipeline promote --sweep ui" in out  # what to do next
     shots = tmp_path / "screenshots"
     shots.mkdir()
 
@@ -127,6 +132,21 @@ def test_a_new_user_finds_the_best_trial_its_samples_and_the_champion(mlflow_ser
 
     _wait_for(browser, image_loaded, "the 512 px sample grid")
     _shot(browser, shots, "3_sample_grid")
+    # ...and every trial has one at every epoch, scored or not (the budget scored only the last)
+    for t in trials:
+        assert [m.value for m in client.get_metric_history(t.info.run_id, "epoch")] == [EPOCHS]  # one eval scored
+        base = urls["best trial"].split("/runs/")[0] + f"/runs/{t.info.run_id}"
+        for epoch in range(1, EPOCHS + 1):
+            browser.get(f"{base}/artifactPath/grids/epoch_{epoch:03d}.png?workflowType=machine_learning")
+            _wait_for(browser, image_loaded, f"{t.info.run_name}'s grid of epoch {epoch}")
+
+    # 3b. the shortest trial's page has system metrics charts (sampled however short it ran)
+    shortest = min(trials, key=lambda t: t.data.metrics.get("system/wall_s", 1e9))
+    assert any(k.startswith("system/cpu") for k in shortest.data.metrics), shortest.data.metrics
+    browser.get(urls["best trial"].split("/runs/")[0] + f"/runs/{shortest.info.run_id}/system-metrics"
+                "?workflowType=machine_learning")
+    _wait_for(browser, lambda d: "cpu_utilization_percentage" in _text(d), "a system metrics chart")
+    _shot(browser, shots, "3b_system_metrics_shortest_trial")
 
     # 4. the sweep's report: the parent's description has the top trials as a table
     browser.get(urls["sweep report"])
