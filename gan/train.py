@@ -36,8 +36,8 @@ from gan.metrics.distributed import any_rank
 from gan.models import build_models
 from gan.precision import Precision, amp_dtype
 from gan.sampling import NonFiniteImages, fixed_latents, generate, image_grid
+from gan.step_metrics import StepMetrics
 
-STEP_METRICS = ("d_loss", "g_loss", "D_x", "D_G_z")
 LOWER_IS_BETTER = ("fid", "kid")
 
 Evaluator = Callable[[nn.Module, int], dict[str, float]]
@@ -79,26 +79,6 @@ def check_batch(cfg: RunConfig, n_images: int, world_size: int = 1) -> None:
 def steps_per_epoch(cfg: RunConfig, n_images: int) -> int:
     """G steps in one pass over the data (each takes n_dis batches)."""
     return (n_images // cfg.batch_size) // cfg.n_dis
-
-
-class _StepMetrics:
-    """Per-step scalars kept on the device and read back in one transfer per flush."""
-
-    def __init__(self) -> None:
-        self.steps: list[int] = []
-        self.rows: list[torch.Tensor] = []
-
-    def add(self, step: int, *values: torch.Tensor) -> None:
-        self.steps.append(step)
-        self.rows.append(torch.stack([v.detach().float() for v in values]))
-
-    def flush(self) -> list[tuple[int, dict[str, float]]]:
-        if not self.rows:
-            return []
-        table = dist.mean_across_ranks(torch.stack(self.rows)).cpu().tolist()
-        out = [(s, dict(zip(STEP_METRICS, r, strict=True))) for s, r in zip(self.steps, table, strict=True)]
-        self.steps, self.rows = [], []
-        return out
 
 
 def train(
@@ -154,7 +134,7 @@ def train(
     d_loss_fn, g_loss_fn = LOSSES[cfg.loss]
     per_rank = cfg.batch_size // world
     iters = steps_per_epoch(cfg, len(data))
-    metrics = _StepMetrics()
+    metrics = StepMetrics()
     history: list[tuple[int, dict[str, float]]] = []
 
     def sample_z() -> torch.Tensor:

@@ -32,6 +32,14 @@ def arm_fault(folder: Path, name: str, text: str = "1") -> None:
     (folder / name).write_text(text)
 
 
+def store_with_run(tmp_path: Path, experiment: str) -> tuple:
+    """A real sqlite MLflow store in the test's folder and one run in it: (client, run_id)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    return client, client.create_run(client.create_experiment(experiment)).info.run_id
+
+
 @pytest.fixture(scope="session")
 def mnist5k():
     from gan.data import load_dataset

@@ -14,7 +14,7 @@ import time
 
 import psutil
 import pytest
-from mlflow.tracking import MlflowClient
+from conftest import store_with_run
 
 from pipelines.errors import TrackingError, TrackingLost
 from pipelines.tracking import lease as leases
@@ -36,9 +36,7 @@ def fast_lease(monkeypatch, tmp_path):
 
 @pytest.fixture
 def store(tmp_path):
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    run_id = client.create_run(client.create_experiment("lease")).info.run_id
-    return client, run_id
+    return store_with_run(tmp_path, "lease")
 
 
 def tags(client, run_id) -> dict[str, str]:

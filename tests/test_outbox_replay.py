@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mlflow.tracking import MlflowClient
+from conftest import store_with_run
 
 from gan.config import make_config
 from gan.models import build_models
@@ -33,9 +33,7 @@ def cache(monkeypatch, tmp_path):
 
 @pytest.fixture
 def store(tmp_path):
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    run_id = client.create_run(client.create_experiment("offline")).info.run_id
-    return client, run_id
+    return store_with_run(tmp_path, "offline")
 
 
 def metrics(*steps: int) -> dict:

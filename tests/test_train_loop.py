@@ -10,7 +10,8 @@ import torch
 from gan.callbacks import Callbacks, StopTraining
 from gan.checkpoint import load_checkpoint, save_checkpoint
 from gan.config import ConfigError, make_config
-from gan.train import STEP_METRICS, train
+from gan.step_metrics import STEP_METRICS
+from gan.train import train
 
 TINY = {"dcgan_width": 8, "mlp_width": 8, "latent_dim": 16, "batch_size": 64, "device": "cpu",
         "eval_budget": 0}  # every eval_every epoch scored: the tests count evals

@@ -2,7 +2,7 @@
 Ray Train hands back (after a worker-group restart), and call the one training loop,
 gan.train.train, in the DDP process group Ray Train has already set up.
 
-Rank 0 writes the MLflow run the driver owns (tracking.runs.AttachedRun); every rank
+Rank 0 writes the MLflow run the driver owns (tracking.attached.AttachedRun); every rank
 reports each checkpoint to Ray Train (a barrier), so a failed group restarts from the
 newest one.
 """
@@ -22,9 +22,10 @@ from gan.config import make_config
 from gan.data import load_dataset
 from gan.train import train
 from pipelines.tracking import names
+from pipelines.tracking.attached import AttachedRun
 from pipelines.tracking.callbacks import MlflowCallbacks
 from pipelines.tracking.resources import system_metrics
-from pipelines.tracking.runs import AttachedRun, RunHandle
+from pipelines.tracking.runs import RunHandle
 from pipelines.training.prepare import build_evaluator
 
 

@@ -91,7 +91,7 @@ def log_scores(client: Any, run: Any, backbone: str, scores: dict[str, float]) -
     """Write scores into the source run as eval_<backbone>_<metric> at its last step."""
     from mlflow.entities import Metric
 
-    from gan.train import STEP_METRICS
+    from gan.step_metrics import STEP_METRICS
 
     last = max((m.step for m in client.get_metric_history(run.info.run_id, STEP_METRICS[0])), default=0)
     metrics = [Metric(f"{names.EVAL_PREFIX}{backbone}_{k}", float(v), 0, last)

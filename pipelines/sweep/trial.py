@@ -16,11 +16,9 @@ a duplicate. How a trial ends is written on its run:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import os
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +31,7 @@ from gan.config import RunConfig, make_config
 from gan.data import ImageData
 from gan.train import resolve_device
 from pipelines.sweep.naming import TUNE_NAME_KEY, trial_name
+from pipelines.sweep.tune_stop import TuneStopWatch, tune_stopped
 from pipelines.tracking import names
 from pipelines.tracking.resources import log_resources
 from pipelines.tracking.runs import TrackedRun
@@ -219,66 +218,6 @@ def run_trial(config: dict[str, Any], data: ImageData, ctx: TrialContext) -> Non
         final = to_tune.last or _logged_scores(client, run_id)  # resumed after its last epoch: logged
         report({**final, names.EPOCH: result.epochs_done, "step": result.step}, name)
     return None
-
-
-class TuneStopWatch:
-    """A distributed trial's ear for Tune's stop. Its workers report through this actor's
-    main thread (TuneReportCallback's queue), so Tune's stop never raises in the thread
-    running fit(): this watch sees the session's stop, asks the workers to end after
-    their epoch (the run's STOP_REQUESTED tag, read by rank 0, agreed by all ranks), and
-    drains the report queue nobody reads any more so the Train run can finish. The trial
-    then closes its run as pruned."""
-
-    POLL_S = 0.5
-
-    def __init__(self, client: Any, run_id: str, reason: Any) -> None:
-        from ray.train._internal.session import get_session
-
-        self.client, self.run_id, self.reason = client, run_id, reason
-        self.session = get_session()
-        self.stopped = False
-        self.why: str | None = None  # the stop reason, as of the moment Tune stopped it
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True, name=f"tune-stop-{run_id[:8]}")
-
-    def __enter__(self) -> TuneStopWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._thread.join(timeout=5)
-
-    def _watch(self) -> None:
-        while not self._done.wait(self.POLL_S):
-            if self.session is None:
-                return
-            if not self.stopped and self.session.stop_event.is_set():
-                self.stopped = True
-                with contextlib.suppress(Exception):  # else the workers run to their end
-                    self.why = self.reason()
-                    self.client.set_tag(self.run_id, names.STOP_REQUESTED, self.why)
-            if self.stopped:
-                self._drain()
-
-    def _drain(self) -> None:
-        queue = getattr(self.session, "_inter_actor_queue", None)  # Ray's own: no public handle
-        if queue is None:
-            return
-        with contextlib.suppress(Exception):  # Empty ends it; a queue actor gone too
-            while True:
-                queue.get_nowait()
-
-
-def tune_stopped() -> bool:
-    """Whether Tune has stopped this trial. A distributed trial's workers report to Tune
-    through its actor's main thread, so Tune's stop ends that actor (and the Train run it
-    owns) rather than raising in the thread that runs fit(): fit() then fails, and that
-    failure is a prune, not a crash. (Ray's own session object: no public API says it.)"""
-    from ray.train._internal.session import get_session
-
-    session = get_session()
-    return session is None or session.stop_event.is_set()
 
 
 def _logged_scores(client: Any, run_id: str) -> dict[str, float]:

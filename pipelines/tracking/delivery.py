@@ -22,7 +22,7 @@ from torch import nn
 
 from gan.checkpoint import checkpoint_name
 from gan.config import RunConfig
-from gan.train import STEP_METRICS
+from gan.step_metrics import STEP_METRICS
 from pipelines.errors import TrackingError, TrackingLost
 from pipelines.tracking import names
 from pipelines.tracking.history import _GRID_FILE

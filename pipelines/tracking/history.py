@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from gan.checkpoint import load_checkpoint
-from gan.train import STEP_METRICS
+from gan.step_metrics import STEP_METRICS
 from pipelines.tracking import names
 
 # log_image names files KEY+step+N+timestamp+T+UUID.png ('%' in older MLflow versions).

@@ -16,8 +16,8 @@ error FAILED with the error; TrackingLost (the server away, or the run taken ove
 leaves the run as it is. The lease is released at the end, and only its own tags.
 
 A process that writes into a run another process owns (a Ray Train rank 0) gets a
-RunHandle from the owner and enters an AttachedRun: the same restore and callbacks, a
-read-only watch on the owner's lease, and no say over how the run ends.
+RunHandle from the owner and enters an AttachedRun (tracking.attached): the same restore
+and callbacks, a read-only watch on the owner's lease, and no say over how the run ends.
 """
 
 from __future__ import annotations
@@ -45,11 +45,11 @@ from pipelines.tracking.history import (
     logged_grids,
 )
 from pipelines.tracking.inputs import log_dataset
-from pipelines.tracking.lease import Lease, watch_lease
+from pipelines.tracking.lease import Lease
 from pipelines.tracking.models import FINAL, log_model, model_with_role
 from pipelines.tracking.pictures import log_progress_gif
 from pipelines.tracking.resources import log_eval_share
-from pipelines.tracking.store import client_for, config_params
+from pipelines.tracking.store import config_params
 
 Frames = list[tuple[int, np.ndarray]]
 
@@ -159,7 +159,7 @@ class TrackedRun:
     def tracking(self, cfg: RunConfig, image_shape: tuple[int, ...], restored: Restored) -> MlflowCallbacks:
         """The loop's MLflow callbacks, writing as this lease's owner and stopping the run
         the moment the lease is taken over."""
-        self._tracking = _callbacks(self.client, self.run_id, cfg, image_shape, restored, self.lease.owner,
+        self._tracking = run_callbacks(self.client, self.run_id, cfg, image_shape, restored, self.lease.owner,
                                     self.lease)
         return self._tracking
 
@@ -230,51 +230,7 @@ class TrackedRun:
         self.closed = status
 
 
-class AttachedRun:
-    """A Ray Train rank 0's side of a run its driver owns: restore (a restarted group
-    sends what its last life kept offline first), callbacks that write as the owner and
-    stop when the owner's lease is lost, settle. How the run ends is the owner's call."""
-
-    def __init__(self, handle: RunHandle) -> None:
-        self.handle = handle
-        self.client = client_for(handle.tracking_uri)
-        self.run_id = handle.run_id
-        self._tracking: MlflowCallbacks | None = None
-        self._watch: Any = None
-
-    def __enter__(self) -> AttachedRun:
-        self._watch = watch_lease(self.client, self.run_id, self.handle.owner)
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: Any) -> None:
-        try:
-            if self._tracking is not None and not isinstance(error, TrackingLost):
-                self._tracking.flush()
-        except Exception:  # noqa: BLE001, S110 - never mask the loop's own error
-            pass
-        finally:
-            self._watch.stop()
-
-    def restore(self) -> Restored:
-        send_offline_writes(self.client, self.run_id)
-        return Restored(None, last_logged_step(self.client, self.run_id), last_eval_step(self.client, self.run_id))
-
-    def tracking(self, cfg: RunConfig, image_shape: tuple[int, ...], restored: Restored) -> MlflowCallbacks:
-        self._tracking = _callbacks(self.client, self.run_id, cfg, image_shape, restored, self.handle.owner,
-                                    self._watch)
-        return self._tracking
-
-    def settle(self, seconds: dict[str, Any]) -> None:
-        if self._tracking is not None:
-            self._tracking.settle()
-        log_eval_share(self.client, self.run_id, seconds)
-
-    def mark_diverged(self, reason: str) -> None:
-        """Every rank stopped at the same step; the driver reads this and fails the run."""
-        self.client.set_tag(self.run_id, names.STOPPED_REASON, reason)
-
-
-def _callbacks(client: Any, run_id: str, cfg: RunConfig, image_shape: tuple[int, ...], restored: Restored,
+def run_callbacks(client: Any, run_id: str, cfg: RunConfig, image_shape: tuple[int, ...], restored: Restored,
                owner: str, lease: Any) -> MlflowCallbacks:
     return MlflowCallbacks(client, run_id, floor=restored.floor, eval_floor=restored.eval_floor,
                            frames=restored.frames, cfg=cfg, image_shape=image_shape, owner=owner, lease=lease)
@@ -322,5 +278,5 @@ def mark_ended(client: Any, run_id: str, status: str, message: str) -> None:
         pass
 
 
-__all__ = ["AttachedRun", "Restored", "RunHandle", "TrackedRun", "close_early", "diverged_reason", "mark_ended",
-           "parent_guard"]
+__all__ = ["Restored", "RunHandle", "TrackedRun", "close_early", "diverged_reason", "mark_ended",
+           "parent_guard", "run_callbacks"]
