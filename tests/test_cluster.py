@@ -150,8 +150,8 @@ def test_a_lost_worker_node_s_trial_resumes_from_its_checkpoint_on_the_head(clus
         assert len(runs) == 2 and len(set(trial_ids)) == 2  # every trial accounted for, no duplicate run
         assert all(r.info.status == "FINISHED" for r in runs)
         resumed = client.get_run(lost.info.run_id)
-        assert names.TRIAL_RESUMED_FROM_STEP in resumed.data.tags, (resumed.data.tags, out[-4000:])
-        assert int(resumed.data.tags[names.TRIAL_RESUMED_FROM_STEP]) > 0  # from its checkpoint, not from scratch
+        assert names.RESUMED_FROM_STEP in resumed.data.tags, (resumed.data.tags, out[-4000:])
+        assert int(resumed.data.tags[names.RESUMED_FROM_STEP]) > 0  # from its checkpoint, not from scratch
         assert nodes[resumed.data.tags[names.NODE_ID]] == "node_a"  # finished on the head
     finally:
         cluster.ray.add_node("node_b")  # the next test needs two nodes again

@@ -234,7 +234,7 @@ def test_resume_after_killing_the_driver_finishes_the_trials_without_duplicate_r
     trial_ids = [k.data.tags["tune_trial_id"] for k in kids]
     assert len(kids) == 2 and len(set(trial_ids)) == 2, trial_ids
     # the trial that was running when the driver died went on in its own run
-    assert any("sweep.resumed_from_step" in k.data.tags for k in kids)
+    assert any("resumed_from_step" in k.data.tags for k in kids)
     for k in kids:
         assert k.info.status == "FINISHED", (k.info.status, k.data.tags.get("stopped_reason"))
         steps = [m.step for m in client.get_metric_history(k.info.run_id, "d_loss")]

@@ -3,8 +3,8 @@ TorchTrainer, data-parallel (DDP: gloo on CPU, NCCL on GPU) over N workers.
 
 The driver's side of a distributed run: it validates everything, creates the MLflow
 run and owns it (tracking.runs.TrackedRun: lease, config, how it ends), and fits
-(ScalingConfig, TorchConfig, FailureConfig, storage); `fit_run` is shared with a sweep's
-distributed trials. What each worker runs is pipelines.distributed.worker.
+(ScalingConfig, TorchConfig, FailureConfig, storage) through RayTrainLoop, the Loop a
+sweep's distributed trials use too. What each worker runs is pipelines.distributed.worker.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gan.config import RunConfig
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from gan.train import TrainResult
-    from pipelines.tracking.runs import RunHandle
+    from pipelines.tracking.runs import Restored, RunHandle, TrackedRun
     from pipelines.training.local import RunOutcome
 
 
@@ -119,16 +120,34 @@ def run_distributed(cfg: RunConfig, opts: RayOptions, experiment: str | None = N
         tags = environment_tags(cfg.dataset, f"{opts.workers}x{'cuda' if opts.gpu else 'cpu'}")
         run_id, experiment_id = open_run(client, experiment_id, run_name, tags)
         with TrackedRun(client, run_id, fresh=True) as run:
-            run.start(cfg, run_params(opts), data)
-            run.restore()  # a new run: nothing to restore (Ray Train restarts its own group)
-            result = fit_run(run.handle(uri), cfg, opts, data.shape)
-            model_uri = run.close(result, cfg, data.shape)
+            result, model_uri = run.train_and_close(cfg, data, RayTrainLoop(opts, uri, data.shape))
             if model_uri is None:
                 raise RunDiverged(f"run {run_id} is FAILED: {result.stopped}")
             return RunOutcome(run_id, experiment_id, result, model_uri)
     finally:
         if started:
             disconnect()
+
+
+@dataclass
+class RayTrainLoop:
+    """The one loop on opts.workers Ray Train workers (tracking.runs.Loop): the run's
+    owner stays here, its rank 0 writes into the run through the owner's handle.
+    `callbacks`: Ray Train callbacks (a sweep trial's TuneReportCallback)."""
+
+    opts: RayOptions
+    tracking_uri: str
+    image_shape: tuple[int, int, int]
+    callbacks: list[Any] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)  # more params (a trial's id)
+    restores_itself = True  # a restarted worker group resumes from Ray Train's own storage
+
+    @property
+    def where(self) -> dict[str, Any]:
+        return {**run_params(self.opts), **self.extra}
+
+    def fit(self, run: TrackedRun, cfg: RunConfig, restored: Restored) -> TrainResult:
+        return fit_run(run.handle(self.tracking_uri), cfg, self.opts, self.image_shape, self.callbacks)
 
 
 def fit_run(handle: RunHandle, cfg: RunConfig, opts: RayOptions, image_shape: tuple[int, int, int],
@@ -141,8 +160,8 @@ def fit_run(handle: RunHandle, cfg: RunConfig, opts: RayOptions, image_shape: tu
     from gan.models import build_models
     from gan.train import TrainResult
     from pipelines.distributed.worker import checkpoint_file
+    from pipelines.tracking.ending import diverged_reason
     from pipelines.tracking.history import logged_eval_history
-    from pipelines.tracking.runs import diverged_reason
     from pipelines.tracking.store import client_for
 
     client = client_for(handle.tracking_uri)

@@ -21,8 +21,8 @@ from typing import Any
 
 from pipelines.sweep.trial import pruned_reason
 from pipelines.tracking import names
+from pipelines.tracking.ending import close_early
 from pipelines.tracking.history import logged_grids
-from pipelines.tracking.runs import close_early
 
 LOST_REASON = "lost: the driver died before Tune recorded this trial; a new trial took its place"
 RUNLESS_REASON = "tune: the trial failed before it started"

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gan.config import ConfigError, make_config
+from gan.config import ConfigError, RunConfig, make_config
 from pipelines.sweep.options import Sweep, SweepOptions
 from pipelines.sweep.space import SearchSpace
 from pipelines.sweep.space_file import load_space
@@ -119,7 +119,7 @@ def run_sweep(given: SweepOptions, resume: str | None = None) -> SweepOutcome:
     print(f"sweep {opts.name}: {opts.trials} trials of {space.path}, {opts.concurrency} at a time, "
           f"{opts.searcher} + {opts.scheduler}; parent run {parent_id}", file=sys.stderr)
 
-    from pipelines.tracking.runs import parent_guard
+    from pipelines.tracking.ending import parent_guard
 
     with parent_guard(client, parent_id):
         ended = _tune(space, opts, data, uri, experiment_id, parent_id, exp_dir, restore=bool(resume))
@@ -152,7 +152,8 @@ def _tune(space: SearchSpace, opts: Sweep, data: Any, uri: str, experiment_id: s
         ctx = TrialContext(trial_uri, experiment_id, parent_id, opts.name, opts.cpus_per_trial,
                            opts.gpus_per_trial, opts.workers_per_trial,
                            str(Path(opts.storage_path).expanduser().resolve()),
-                           searched=tuple(p.name for p in space.params), rungs=rung_epochs(space, opts))
+                           searched=tuple(p.name for p in space.params), rungs=rung_epochs(space, opts),
+                           dataset=str(space.fixed.get("dataset", RunConfig.dataset)))
         trainable = make_trainable(data, ctx, opts)
         if restore:
             # Tune warns with a FileNotFoundError about each trial the killed driver had

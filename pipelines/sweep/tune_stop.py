@@ -73,3 +73,34 @@ def tune_stopped() -> bool:
 
     session = get_session()
     return session is None or session.stop_event.is_set()
+
+
+class TuneStoppableLoop:
+    """A distributed trial's loop (tracking.runs.Loop) that ends as pruned when Tune stops
+    it: a SystemExit out of fit, which the trial's TrackedRun closes KILLED with the
+    reason as of the moment Tune stopped it (`reason(epoch)` of the epoch Tune judged it
+    at, not the one its workers stopped after)."""
+
+    def __init__(self, inner: Any, reason: Callable[[int], str]) -> None:
+        self.inner, self.reason = inner, reason
+        self.restores_itself = inner.restores_itself
+
+    @property
+    def where(self) -> dict[str, Any]:
+        return self.inner.where
+
+    def fit(self, run: Any, cfg: Any, restored: Any) -> Any:
+        def judged_at() -> str:  # the last epoch rank 0 logged: the one Tune judged it at
+            return self.reason(int(run.client.get_run(run.run_id).data.metrics.get(names.EPOCH, 0)))
+
+        with TuneStopWatch(run.client, run.run_id, judged_at) as watch:
+            run.pruned_reason = lambda: watch.why or judged_at()
+            try:
+                result = self.inner.fit(run, cfg, restored)
+            except Exception:
+                if watch.stopped or tune_stopped():  # Tune ended this trial's actor, and its Train run
+                    raise SystemExit(0) from None
+                raise
+        if watch.stopped:  # the workers stopped at an epoch's end, as Tune asked: pruned
+            raise SystemExit(0)
+        return result

@@ -2,13 +2,18 @@
 driver owns the run, its rank 0 writes into it), a sweep trial and a distributed trial.
 
     with TrackedRun(client, run_id, fresh=...) as run:  # the lease first: one owner
-        run.start(cfg, where, data)          # params, config.yaml, dataset: inside the guard
-        restored = run.restore()             # outbox, newest intact checkpoint, grids,
-                                             # per-kind floors, stale tags cleared
-        tracking = run.tracking(cfg, shape, restored)   # the loop's MLflow callbacks
-        result = ...the one loop, here or on Ray Train workers...
-        run.settle(result)                   # every write sent (or a bounded wait)
-        run.close(result, cfg, shape)        # FINISHED with models, or FAILED (diverged)
+        run.train_and_close(cfg, data, loop)
+
+`train_and_close` is the whole sequence, and the modes differ only in `loop` (where the one loop
+runs: training.in_process.InProcessLoop, distributed.trainer.RayTrainLoop):
+
+    run.start(cfg, loop.where, data)     # params, config.yaml, dataset: inside the guard
+    restored = run.restore()             # outbox, newest intact checkpoint, grids,
+                                         # per-kind floors, stale tags cleared
+    result = loop.fit(run, cfg, restored)   # run.tracking(...) gives the loop its MLflow
+                                         # callbacks; run.settle(...) sends every write
+    run.close(result, cfg, shape)        # FINISHED with models, or FAILED (diverged)
+    on_closed(result, model_uri)         # the caller's word after the close (Tune's report)
 
 Leaving the block any other way closes the run exactly one way: a Tune stop (SystemExit
 in a sweep trial) KILLED as pruned with its reason and GIF; Ctrl-C KILLED; any other
@@ -18,6 +23,7 @@ leaves the run as it is. The lease is released at the end, and only its own tags
 A process that writes into a run another process owns (a Ray Train rank 0) gets a
 RunHandle from the owner and enters an AttachedRun (tracking.attached): the same restore
 and callbacks, a read-only watch on the owner's lease, and no say over how the run ends.
+How a run ends when no loop closes it is tracking.ending.
 """
 
 from __future__ import annotations
@@ -25,18 +31,16 @@ from __future__ import annotations
 import contextlib
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-import numpy as np
-
-from gan.config import RunConfig
+from gan.config import RunConfig, make_config
 from gan.data import ImageData
-from gan.health import HEALTH_PREFIX
 from pipelines.errors import TrackingError, TrackingLost
 from pipelines.tracking import names
 from pipelines.tracking.callbacks import MlflowCallbacks, send_offline_writes
+from pipelines.tracking.ending import Frames, close_early, mark_ended
 from pipelines.tracking.history import (
     NoIntactCheckpoint,
     last_eval_step,
@@ -51,7 +55,8 @@ from pipelines.tracking.pictures import log_progress_gif
 from pipelines.tracking.resources import log_eval_share
 from pipelines.tracking.store import config_params
 
-Frames = list[tuple[int, np.ndarray]]
+if TYPE_CHECKING:
+    from gan.train import TrainResult
 
 
 @dataclass
@@ -63,6 +68,24 @@ class Restored:
     floor: int = 0
     eval_floor: int = 0
     frames: Frames = field(default_factory=list)
+
+    def config(self, cfg: RunConfig) -> RunConfig:
+        """The config the run continues with: its checkpoint's own (it reproduces the run)."""
+        return make_config(self.state["config"]) if self.state is not None else cfg
+
+
+class Loop(Protocol):
+    """Where a run's one loop runs. `where`: the params that say so (world size, device);
+    `restores_itself`: it resumes from its own checkpoints (Ray Train's storage)."""
+
+    restores_itself: bool
+
+    @property
+    def where(self) -> dict[str, Any]: ...
+
+    def fit(self, run: TrackedRun, cfg: RunConfig, restored: Restored) -> TrainResult:
+        """Train `cfg` into `run` from `restored`, every write settled (run.tracking, run.settle)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -78,12 +101,15 @@ class TrackedRun:
     """The owner's side of one run. `fresh`: the run was just created (its config and
     dataset are logged); else it continues (restore). `prunable`: a sweep trial, where a
     SystemExit is Tune stopping it; `pruned_reason()` then says why. `before_close` runs
-    on every way out (a trial's resource figures)."""
+    on every way out (a trial's resource figures); `on_closed(result, model_uri)` after
+    `train` closed the run (a trial's last report to Tune, which may stop it there)."""
 
     def __init__(self, client: Any, run_id: str, *, fresh: bool, contested: bool = False,
-                 prunable: bool = False, before_close: Callable[[], None] | None = None) -> None:
+                 prunable: bool = False, before_close: Callable[[], None] | None = None,
+                 on_closed: Callable[[TrainResult, str | None], None] | None = None) -> None:
         self.client, self.run_id, self.fresh = client, run_id, fresh
         self.contested, self.prunable, self.before_close = contested, prunable, before_close
+        self.on_closed = on_closed
         self.pruned_reason: Callable[[], str] = lambda: "tune: stopped by the scheduler"
         self.lease = Lease(client, run_id)
         self.closed: str | None = None  # the status it was closed with
@@ -115,6 +141,24 @@ class TrackedRun:
 
     def handle(self, tracking_uri: str) -> RunHandle:
         return RunHandle(tracking_uri, self.run_id, self.lease.owner)
+
+    # ---- the whole sequence
+    def train_and_close(self, cfg: RunConfig, data: ImageData, loop: Loop, *, omit: tuple[str, ...] = (),
+              restored: Restored | None = None) -> tuple[TrainResult, str | None]:
+        """Start (a new run's record), restore, fit `loop`, close; returns the loop's result
+        and the final model's URI (None: the run diverged, FAILED). `restored`: already
+        restored (a `--resume` needs the run's config before its data can be prepared)."""
+        if restored is None:
+            self.start(cfg, loop.where, data, omit)
+            restored = self.restore(checkpoint=not loop.restores_itself)
+            cfg = restored.config(cfg)
+        if restored.state is not None:
+            self.client.set_tag(self.run_id, names.RESUMED_FROM_STEP, str(restored.state["step"]))
+        result = loop.fit(self, cfg, restored)
+        model_uri = self.close(result, cfg, data.shape)
+        if self.on_closed is not None:
+            self.on_closed(result, model_uri)
+        return result, model_uri
 
     # ---- the steps, in order
     def start(self, cfg: RunConfig, where: dict[str, Any], data: ImageData, omit: tuple[str, ...] = ()) -> None:
@@ -236,47 +280,4 @@ def run_callbacks(client: Any, run_id: str, cfg: RunConfig, image_shape: tuple[i
                            frames=restored.frames, cfg=cfg, image_shape=image_shape, owner=owner, lease=lease)
 
 
-def diverged_reason(client: Any, run_id: str) -> str | None:
-    """The health guard's reason when a run (a Ray Train rank 0 wrote it) diverged."""
-    reason = client.get_run(run_id).data.tags.get(names.STOPPED_REASON, "")
-    return reason if reason.startswith(HEALTH_PREFIX) else None
-
-
-def close_early(client: Any, run_id: str, frames: Frames, reason: str) -> None:
-    """A run stopped before its budget by Tune (or closed for a trial whose process
-    died): GIF, reason, KILLED. Never raises: a sweep goes on."""
-    try:
-        log_progress_gif(client, run_id, frames)
-        client.set_tag(run_id, names.STOPPED_REASON, reason)
-        client.set_terminated(run_id, "KILLED")
-    except Exception as e:  # noqa: BLE001
-        print(f"warning: could not close run {run_id}: {e}", file=sys.stderr)
-
-
-@contextlib.contextmanager
-def parent_guard(client: Any, run_id: str) -> Iterator[None]:
-    """A sweep's parent run (it trains nothing, holds no lease): any error inside marks
-    it FAILED (Ctrl-C: KILLED) and propagates."""
-    try:
-        yield
-    except TrackingLost:
-        raise
-    except KeyboardInterrupt:
-        mark_ended(client, run_id, "KILLED", "interrupted by the user")
-        raise
-    except BaseException as e:
-        mark_ended(client, run_id, "FAILED", f"{type(e).__name__}: {e}")
-        raise
-
-
-def mark_ended(client: Any, run_id: str, status: str, message: str) -> None:
-    """Mark a run ended with `message` as its error tag; never masks the original error."""
-    try:
-        client.set_tag(run_id, names.ERROR, message[:5000])
-        client.set_terminated(run_id, status)
-    except Exception:  # noqa: BLE001, S110 - the original error matters more
-        pass
-
-
-__all__ = ["Restored", "RunHandle", "TrackedRun", "close_early", "diverged_reason", "mark_ended",
-           "parent_guard", "run_callbacks"]
+__all__ = ["Loop", "Restored", "RunHandle", "TrackedRun", "run_callbacks"]

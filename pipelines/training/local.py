@@ -20,7 +20,7 @@ from pipelines.tracking import names
 from pipelines.tracking.opening import find_resumable, open_run
 from pipelines.tracking.runs import Restored, TrackedRun
 from pipelines.tracking.store import client_for, ensure_experiment, environment_tags, probe_store, tracking_uri
-from pipelines.training.in_process import fit_here
+from pipelines.training.in_process import InProcessLoop
 from pipelines.training.prepare import DEFAULT_EXPERIMENT, build_evaluator, prepare
 
 
@@ -58,8 +58,8 @@ def run_local(
     experiment_id = ensure_experiment(client, experiment)
     run_id, experiment_id = open_run(client, experiment_id, run_name, environment_tags(cfg.dataset, str(device)))
     with TrackedRun(client, run_id, fresh=True) as run:
-        run.start(cfg, {"world_size": 1, "device_type": str(device), "num_workers": 1}, data)
-        return _train_and_close(run, experiment_id, cfg, data, run.restore(), evaluator, progress)
+        loop = InProcessLoop(data, evaluator, device, progress=progress)
+        return _outcome(run, experiment_id, cfg, data, loop)
 
 
 def _resume(client: Any, experiment: str, resume: str, extend_to: int | None, progress: bool) -> RunOutcome:
@@ -78,17 +78,18 @@ def _resume(client: Any, experiment: str, resume: str, extend_to: int | None, pr
             print(f"extending run {run.run_id} ({found.info.status}) to {extend_to} epochs in the same run",
                   file=sys.stderr)
         data = prepare(cfg)
-        evaluator = build_evaluator(cfg, data, resolve_device(cfg.device))
+        device = resolve_device(cfg.device)
+        loop = InProcessLoop(data, build_evaluator(cfg, data, device), device, progress=progress)
         print(f"resuming run {run.run_id} from epoch {restored.state['epoch']} (step {restored.state['step']})",
               file=sys.stderr)
-        return _train_and_close(run, found.info.experiment_id, cfg, data, restored, evaluator, progress)
+        return _outcome(run, found.info.experiment_id, cfg, data, loop, restored)
 
 
-def _train_and_close(run: TrackedRun, experiment_id: str, cfg: RunConfig, data: ImageData, restored: Restored,
-                     evaluator: Any, progress: bool) -> RunOutcome:
-    """The loop into the run, then its one way out: FINISHED, or FAILED as diverged."""
-    result = fit_here(run, cfg, data, restored, evaluator, progress=progress)
-    model_uri = run.close(result, cfg, data.shape)
+def _outcome(run: TrackedRun, experiment_id: str, cfg: RunConfig, data: ImageData, loop: InProcessLoop,
+             restored: Restored | None = None) -> RunOutcome:
+    """The run's one sequence (TrackedRun.train_and_close), then its one way out: FINISHED, or
+    FAILED as diverged (an error for the command)."""
+    result, model_uri = run.train_and_close(cfg, data, loop, restored=restored)
     if model_uri is None:
         raise RunDiverged(f"run {run.run_id} is FAILED: {result.stopped}")
     return RunOutcome(run.run_id, experiment_id, result, model_uri)

@@ -24,12 +24,27 @@ def prepare(cfg: RunConfig, world_size: int = 1, check_device: bool = True) -> I
     return data
 
 
-def build_evaluator(cfg: RunConfig, data: ImageData, device: Any, progress: bool | None = None) -> Any:
+def build_evaluator(cfg: RunConfig, data: ImageData, device: Any = None, progress: bool | None = None) -> Any:
     """The FID-style evaluator for `cfg.backbone`: trains/loads the classifier and the real
     statistics (cached on disk), so build it once per process and reuse it. progress=None:
     a bar for the long waits (real statistics, each eval's features with Inception) on a
-    terminal only, so Ray workers and logs stay quiet."""
+    terminal only, so Ray workers and logs stay quiet. device None: cfg.device's."""
     from gan.metrics import Evaluator
 
+    device = resolve_device(cfg.device) if device is None else device
     return Evaluator(data, backbone=cfg.backbone, num_samples=cfg.eval_samples, device=device, seed=cfg.seed,
                      progress=progress)
+
+
+_EVALUATORS: dict[tuple, Any] = {}
+
+
+def shared_evaluator(cfg: RunConfig, data: ImageData) -> Any:
+    """One evaluator per process and setting, on cfg.device: a process that trains run
+    after run (a reused Tune actor) skips loading the backbone and the real statistics
+    (part of each trial's start-up)."""
+    key = (cfg.backbone, cfg.eval_samples, cfg.seed, cfg.device, data.fingerprint())
+    if key not in _EVALUATORS:
+        _EVALUATORS.clear()  # one at a time: the backbone may be an Inception network
+        _EVALUATORS[key] = build_evaluator(cfg, data)
+    return _EVALUATORS[key]
