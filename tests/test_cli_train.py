@@ -69,7 +69,7 @@ def test_one_epoch_on_mnist_5k_records_a_complete_run(tmp_path):
     # latents a seed stands for gives exactly the pyfunc's images for that seed.
     g = mlflow.pytorch.load_model(f"runs:/{rid}/generator")
     pyfunc = mlflow.pyfunc.load_model(f"runs:/{rid}/generator")
-    batch = pyfunc.predict(pd.DataFrame(), params={"num_images": 5, "seed": 3})
+    batch = pyfunc.predict(pd.DataFrame(), params={"num_images": 5, "seed": 3, "format": "array"})
     assert batch.shape == (5, 1, 28, 28) and batch.dtype == np.uint8
     with torch.no_grad():
         assert np.array_equal(to_uint8(g(sample_latents(5, 16, 3))).numpy(), batch)

@@ -185,8 +185,9 @@ def test_pyfunc_and_pytorch_faces_of_a_registered_generator(tmp_path):
     promote(client, sweep="p")
     uri = f"models:/gan-generator@{CHAMPION}"
     model = mlflow.pyfunc.load_model(uri)
-    images = model.predict(pd.DataFrame(), params={"num_images": 5, "seed": 1})
+    images = model.predict(pd.DataFrame(), params={"num_images": 5, "seed": 1, "format": "array"})
     assert images.shape == (5, 1, 28, 28) and images.dtype == np.uint8
+    assert list(model.predict(pd.DataFrame([{"seed": 1, "num_images": 5}]))["index"]) == [0, 1, 2, 3, 4]  # PNGs
     assert model.metadata.signature.params.to_dict()[0]["name"] == "num_images"
     module = mlflow.pytorch.load_model(uri)
     assert module(torch.randn(2, LATENT)).shape == (2, 1, 28, 28)
@@ -199,6 +200,7 @@ def test_promotion_against_a_real_tracking_server(mlflow_server, tmp_path, monke
     import mlflow
     import pandas as pd
 
-    images = mlflow.pyfunc.load_model(f"models:/gen@{CHAMPION}").predict(pd.DataFrame(), params={"num_images": 2})
+    images = mlflow.pyfunc.load_model(f"models:/gen@{CHAMPION}").predict(
+        pd.DataFrame(), params={"num_images": 2, "format": "array"})
     assert images.shape == (2, 1, 28, 28)
     assert first.model_name == "gen"

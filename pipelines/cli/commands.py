@@ -121,8 +121,8 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from pipelines.registry.generate import generate_images, write_images
-    from pipelines.tracking.store import client_for
+    from pipelines.registry.generate import generate_images, serving_hint, write_images
+    from pipelines.tracking.store import client_for, tracking_uri
 
     if not 1 <= args.num_images <= 10_000:
         raise ConfigError(f"-n={args.num_images} is invalid: must be in [1, 10000]")
@@ -139,6 +139,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     shape = "x".join(str(d) for d in images.shape[1:])
     print(f"wrote {len(images)} images ({shape}, seed {args.seed}) from {args.model}: "
           + (str(written[0]) if args.out else "") + (f" {args.out_dir}/" if args.out_dir else ""))
+    print(serving_hint(args.model, tracking_uri()))
     return 0
 
 

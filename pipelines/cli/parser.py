@@ -74,7 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="write images from a generator model",
                        description="Write a grid (and optionally one PNG per image) from any generator model URI; "
-                       "the same seed gives the same images.")
+                       "the same seed gives the same images, the ones training scored at that seed. The model "
+                       "also serves on its own, where gan-pipelines is not installed: `mlflow models serve -m "
+                       "MODEL --env-manager local -h 127.0.0.1 -p 5001` answers POST /invocations with "
+                       '{"dataframe_records": [{"seed": 0, "num_images": 4}]} by base64 PNGs (params '
+                       '{"format": "array"}: uint8 [N, C, H, W]); in Python, mlflow.pyfunc.load_model(MODEL)'
+                       ".predict(pandas.DataFrame(), params={...}). README: Serving the champion.")
     g.add_argument("--model", default="models:/gan-generator@champion",
                    help="model URI: models:/NAME@champion, models:/NAME/3, runs:/RUN_ID/generator "
                    "(default: models:/gan-generator@champion)")

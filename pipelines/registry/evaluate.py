@@ -2,7 +2,8 @@
 
 The model is a run's generator (--run-id) or any model URI (--model); its dataset,
 image size and data folder default to what the source run trained on. Images come
-from the model's pyfunc face (count + seed), so every logged generator can be scored.
+from the model's exported generator through gan.sampling (a count and a seed, as in
+training), so every logged generator can be scored, with any sample count.
 """
 
 from __future__ import annotations

@@ -1,8 +1,11 @@
 """`gan-pipeline generate`: images from any generator model URI (models:/NAME@champion,
-runs:/RUN_ID/generator), through the model's pyfunc face (a count and a seed)."""
+runs:/RUN_ID/generator): the model's exported generator, sampled by gan.sampling, the code
+training scored it with (the model's served face gives the same images for a seed; a
+test holds it to that), so any count works, not only a served request's."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -11,15 +14,15 @@ from pipelines.errors import TrackingError
 
 def generate_images(model_uri: str, num_images: int, seed: int) -> Any:
     """uint8 [N, C, H, W] from any generator model URI (models:/NAME@champion, runs:/ID/generator)."""
-    import mlflow
-    import pandas as pd
+    from gan.sampling import generate_uint8, sample_latents
+    from pipelines.tracking.generator_model import load_generator
 
     try:
-        model = mlflow.pyfunc.load_model(model_uri)
-    except Exception as e:  # noqa: BLE001 - MlflowException / OSError: one line for the user
+        module, latent_dim = load_generator(model_uri)
+    except Exception as e:  # noqa: BLE001 - MlflowException / OSError / KeyError: one line for the user
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise TrackingError(f"--model {model_uri!r} cannot be loaded: {first}") from None
-    return model.predict(pd.DataFrame(), params={"num_images": num_images, "seed": seed})
+    return generate_uint8(module, sample_latents(num_images, latent_dim, seed)).numpy()
 
 
 def write_images(images: Any, out: str | Path | None, out_dir: str | Path | None) -> list[Path]:
@@ -43,3 +46,21 @@ def write_images(images: Any, out: str | Path | None, out_dir: str | Path | None
             Image.fromarray(arr).save(d / f"{i:05d}.png")
             written.append(d / f"{i:05d}.png")
     return written
+
+
+SERVE_PORT = 5001  # beside the MLflow UI's 5000
+
+
+def serving_hint(model_uri: str, tracking_uri: str) -> str:
+    """The commands that serve the model over REST and call it (README: Serving the champion)."""
+    import shlex
+
+    store = f"MLFLOW_TRACKING_URI={shlex.quote(tracking_uri)} "
+    body = shlex.quote(json.dumps({"dataframe_records": [{"seed": 0, "num_images": 4}]}))
+    return "\n".join([
+        f"serve it: {store}mlflow models serve -m {shlex.quote(model_uri)} --env-manager local "
+        f"-h 127.0.0.1 -p {SERVE_PORT}",
+        f"  then:   curl -s http://127.0.0.1:{SERVE_PORT}/invocations -H 'Content-Type: application/json' -d {body}",
+        f"  on a machine without gan-pipelines: {store}mlflow artifacts download -u {shlex.quote(model_uri)} "
+        "-d champion, copy champion/, pip install -r champion/requirements.txt, serve -m champion",
+    ])
