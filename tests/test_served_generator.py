@@ -217,3 +217,11 @@ def test_models_logged_before_the_stored_loader_still_load_where_the_package_is(
     module, latent_dim = load_generator(str(path))  # what generate and evaluate use
     assert latent_dim == LATENT
     np.testing.assert_array_equal(generate_images(str(path), 6, 2), images)
+
+
+def test_the_serving_hint_never_shows_the_stores_password():
+    from pipelines.registry.generate import serving_hint
+
+    hint = serving_hint("models:/gan-generator@champion", "http://alice:s3cret@127.0.0.1:5000")
+    assert "s3cret" not in hint and "alice:***@127.0.0.1:5000" in hint
+    assert "mlflow models serve -m models:/gan-generator@champion --env-manager local -h 127.0.0.1" in hint

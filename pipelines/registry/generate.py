@@ -52,10 +52,13 @@ SERVE_PORT = 5001  # beside the MLflow UI's 5000
 
 
 def serving_hint(model_uri: str, tracking_uri: str) -> str:
-    """The commands that serve the model over REST and call it (README: Serving the champion)."""
+    """The commands that serve the model over REST and call it (README: Serving the
+    champion). The store's URI is shown without its password: the user exports their own."""
     import shlex
 
-    store = f"MLFLOW_TRACKING_URI={shlex.quote(tracking_uri)} "
+    from pipelines.tracking.store import redact
+
+    store = f"MLFLOW_TRACKING_URI={shlex.quote(redact(tracking_uri))} "
     body = shlex.quote(json.dumps({"dataframe_records": [{"seed": 0, "num_images": 4}]}))
     return "\n".join([
         f"serve it: {store}mlflow models serve -m {shlex.quote(model_uri)} --env-manager local "

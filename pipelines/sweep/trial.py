@@ -151,10 +151,9 @@ def open_child(client: Any, ctx: TrialContext, trial_id: str, sampled: dict[str,
         for key, value in node.items():
             client.set_tag(run.info.run_id, key, value)
         return run.info.run_id, False
-    first_name = trial_name(0, sampled)
     tags = {**environment_tags(ctx.dataset, ctx.device_label), names.PARENT_RUN: ctx.parent_run_id,
             names.TRIAL_ID: trial_id, names.SWEEP_NAME: ctx.sweep_name, **node}
-    run = client.create_run(ctx.experiment_id, run_name=first_name, tags=tags)
+    run = client.create_run(ctx.experiment_id, run_name=trial_name(0, sampled), tags=tags)
     # Its number is its place among the sweep's trials in start order (the order the report
     # keeps), counted once it exists: two trials that start at once do not share a number.
     siblings = client.search_runs([ctx.experiment_id], f"tags.`{names.PARENT_RUN}` = '{ctx.parent_run_id}'",

@@ -23,8 +23,9 @@ from pipelines.training.prepare import shared_evaluator
 
 @dataclass
 class InProcessLoop:
-    """The one loop on `data` in this process, on `device`, scored by `evaluator`
-    (built before the run existed: a backbone the data cannot use is bad input)."""
+    """The one loop on `data` in this process, on `device`, scored by `evaluator` (a
+    local run builds it before its run exists: a backbone the data cannot use is bad
+    input; a sweep checked the backbone once, before its first trial)."""
 
     data: ImageData
     evaluator: Any
