@@ -89,9 +89,9 @@ def test_resume_refuses_a_live_run_and_clears_the_stale_error_of_an_interrupted_
     assert rc == 2 and err.count("\n") == 1 and f"pid {p.pid}" in err
 
     p.send_signal(signal.SIGINT)  # Ctrl-C: the run is KILLED with an error tag
-    finish(p)
+    rc, _, err = finish(p)
     run = client(tmp_path).get_run(rid)
-    assert run.info.status == "KILLED" and "error" in run.data.tags
+    assert rc == 130 and run.info.status == "KILLED" and "error" in run.data.tags, (rc, err[-2000:])
     rc, _, err = finish(cli(tmp_path, "train", "--resume", rid))
     assert rc == 0, err
     run = client(tmp_path).get_run(rid)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -51,13 +52,25 @@ def parent_guard(client: Any, run_id: str) -> Iterator[None]:
         raise
 
 
+MARK_TRIES = 3  # a store busy for a moment (sqlite's other writer, a server blink) gets retried
+QUICK_FAILURE_S = 5.0
+
+
 def mark_ended(client: Any, run_id: str, status: str, message: str) -> None:
-    """Mark a run ended with `message` as its error tag; never masks the original error."""
-    try:
-        client.set_tag(run_id, names.ERROR, message[:5000])
-        client.set_terminated(run_id, status)
-    except Exception:  # noqa: BLE001, S110 - the original error matters more
-        pass
+    """Mark a run ended with `message` as its error tag; never masks the original error,
+    but says so when the run could not be marked (it then reads RUNNING until a resume)."""
+    for attempt in range(1, MARK_TRIES + 1):
+        began = time.monotonic()
+        try:
+            client.set_tag(run_id, names.ERROR, message[:5000])
+            client.set_terminated(run_id, status)
+            return
+        except Exception as e:  # noqa: BLE001 - the original error matters more
+            # A slow failure is a store that is away (its client already retried): no more.
+            if attempt == MARK_TRIES or time.monotonic() - began > QUICK_FAILURE_S:
+                print(f"warning: could not mark run {run_id} {status}: {type(e).__name__}: {e}", file=sys.stderr)
+                return
+            time.sleep(attempt)
 
 
 __all__ = ["Frames", "close_early", "diverged_reason", "mark_ended", "parent_guard"]
