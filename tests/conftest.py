@@ -3,10 +3,14 @@ real `mlflow server` on 127.0.0.1 (registry and browser tests)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -32,12 +36,86 @@ def arm_fault(folder: Path, name: str, text: str = "1") -> None:
     (folder / name).write_text(text)
 
 
+_MIGRATED: list[Path] = []  # the session's one freshly migrated, empty store
+
+
+def sqlite_store(folder: Path, name: str = "mlflow.db") -> str:
+    """The URI of a real sqlite MLflow store at `folder/name`, at MLflow's current schema.
+    MLflow migrates a new sqlite file from scratch (2-5 s, in every process that creates
+    one); a test's store is a copy of one store this session migrated, with its Default
+    experiment pointed where MLflow would have put it for `folder` (./mlruns/0)."""
+    path = Path(folder) / name
+    if not path.exists():
+        if not _MIGRATED:
+            from mlflow.tracking import MlflowClient
+
+            template = Path(tempfile.mkdtemp(prefix="mlflow-template-")) / "mlflow.db"
+            MlflowClient(f"sqlite:///{template}").search_experiments()  # creates and migrates it
+            _MIGRATED.append(template)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(_MIGRATED[0], path)
+        with contextlib.closing(sqlite3.connect(path)) as db, db:
+            db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+                        (str(Path(folder).resolve() / "mlruns" / "0"),))
+    return f"sqlite:///{path}"
+
+
 def store_with_run(tmp_path: Path, experiment: str) -> tuple:
     """A real sqlite MLflow store in the test's folder and one run in it: (client, run_id)."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    client = MlflowClient(sqlite_store(tmp_path))
     return client, client.create_run(client.create_experiment(experiment)).info.run_id
+
+
+@pytest.fixture(scope="session")
+def local_ray(tmp_path_factory):
+    """One local Ray (2 CPUs, loopback only) for every test that runs Ray in this process;
+    yields the folder its processes read faults from (arm_fault). Those tests run last
+    (pytest_collection_modifyitems), so Ray is up only while they run and every test that
+    starts its own Ray (a CLI sweep, a cluster) runs before it."""
+    ray = pytest.importorskip("ray")
+    folder = tmp_path_factory.mktemp("faults")
+    saved = dict(os.environ)
+    os.environ.update(fault_env(folder))  # Ray's processes inherit it at start
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+    try:
+        ray.init(num_cpus=2, logging_level="WARNING", _node_ip_address="127.0.0.1")
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    yield folder
+    ray.shutdown()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests on the session's Ray run last, in their usual order (see local_ray)."""
+    on_ray = [i for i in items if "local_ray" in getattr(i, "fixturenames", ())]
+    if on_ray:
+        rest = [i for i in items if "local_ray" not in getattr(i, "fixturenames", ())]
+        items[:] = rest + on_ray
+
+
+@pytest.fixture(scope="session")
+def classifier_cache(mnist5k) -> Path:
+    """The session's cache ($GAN_PIPELINES_CACHE) once it holds mnist-5k's trained
+    classifier backbone (trained here if it is not there yet: CI starts with it empty)."""
+    from gan.metrics.base import cache_root
+    from gan.metrics.classifier import load_classifier
+
+    load_classifier(mnist5k)
+    return cache_root()
+
+
+def cache_for(folder: Path, session_cache: Path) -> str:
+    """A GAN_PIPELINES_CACHE of a test's own (its outboxes apart from every other test's)
+    that holds the session's trained classifiers, so the processes using it do not train
+    the backbone again (about a minute each on 2 cores)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for trained in session_cache.glob("classifier-*.pt"):
+        if not (folder / trained.name).exists():
+            shutil.copyfile(trained, folder / trained.name)
+    return str(folder)
 
 
 @pytest.fixture(scope="session")
@@ -108,9 +186,12 @@ class MlflowServer:
             self.proc.wait(timeout=30)
 
 
-@pytest.fixture
-def mlflow_server(tmp_path):
-    server = MlflowServer(tmp_path)
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """One `mlflow server` for the session: each test that uses it works in experiments
+    and registered models of its own names. A test that stops or restarts its server
+    starts its own MlflowServer (tests/test_server_loss.py)."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
     server.start()
     yield server.url
     server.kill()

@@ -6,6 +6,10 @@ listed as taking any value."""
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -121,3 +125,127 @@ def test_a_ray_storage_that_cannot_be_a_folder_is_named_before_anything_is_creat
     err = capsys.readouterr().err
     assert "--ray-storage a-file/ray is invalid" in err and f"{tmp_path / 'a-file'} is a file" in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # no store, no Ray folder
+
+
+# --------------------------------------------------------------------------- the message
+
+
+# What the line says, not only that there is one: the field, the value given and what is
+# allowed (the config's own validation and argparse's).
+MESSAGES = [
+    (["--dataset", "imagenet"], "dataset='imagenet' is invalid"),
+    (["--arch", "resnet"], "arch='resnet' is invalid"),
+    (["--lr-g", "0"], "lr_g=0.0 is invalid"),
+    (["--lr-d", "-0.1"], "lr_d=-0.1 is invalid"),
+    (["--label-smoothing", "0.5"], "label_smoothing=0.5 is invalid"),
+    (["--beta1", "1"], "beta1=1.0 is invalid"),
+    (["--beta2", "1.5"], "beta2=1.5 is invalid"),
+    (["--batch-size", "6000"], "batch_size=6000 is invalid"),
+    (["--lr-g", "fast"], "argument --lr-g: invalid float value"),
+    (["--config", "/nonexistent/c.yaml"], "cannot be read"),
+]
+
+
+@pytest.mark.parametrize(("flags", "message"), MESSAGES, ids=[" ".join(f) for f, _ in MESSAGES])
+def test_the_line_names_the_field_its_value_and_what_is_allowed(flags, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    assert _exit_code(["train", *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def _exit_code(argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as e:  # argparse exits for flag-type errors
+        return int(e.code or 0)
+
+
+# --------------------------------------------------------------------------- at the door
+
+
+def _bomb(tmp_path: Path) -> list[str]:
+    f = tmp_path / "bomb.yaml"
+    # nine levels of nine aliases: 9^9 values if it were expanded
+    f.write_text("a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefghi", "bcdefghij", strict=True)))
+    return ["train", "--config", str(f)]
+
+
+def _png_bomb(tmp_path: Path) -> list[str]:
+    from PIL import Image
+
+    folder = tmp_path / "bombs"
+    folder.mkdir()
+    Image.new("1", (12000, 12000)).save(folder / "huge.png")  # 144 Mpx in a few kB
+    return ["train", "--dataset", f"folder:{folder}", "--backbone", "inception"]
+
+
+def _folder(tmp_path: Path, kind: str) -> list[str]:
+    from PIL import Image
+
+    folder = tmp_path / kind
+    folder.mkdir()
+    if kind == "junk":
+        (folder / "x.jpg").write_text("not a jpeg")
+    elif kind == "faces":  # images without labels cannot train the classifier backbone
+        for i in range(70):
+            Image.new("RGB", (32, 32), (i, 2 * i, 3 * i)).save(folder / f"{i}.png")
+    return ["train", "--dataset", f"folder:{folder}"]
+
+
+def _unwritable_store(tmp_path: Path) -> list[str]:
+    (tmp_path / "a-file").write_text("x")
+    return ["train"]
+
+
+DOOR = {
+    "dead tracking server": (["train"], {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}, "does not answer"),
+    "unknown tracking scheme": (["train"], {"MLFLOW_TRACKING_URI": "foo://x"}, "scheme 'foo' is not supported"),
+    "credentials never printed": (["train"], {"MLFLOW_TRACKING_URI": "http://me:s3cret@127.0.0.1:9"}, "me:***@"),
+    "unwritable store": (_unwritable_store, {"MLFLOW_TRACKING_URI": "sqlite:///{tmp}/a-file/mlflow.db"},
+                         "is not writable"),
+    "empty experiment": (["train", "--experiment", ""], {}, "--experiment"),
+    "quotes in a sweep name": (["promote", "--sweep", "x' or '1'='1"], {}, "--sweep"),
+    "ray address with one worker": (["train", "--ray-address", "127.0.0.1:1"], {}, "--workers 1"),
+    "unreachable ray address for a sweep": (["sweep", "--ray-address", "127.0.0.1:1"], {}, "nothing answers"),
+    "yaml alias bomb": (_bomb, {}, "YAML aliases"),
+    "decompression bomb in a folder": (_png_bomb, {}, "too large to decode safely"),
+    "empty image folder": (lambda t: _folder(t, "empty"), {}, "holds no images"),
+    "a file that is no image": (lambda t: _folder(t, "junk"), {}, "is not a readable image"),
+    "unlabelled images for the classifier": (lambda t: _folder(t, "faces"), {}, "--backbone inception"),
+    "bad search space": (["sweep", "--space", "nope.yaml"], {}, "cannot be read"),
+}
+
+
+@pytest.mark.parametrize("case", list(DOOR))
+def test_what_a_user_gets_wrong_at_the_door_is_one_line_exit_2_and_creates_nothing(case, tmp_path, monkeypatch,
+                                                                                  capsys):
+    args, env, expected = DOOR[case]
+    args = args(tmp_path) if callable(args) else args
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value.format(tmp=tmp_path))
+    capsys.readouterr()
+    assert _exit_code(args) == 2
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1 and len(err) <= 400 and expected in err, err
+    assert "s3cret" not in err + out
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlartifacts").exists()
+    assert not (tmp_path / "ray_results").exists()
+
+
+def test_the_installed_script_exits_2_with_one_line_and_never_prints_a_password(tmp_path):
+    # The process boundary is the point here: the console script's exit code and stderr.
+    script = Path(sys.executable).with_name("gan-pipeline")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": "http://me:s3cret@127.0.0.1:9"}
+    env.pop("GAN_PIPELINES_DEBUG", None)
+    done = subprocess.run([str(script), "train"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and "me:***@" in done.stderr and "does not answer" in done.stderr
+    assert "s3cret" not in done.stderr + done.stdout
+    assert list(tmp_path.iterdir()) == []

@@ -24,7 +24,9 @@ from cluster_parts import RayCluster, mlflow_server, pg_bindir, pids_mentioning,
 
 from pipelines.tracking import names  # noqa: E402
 
-pytestmark = [pytest.mark.integration,
+# Slow (`pytest -m slow`): PostgreSQL, an authenticated `mlflow server` and a two-node Ray
+# cluster take minutes to start and each test minutes to run.
+pytestmark = [pytest.mark.integration, pytest.mark.slow,
               pytest.mark.skipif(pg_bindir() is None, reason="needs Debian's postgresql (.ci/run installs it)")]
 
 # Tiny trials: the point is where they run and where their numbers go, not the GAN.

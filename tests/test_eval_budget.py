@@ -106,18 +106,23 @@ class FakeTrial:
 
 
 def asha_stop_epochs(scheduler, last_epoch: int) -> list[int]:
-    """The epochs where Ray's ASHA stops a trial that is worse than all others.
+    """The epochs where Ray's ASHA stops a trial that is worse than all others, seen only
+    through the decisions its public on_trial_result returns.
 
-    A good trial reporting every epoch fills each rung; a bad one reporting every epoch
-    is then judged once per rung, exactly at the rung's epoch, and is stopped there."""
+    A good trial reporting every epoch fills each rung and is never stopped; a bad one
+    reporting every epoch is then judged once per rung, exactly at the rung's epoch, and is
+    stopped there (Tune would end it at the first; ASHA judges each rung on its own)."""
     from ray.tune.schedulers import TrialScheduler
 
-    good, bad = FakeTrial("good"), FakeTrial("bad")
-    for trial, fid in ((good, 1.0), (bad, 100.0)):
+    decisions = {}
+    for name, fid in (("good", 1.0), ("bad", 100.0)):
+        trial = FakeTrial(name)
         scheduler.on_trial_add(None, trial)
-        actions = [scheduler.on_trial_result(None, trial, {"epoch": e, "fid": fid})
-                   for e in range(1, last_epoch + 1)]
-    return [e for e, a in enumerate(actions, start=1) if a == TrialScheduler.STOP]
+        decisions[name] = [scheduler.on_trial_result(None, trial, {"epoch": e, "fid": fid})
+                           for e in range(1, last_epoch + 1)]
+    assert set(decisions["good"]) == {TrialScheduler.CONTINUE}, decisions["good"]
+    assert set(decisions["bad"]) <= {TrialScheduler.CONTINUE, TrialScheduler.STOP}, decisions["bad"]
+    return [e for e, a in enumerate(decisions["bad"], start=1) if a == TrialScheduler.STOP]
 
 
 def space_with(tmp_path, eval_every, epochs: int, grace: int):

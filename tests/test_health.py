@@ -93,7 +93,7 @@ def test_scoring_refuses_non_finite_images_and_the_run_logs_no_score_for_them(mn
     from gan.metrics import Evaluator
     from gan.sampling import NonFiniteImages
 
-    evaluator = Evaluator(mnist5k, num_samples=50, cache_dir=str(tmp_path))
+    evaluator = Evaluator(mnist5k, num_samples=50)  # the session's cached classifier
     with pytest.raises(NonFiniteImages):
         evaluator(_NanGenerator(), 8)
 

@@ -15,36 +15,31 @@ Guarantees proven elsewhere, by mode (same process kinds, real signals):
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import arm_fault, fault_env, wait_for
+from conftest import arm_fault, sqlite_store, wait_for
 
 pytestmark = pytest.mark.integration
 
 MODES = ["local", "ray-train", "trial", "dist-trial"]
+
+
+def modes(*slow: str) -> list:
+    """MODES with the cells named in `slow` in the slow suite (`pytest -m slow`): each
+    guarantee keeps fast cells in-process and through Tune; the ones that start a Ray
+    Train worker group per run take minutes on 2 cores."""
+    return [pytest.param(m, id=m, marks=pytest.mark.slow) if m in slow else m for m in MODES]
 FIXED = {"dataset": "mnist-5k", "arch": "mlp", "mlp_width": 8, "latent_dim": 16, "batch_size": 256,
          "eval_samples": 100, "device": "cpu", "eval_budget": 0, "epochs": 2}
 
 
 @pytest.fixture(scope="module")
-def faults(tmp_path_factory):
-    """One local Ray (2 CPUs, loopback) for the module; yields the folder its processes
-    read faults from."""
-    ray = pytest.importorskip("ray")
-    folder = tmp_path_factory.mktemp("faults")
-    saved = dict(os.environ)
-    os.environ.update(fault_env(folder))  # Ray's processes inherit it at start
-    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
-    try:
-        ray.init(num_cpus=2, logging_level="WARNING", _node_ip_address="127.0.0.1")
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    # This process (the local mode) reads the same faults.
+def faults(local_ray):
+    """The session's Ray (conftest.local_ray); this process (the local mode) reads the same
+    faults as its workers."""
     import sys
 
     from conftest import FAULTS_DIR
@@ -52,11 +47,10 @@ def faults(tmp_path_factory):
     sys.path.insert(0, str(FAULTS_DIR))
     import gan_faults
 
-    gan_faults.install(str(folder))
-    yield folder
-    for name in list(folder.iterdir()):
+    gan_faults.install(str(local_ray))
+    yield local_ray
+    for name in list(local_ray.iterdir()):
         name.unlink()
-    ray.shutdown()
 
 
 @pytest.fixture
@@ -64,7 +58,7 @@ def store(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = sqlite_store(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return MlflowClient(uri)
 
@@ -119,7 +113,7 @@ def test_a_backbone_the_data_cannot_use_creates_no_run(mode, faults, store, tmp_
     assert not (tmp_path / "mlflow.db").exists() or not training_runs(store)
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", modes("dist-trial"))
 def test_a_diverged_run_is_failed_with_the_guards_reason_and_no_model(mode, faults, store, tmp_path, capsys):
     from pipelines.tracking.models import model_roles
 
@@ -138,7 +132,7 @@ STALE_TAGS = [
         reason="cannot happen: `train --resume` refuses --workers > 1, and a worker-group restart happens "
                "inside fit(), before the driver marks anything")),
     pytest.param("trial", id="trial"),
-    pytest.param("dist-trial", id="dist-trial"),
+    pytest.param("dist-trial", id="dist-trial", marks=pytest.mark.slow),
 ]
 
 
@@ -157,7 +151,7 @@ def test_a_run_that_failed_then_finished_keeps_no_stale_error(mode, faults, stor
     assert "error" not in run.data.tags and "stopped_reason" not in run.data.tags
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", modes("ray-train", "dist-trial"))
 def test_a_running_run_refuses_a_concurrent_resume(mode, faults, store, tmp_path, capsys):
     arm_fault(faults, "hold")  # the first eval waits while this file exists
     results: dict[str, int] = {}
@@ -189,7 +183,7 @@ def test_a_running_run_refuses_a_concurrent_resume(mode, faults, store, tmp_path
     assert "gan.lease.owner" not in run.data.tags
 
 
-@pytest.mark.parametrize("mode", ["trial", "dist-trial"])  # only sweep trials have a scheduler
+@pytest.mark.parametrize("mode", ["trial", pytest.param("dist-trial", marks=pytest.mark.slow)])  # only trials
 def test_a_trial_the_scheduler_stops_is_killed_as_pruned_with_its_reason(mode, faults, store, tmp_path, capsys):
     # Seed 0 samples lr_g 1e-3, then 1e-7 (G frozen near its random init): ASHA stops the
     # second trial at its first rung.

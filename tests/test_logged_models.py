@@ -6,12 +6,16 @@ refuses to rank scores that cannot be compared."""
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
+from conftest import sqlite_store
+from mlflow.exceptions import MlflowException
 
 from gan.config import make_config
 from pipelines.errors import TrackingError
-from pipelines.registry.evaluate import EvalRequest, evaluate
 from pipelines.registry.lookup import champion_version, resolve_model
 from pipelines.registry.promote import promote
 from pipelines.tracking.models import run_models
@@ -26,13 +30,22 @@ SMALL = {"arch": "dcgan", "dcgan_width": 8, "latent_dim": 16, "device": "cpu", "
 
 def train(tmp_path, monkeypatch, experiment: str, **overrides):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_store(tmp_path))
     out = run_local(make_config({**SMALL, **overrides}), experiment=experiment, progress=False)
     return client_for(), out
 
 
-def reevaluate(client, model_uri: str) -> dict[str, float]:
-    return evaluate(client, EvalRequest(model_uri, None, None, None, None, None, None)).scores
+def evaluate_elsewhere(tmp_path, client, model_uri: str, run_id: str) -> tuple[str, dict[str, float]]:
+    """`gan-pipeline evaluate --model URI --log` in a process of its own against the same
+    store: what it printed, and the scores it logged to the model's source run (at full
+    precision; the printed table has 6 digits)."""
+    done = subprocess.run([sys.executable, "-m", "pipelines.cli", "evaluate", "--model", model_uri, "--log"],
+                          cwd=tmp_path, env=os.environ.copy(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"logged to run {run_id} as eval_classifier_*" in done.stdout, done.stdout
+    prefix = "eval_classifier_"
+    return done.stdout, {k[len(prefix):]: v for k, v in client.get_run(run_id).data.metrics.items()
+                         if k.startswith(prefix)}
 
 
 def linked(model, key: str = "fid") -> float:
@@ -55,9 +68,6 @@ def test_kept_models_carry_their_own_scores_and_reevaluating_them_reproduces_the
         # the value linked to the model is the run's fid at the step the model was kept
         assert linked(m) == fid_at[int(m.tags["gan.step"])]
         assert m.source_run_id == rid and m.tags["backbone"] == "classifier" and m.tags["eval_samples"] == "200"
-        again = reevaluate(client, f"models:/{m.model_id}")
-        assert again["fid"] == pytest.approx(linked(m), rel=1e-6)
-        assert again["kid"] == pytest.approx(linked(m, "kid"), rel=1e-6, abs=1e-9)
     best = next(m for m in models if "best" in m.tags["gan.role"])
     assert linked(best) == min(fid_at.values())
     ranked = client.search_logged_models([client.get_run(rid).info.experiment_id],
@@ -74,6 +84,15 @@ def test_kept_models_carry_their_own_scores_and_reevaluating_them_reproduces_the
     best_ckpt = f"epoch_{int(best.tags['gan.epoch']):05d}.pt"
     assert kept == sorted({"epoch_00003.pt", best_ckpt})
 
+    # Reproduced, not recomputed: a fresh process that knows only the best model's URI (an
+    # older generator than the final one whenever the last eval did not improve) loads it
+    # from the store and, with the settings it defaults to, gives the scores linked to it.
+    out, again = evaluate_elsewhere(tmp_path, client, f"models:/{best.model_id}", rid)
+    assert f"models:/{best.model_id} vs mnist-5k (classifier, 200 samples, seed 0)" in out
+    assert "logged in training" in out.split("\nfid ", 1)[1].splitlines()[0]
+    assert again["fid"] == pytest.approx(linked(best), rel=1e-6)
+    assert again["kid"] == pytest.approx(linked(best, "kid"), rel=1e-6, abs=1e-9)
+
 
 def test_promote_registers_the_ranked_model_and_its_value_reproduces(tmp_path, monkeypatch):
     client, _ = train(tmp_path, monkeypatch, "champ", epochs=2)
@@ -82,7 +101,10 @@ def test_promote_registers_the_ranked_model_and_its_value_reproduces(tmp_path, m
     assert version.tags["model_id"] == result.candidate.model_id
     assert version.source == f"models:/{result.candidate.model_id}"
     assert f"model {result.candidate.model_id}" in result.line("fid")
-    again = reevaluate(client, "models:/g@champion")
+    # A fresh process resolves the alias to that model and reproduces the value it ranked.
+    printed, again = evaluate_elsewhere(tmp_path, client, "models:/g@champion", version.run_id)
+    assert "models:/g@champion vs mnist-5k (classifier, 200 samples, seed 0)" in printed
+    assert "logged in training" in printed.split("\nfid ", 1)[1].splitlines()[0]
     assert again["fid"] == pytest.approx(float(version.tags["metric_value"]), rel=1e-6)
 
 
@@ -103,6 +125,10 @@ def test_an_unreachable_registry_is_an_error_not_an_empty_one(monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 
     dead = MlflowClient("http://127.0.0.1:9")  # discard port: nothing listens
-    with pytest.raises(Exception) as err:
+    # MLflow's own answer for a refused connection goes through untouched: not None (no
+    # champion), not a user error, not some other crash of the lookup.
+    with pytest.raises(MlflowException, match=r"registered-models/alias failed with exception .*Connection refused"
+                       ) as err:
         champion_version(dead, "gan-generator")
+    assert type(err.value) is MlflowException and err.value.error_code == "INTERNAL_ERROR"
     assert not isinstance(err.value, TrackingError)

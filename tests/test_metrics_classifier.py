@@ -36,13 +36,17 @@ def mnist() -> ImageData:
 
 
 @pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory) -> str:
-    return str(tmp_path_factory.mktemp("metrics-cache"))
+def cache_dir() -> str:
+    """The cache the product's evaluators use ($GAN_PIPELINES_CACHE; CI's is empty at the
+    start, so the classifier trains once per session, wherever it is first needed)."""
+    from gan.metrics.base import cache_root
+
+    return str(cache_root())
 
 
 @pytest.fixture(scope="session")
 def classifier(mnist, cache_dir) -> ClassifierExtractor:
-    return load_classifier(mnist, cache_dir=cache_dir)  # the one training of the session
+    return load_classifier(mnist, cache_dir=cache_dir)  # the session's one training (or its cache)
 
 
 @pytest.fixture(scope="session")
@@ -132,7 +136,7 @@ def test_real_statistics_cache_hit_recomputes_nothing(mnist, classifier, tmp_pat
 
 
 def test_classifier_cache_hit_loads_the_same_weights_without_training(mnist, classifier, cache_dir):
-    (path,) = Path(cache_dir).glob("classifier-*.pt")
+    (path,) = Path(cache_dir).glob(f"classifier-*-{mnist.fingerprint()}-*.pt")
     mtime = path.stat().st_mtime_ns
     again = load_classifier(mnist, cache_dir=cache_dir)
     assert again.tag == classifier.tag and path.stat().st_mtime_ns == mtime

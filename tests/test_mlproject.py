@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import sqlite_store
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,7 +24,7 @@ def test_entry_points_cover_the_cli_commands():
 def test_mlflow_run_train_entry_point_becomes_the_training_run(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = sqlite_store(tmp_path)
     # As in an activated virtual environment: the entry point calls `gan-pipeline` by name.
     path = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": path}

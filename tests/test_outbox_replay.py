@@ -1,12 +1,17 @@
 """What a run kept on local disk while its tracking server was away, sent later exactly
 once, against a real sqlite MLflow store: a kill mid-append leaves a torn last line that
 a replay skips, every grid and every metric step lands once even when part of it had
-landed before the server went away, and an extended run keeps one best and one final
-generator."""
+landed before the server went away, nothing is sent into a run another process took over
+meanwhile, nor from an outbox whose writer still runs, and an extended run keeps one best
+and one final generator."""
 
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -16,14 +21,16 @@ from conftest import store_with_run
 
 from gan.config import make_config
 from gan.models import build_models
-from pipelines.errors import TrackingError
+from pipelines.errors import TrackingError, TrackingLost
 from pipelines.tracking import names
 from pipelines.tracking.callbacks import MlflowCallbacks, send_offline_writes
 from pipelines.tracking.history import _GRID_FILE
 from pipelines.tracking.models import run_models
+from pipelines.tracking.opening import find_resumable
 from pipelines.tracking.outbox import Outbox
 
 SHAPE = (1, 28, 28)
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -108,6 +115,74 @@ def test_a_replay_sends_every_grid_and_metric_step_exactly_once(store):
     grids = sorted(Path(a.path).name for a in client.list_artifacts(run_id, names.GRIDS_DIR))
     assert grids == ["epoch_000.png", "epoch_001.png", "epoch_002.png"]
     assert not outbox.exists()
+
+
+def test_a_writer_back_after_its_run_was_taken_over_sends_nothing_it_kept(store):
+    """test_lease.py shows the TrackingLost; here: not one kept write reaches the run, and
+    the outbox keeps them all."""
+    client, run_id = store
+    cfg = make_config({"arch": "mlp", "mlp_width": 8, "latent_dim": 16, "device": "cpu"})
+    mine = "thishost:1111:1.00:mine0001"  # the lease this process trains the run under
+    client.set_tag(run_id, names.LEASE_OWNER, mine)
+    callbacks = MlflowCallbacks(client, run_id, cfg=cfg, image_shape=SHAPE, owner=mine)
+    callbacks.outage.begin(0)  # the server went away: every write since is kept
+    callbacks.outbox.open(cfg.to_dict(), SHAPE, "test")
+    kept = [{"kind": "grid", "epoch": 0, "step": 0, "grid": grid(0)}, metrics(1, 2, 3),
+            {"kind": "scored", "epoch": 1, "step": 3, "generator": build_models(cfg, SHAPE)[0], "improved": True,
+             "final": False}, evaluation(1, 3)]
+    for event in kept:
+        callbacks.outbox.keep(event)
+    # Meanwhile another process took the run over (this one's lease went stale: it could not beat).
+    client.set_tag(run_id, names.LEASE_OWNER, "otherhost:4242:1.00:theirs01")
+    client.set_tag(run_id, names.LEASE_HEARTBEAT, f"{time.time():.0f}")
+    callbacks.outage.next_look = 0.0  # the next callback looks for the server, which is back
+
+    with pytest.raises(TrackingLost, match="taken over by otherhost pid 4242"):
+        callbacks.on_metrics([(4, {"d_loss": 4.0, "g_loss": -4.0})])
+
+    assert metric_steps(client, run_id, "d_loss") == Counter() and metric_steps(client, run_id, "fid") == Counter()
+    assert image_steps(client, run_id) == Counter() and client.list_artifacts(run_id, names.GRIDS_DIR) == []
+    assert run_models(client, run_id) == []
+    assert callbacks.outbox.size() == len(kept) and callbacks.outbox.sent() == 0
+
+
+WRITER = """
+import sys
+from pipelines.tracking.outbox import Outbox
+box = Outbox(sys.argv[1])
+box.open(None, None, "test")
+box.keep({"kind": "metrics", "rows": [(1, {"d_loss": 1.0}), (2, {"d_loss": 2.0})], "ts": 1})
+print("kept", flush=True)
+sys.stdin.read()  # trains on, offline, until the test closes its stdin
+"""
+
+
+def test_an_outbox_whose_writer_still_runs_is_not_sent_until_it_ends(store):
+    client, run_id = store
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, run_id], cwd=REPO, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "kept"
+        with pytest.raises(TrackingError, match=rf"pid {writer.pid} on this machine still trains it"):
+            send_offline_writes(client, run_id)  # what a Ray Train rank 0 does first
+        assert metric_steps(client, run_id, "d_loss") == Counter()
+        assert Outbox(run_id).size() == 1 and Outbox(run_id).sent() == 0
+
+        # Its lease looks stale (it could not beat while the server was away): `train
+        # --resume` still refuses before taking the lease, and the run stays as it was.
+        client.set_tag(run_id, names.LEASE_OWNER, f"{socket.gethostname()}:{writer.pid}:1.00:cafe0000")
+        client.set_tag(run_id, names.LEASE_HEARTBEAT, f"{time.time() - 3600:.0f}")
+        with pytest.raises(TrackingError, match=rf"pid {writer.pid} on this machine still trains it"):
+            find_resumable(client, client.get_run(run_id).info.experiment_id, run_id)
+        run = client.get_run(run_id)
+        assert run.info.status == "RUNNING" and names.ERROR not in run.data.tags
+        assert run.data.tags[names.LEASE_OWNER].endswith(":cafe0000")
+    finally:
+        writer.stdin.close()
+        writer.wait(timeout=60)
+    send_offline_writes(client, run_id)  # its writer is gone: now it is sent
+    assert metric_steps(client, run_id, "d_loss") == Counter({1: 1, 2: 1})
+    assert not Outbox(run_id).exists()
 
 
 def roles(client, run_id) -> list[str]:

@@ -10,6 +10,7 @@ import socket
 
 import pytest
 import torch
+from conftest import sqlite_store
 
 from gan.callbacks import Callbacks
 from gan.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
@@ -163,29 +164,17 @@ def test_a_worker_user_error_surfaces_as_itself_and_a_dead_worker_as_one_line():
 # --------------------------------------------------------------------------- real Ray
 
 
-@pytest.fixture(scope="module")
-def ray_session(tmp_path_factory):
-    """One local Ray (2 CPUs) for the module: run_distributed uses a running session.
+@pytest.fixture
+def ray_session(local_ray):
+    """The session's Ray (conftest.local_ray): run_distributed uses a running session.
     Yields the folder where a test arms a fault its workers fire (tests/faults)."""
-    ray = pytest.importorskip("ray")
-    from conftest import fault_env
-
-    faults = tmp_path_factory.mktemp("faults")
-    saved = dict(os.environ)
-    os.environ.update(fault_env(faults))  # Ray's processes inherit it at start
-    try:
-        ray.init(num_cpus=2, logging_level="WARNING", _node_ip_address="127.0.0.1")
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    yield faults
-    ray.shutdown()
+    return local_ray
 
 
 def _store(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = sqlite_store(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return MlflowClient(uri)
 
@@ -227,6 +216,7 @@ def test_two_worker_run_logs_one_mlflow_run_whose_checkpoint_resumes_in_process(
     assert result.epochs_done == 2 and result.step == 2 * STEPS_PER_EPOCH
 
 
+@pytest.mark.slow  # the same guarantee as tests/test_lifecycle.py's diverged[ray-train] cell
 def test_a_diverged_ray_train_run_fails_with_the_guards_reason(ray_session, tmp_path, monkeypatch, capsys):
     from pipelines.cli import main
 

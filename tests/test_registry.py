@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import sqlite_store
 from mlflow.entities import Param
 
 from gan.config import make_config
@@ -104,12 +105,12 @@ def check_promotion_flow(client):
 
 def test_promote_picks_best_not_last_and_never_demotes(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    client = client_for(f"sqlite:///{tmp_path}/mlflow.db")
+    client = client_for(sqlite_store(tmp_path))
     check_promotion_flow(client)
 
 
 def test_promote_sweep_takes_the_tagged_parent_not_a_newer_run_named_like_it(tmp_path):
-    client = client_for(f"sqlite:///{tmp_path}/mlflow.db")
+    client = client_for(sqlite_store(tmp_path))
     parent, runs = sweep(client, "s", [[6.0], [4.0]])
     plain_run(client, "s", fids=[0.5])  # started after the sweep: newest by name
     chosen = promote(client, sweep="s", model_name="gen")
@@ -120,7 +121,7 @@ def test_promote_sweep_takes_the_tagged_parent_not_a_newer_run_named_like_it(tmp
 def test_promote_names_the_sweeps_that_exist_when_none_has_that_name(tmp_path, monkeypatch, capsys):
     from pipelines.cli import main
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = sqlite_store(tmp_path)
     client = client_for(uri)
     with pytest.raises(TrackingError, match="no sweep named 'nope'.*no sweep in this store"):
         promote(client, sweep="nope")
@@ -141,7 +142,7 @@ def test_promote_names_the_sweeps_that_exist_when_none_has_that_name(tmp_path, m
 
 
 def test_promote_errors_are_clear(tmp_path):
-    client = client_for(f"sqlite:///{tmp_path}/mlflow.db")
+    client = client_for(sqlite_store(tmp_path))
     with pytest.raises(TrackingError, match="no sweep named"):
         promote(client, sweep="nope")
     sweep(client, "empty", [[5.0]], status="FAILED")
@@ -155,7 +156,7 @@ def test_promote_errors_are_clear(tmp_path):
 def test_generate_cli_is_deterministic_through_the_champion_alias(tmp_path, monkeypatch, capsys):
     from pipelines.cli import main
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = sqlite_store(tmp_path)
     client = client_for(uri)
     sweep(client, "g", [[4.0]])
     promote(client, sweep="g")
@@ -180,7 +181,7 @@ def test_pyfunc_and_pytorch_faces_of_a_registered_generator(tmp_path):
     import mlflow
     import pandas as pd
 
-    client = client_for(f"sqlite:///{tmp_path}/mlflow.db")
+    client = client_for(sqlite_store(tmp_path))
     sweep(client, "p", [[4.0]])
     promote(client, sweep="p")
     uri = f"models:/gan-generator@{CHAMPION}"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import sqlite_store
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
@@ -30,7 +31,7 @@ TINY = {"arch": "mlp", "mlp_width": 8, "latent_dim": 16, "batch_size": 64, "devi
 
 @pytest.fixture
 def store(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = sqlite_store(tmp_path)
     client = MlflowClient(uri)
     return client, client.create_run(client.create_experiment("page")).info.run_id, uri
 
@@ -43,7 +44,7 @@ def image_steps(client, run_id) -> Counter:
 @pytest.mark.integration
 def test_every_eval_every_epoch_has_a_grid_and_the_gif_marks_the_scored_ones(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_store(tmp_path))
     # A budget no eval fits in: only the last epoch is scored.
     cfg = make_config({**TINY, "epochs": 3, "eval_budget": 1e-9})
     out = run_local(cfg, experiment="grids", progress=False)

@@ -8,6 +8,8 @@ once, its checkpoints and its models."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -16,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import MlflowServer
+from conftest import MlflowServer, cache_for, store_with_run, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -26,8 +28,19 @@ STEPS = 5000 // 256  # per epoch
 EPOCHS = 40
 
 
+@pytest.fixture(autouse=True)
+def no_train_left():
+    yield
+    for proc in Train.started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    Train.started.clear()
+
+
 @pytest.fixture
-def server(tmp_path):
+def server(tmp_path, classifier_cache):
+    cache_for(tmp_path / "cache", classifier_cache)  # the cache Train gives its processes
     s = MlflowServer(tmp_path)
     s.start()
     yield s
@@ -37,12 +50,15 @@ def server(tmp_path):
 class Train:
     """`gan-pipeline train` against the server, its stderr collected as it comes."""
 
+    started: list[subprocess.Popen] = []  # killed after each test (a failed one leaves its child)
+
     def __init__(self, cwd: Path, url: str, *args: str, wait_s: str = "120") -> None:
         env = {**os.environ, "MLFLOW_TRACKING_URI": url, "GAN_PIPELINES_LEASE_TIMEOUT_S": "3",
                "GAN_PIPELINES_OFFLINE_WAIT_S": wait_s, "GAN_PIPELINES_CACHE": str(cwd / "cache")}
         env.pop("GAN_PIPELINES_DEBUG", None)
         self.proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "train", *args], cwd=cwd, env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        Train.started.append(self.proc)
         self.err: list[str] = []
         self.reader = threading.Thread(target=lambda: self.err.extend(self.proc.stderr), daemon=True)
         self.reader.start()
@@ -66,16 +82,29 @@ def _client(url: str):
     return MlflowClient(url)
 
 
-def _wait_for_first_eval(url: str, experiment: str) -> str:
+def _wait_for_first_eval(url: str, experiment: str, train: Train) -> str:
+    """The run's id once its first eval is logged (the classifier the evals score with is
+    trained first, in this test's fresh cache: minutes on a busy machine)."""
     c = _client(url)
-    deadline = time.time() + 180
-    while time.time() < deadline:
+
+    def first_eval() -> str | None:
+        assert train.proc.poll() is None, "".join(train.err)[-2000:]
         exp = c.get_experiment_by_name(experiment)
         runs = c.search_runs([exp.experiment_id]) if exp else []
-        if runs and c.get_metric_history(runs[0].info.run_id, "fid"):
-            return runs[0].info.run_id
-        time.sleep(0.2)
-    raise AssertionError("no eval logged")
+        return runs[0].info.run_id if runs and c.get_metric_history(runs[0].info.run_id, "fid") else None
+
+    return wait_for(first_eval, timeout=600)
+
+
+def _kept_kinds(events: Path) -> list[str]:
+    """The kinds of the events an outbox holds so far (a line being appended is skipped)."""
+    if not events.exists():
+        return []
+    kinds = []
+    for line in events.read_text().splitlines():
+        with contextlib.suppress(ValueError):
+            kinds.append(json.loads(line)["kind"])
+    return kinds
 
 
 def _assert_whole(url: str, run_id: str) -> None:
@@ -97,10 +126,13 @@ def _assert_whole(url: str, run_id: str) -> None:
 
 def test_a_server_back_mid_run_gets_everything_kept_meanwhile(server, tmp_path):
     t = Train(tmp_path, server.url, "--epochs", str(EPOCHS), "--experiment", "lost", *FAST)
-    run_id = _wait_for_first_eval(server.url, "lost")
+    run_id = _wait_for_first_eval(server.url, "lost", t)
     server.kill()
     t.wait_for("does not answer")  # training goes on, writing to the outbox
-    time.sleep(3)
+    events = tmp_path / "cache" / "offline" / run_id / "events.jsonl"
+    # ...until the outbox holds an eval and what the run did after it: then the server is back
+    wait_for(lambda: "eval" in _kept_kinds(events)[:-1], timeout=180)
+    assert t.proc.poll() is None, "".join(t.err)[-2000:]
     server.start()  # the same store, the same port
     rc, err = t.finish()
     assert rc == 0, err
@@ -111,7 +143,7 @@ def test_a_server_back_mid_run_gets_everything_kept_meanwhile(server, tmp_path):
 
 def test_a_server_gone_past_the_end_exits_1_keeping_all_and_resume_sends_it(server, tmp_path):
     t = Train(tmp_path, server.url, "--epochs", str(EPOCHS), "--experiment", "lost", *FAST, wait_s="2")
-    run_id = _wait_for_first_eval(server.url, "lost")
+    run_id = _wait_for_first_eval(server.url, "lost", t)
     server.kill()
     rc, err = t.finish()
     assert rc == 1, err
@@ -129,35 +161,99 @@ def test_a_server_gone_past_the_end_exits_1_keeping_all_and_resume_sends_it(serv
 
 
 def test_the_outbox_keeps_each_kind_in_order_resends_none_twice_and_keeps_few_checkpoints(tmp_path, monkeypatch):
+    """Kept in order, payloads intact, old checkpoints dropped; and a replay (what --resume
+    runs first) into a real sqlite store writes none of the writes again that reached the
+    store though their answers never came back: each metric step, eval, grid and model once."""
+    from collections import Counter
+
     import numpy as np
     import torch
 
+    from gan.config import make_config
+    from gan.models import build_models
+    from pipelines.tracking import names
+    from pipelines.tracking.callbacks import MlflowCallbacks, send_offline_writes
+    from pipelines.tracking.history import _GRID_FILE
+    from pipelines.tracking.models import run_models
     from pipelines.tracking.outbox import Outbox
 
-    monkeypatch.setenv("GAN_PIPELINES_CACHE", str(tmp_path))
-    box = Outbox("r1")
+    monkeypatch.setenv("GAN_PIPELINES_CACHE", str(tmp_path / "cache"))
+    client, run_id = store_with_run(tmp_path, "outbox")
+    shape = (1, 28, 28)
+    cfg = make_config({"arch": "mlp", "mlp_width": 8, "latent_dim": 16, "device": "cpu", "keep_checkpoints": 1})
+    g = build_models(cfg, shape)[0]
+
+    def rows(*steps: int) -> list:
+        return [[s, {"d_loss": s / 8, "g_loss": -s / 8}] for s in steps]
+
+    def grid(step: int) -> np.ndarray:
+        return np.full((32, 32), 40 * step, dtype=np.uint8)
+
+    def checkpoint(epoch: int) -> dict:
+        path = tmp_path / f"c{epoch}.pt"
+        torch.save({"epoch": epoch}, path)
+        return {"kind": "checkpoint", "epoch": epoch, "step": 2 * epoch, "path": path}
+
+    def scored(epoch: int, improved: bool, final: bool) -> dict:
+        return {"kind": "scored", "epoch": epoch, "step": 2 * epoch, "generator": g, "improved": improved,
+                "final": final}
+
+    def evaluation(epoch: int, fid: float) -> dict:
+        return {"kind": "eval", "epoch": epoch, "step": 2 * epoch, "grid": grid(2 * epoch), "ts": epoch,
+                "metrics": {"fid": fid}}
+
+    events = [{"kind": "metrics", "rows": rows(1, 2), "ts": 1}, scored(1, True, False), evaluation(1, 3.5),
+              checkpoint(1), {"kind": "metrics", "rows": rows(3, 4), "ts": 2}, evaluation(2, 4.5), checkpoint(2),
+              {"kind": "metrics", "rows": rows(5, 6), "ts": 3}, scored(3, False, True), evaluation(3, 5.5),
+              checkpoint(3)]
+    box = Outbox(run_id)
     assert not box.exists()
-    box.open({"epochs": 3}, (1, 28, 28), "MlflowException")
-    grid = np.arange(64, dtype=np.uint8).reshape(8, 8)
-    g = torch.nn.Linear(2, 3)
-    box.keep({"kind": "metrics", "rows": [[1, {"d_loss": 0.5}], [2, {"d_loss": 0.25}]]})
-    box.keep({"kind": "scored", "epoch": 1, "step": 2, "generator": g, "improved": True, "final": False})
-    box.keep({"kind": "eval", "epoch": 1, "step": 2, "grid": grid, "metrics": {"fid": 3.5}})
-    for epoch in (1, 2, 3):
-        ckpt = tmp_path / f"c{epoch}.pt"
-        torch.save({"epoch": epoch}, ckpt)
-        box.keep({"kind": "checkpoint", "epoch": epoch, "step": 2 * epoch, "path": ckpt})
-    box.drop_checkpoints(keep=1, also_keep="epoch_00001.pt")  # the newest, and the best eval's
+    box.open(cfg.to_dict(), shape, "MlflowException")
+    for event in events:
+        box.keep(event)
+        if event["kind"] == "checkpoint":
+            box.drop_checkpoints(keep=1, also_keep="epoch_00001.pt")  # the newest, and the best eval's
 
-    events = box.pending(lambda: torch.nn.Linear(2, 3))
-    assert [e["kind"] for e in events] == ["metrics", "scored", "eval", "checkpoint", "checkpoint", "checkpoint"]
-    assert events[0]["rows"] == [[1, {"d_loss": 0.5}], [2, {"d_loss": 0.25}]]
-    assert torch.equal(events[1]["generator"].weight, g.weight)
-    assert np.array_equal(events[2]["grid"], grid) and events[2]["metrics"] == {"fid": 3.5}
-    assert [e["path"].exists() for e in events[3:]] == [True, False, True]
+    pending = box.pending(lambda: build_models(cfg, shape)[0])
+    assert [e["kind"] for e in pending] == [e["kind"] for e in events]
+    assert pending[0]["rows"] == rows(1, 2)
+    kept_g = pending[1]["generator"].state_dict()
+    assert all(torch.equal(kept_g[k], v) for k, v in g.state_dict().items())
+    assert np.array_equal(pending[2]["grid"], grid(2)) and pending[2]["metrics"] == {"fid": 3.5}
+    assert [e["path"].exists() for e in pending if e["kind"] == "checkpoint"] == [True, False, True]
     assert box.meta()["image_shape"] == [1, 28, 28] and not box.writer_alive()  # this process
+    box.mark_sent(8)  # a replay a second outage cut short resumes after what was sent
+    assert [e["step"] for e in Outbox(run_id).pending(lambda: build_models(cfg, shape)[0])] == [6, 6, 6]
+    box.mark_sent(0)
 
-    box.mark_sent(4)  # a replay a second outage cut short resumes after what was sent
-    assert [e["step"] for e in Outbox("r1").pending()] == [4, 6]
-    box.clear()
+    # What reached the store though the process never learned it (each write's answer was
+    # lost, so the outbox kept it too), written as the run writes them: the first metric
+    # batch, the epoch-1 model and eval (grid, then scores), the first half of the next
+    # batch, and the final model, whose eval never landed.
+    live = MlflowCallbacks(client, run_id, cfg=cfg, image_shape=shape)
+    for event in (events[0], events[1], events[2], {**events[4], "rows": rows(3)}, events[8]):
+        live._send(event)
+    final_id = live.model_at[1]
+
+    send_offline_writes(client, run_id)
+
+    def counted(key: str) -> Counter:
+        return Counter(m.step for m in client.get_metric_history(run_id, key))
+
+    assert counted("d_loss") == counted("g_loss") == Counter(range(1, 7))
+    assert counted(names.EPOCH) == counted("fid") == Counter({2: 1, 4: 1, 6: 1})
+    assert [m.value for m in client.get_metric_history(run_id, "fid")] == [3.5, 4.5, 5.5]
+    found = (_GRID_FILE.match(Path(a.path).name) for a in client.list_artifacts(run_id, names.IMAGES_DIR))
+    assert Counter(int(m.group(1)) for m in found if m) == Counter({2: 1, 4: 1, 6: 1})  # the slider's images
+    assert sorted(Path(a.path).name for a in client.list_artifacts(run_id, names.GRIDS_DIR)) == [
+        "epoch_001.png", "epoch_002.png", "epoch_003.png"]
+    models = run_models(client, run_id)
+    assert sorted((int(m.tags[names.MODEL_STEP]), m.tags[names.MODEL_ROLE]) for m in models) == [
+        (2, "best"), (6, "final")]
+    assert final_id in {m.model_id for m in models}  # the model that landed is kept, not logged again
+    # ...and the replayed eval's scores are linked to it
+    assert [(m.key, m.step) for m in client.get_logged_model(final_id).metrics if m.key == "fid"] == [("fid", 6)]
+    kept = [Path(a.path).name for a in client.list_artifacts(run_id, names.CHECKPOINT_DIR)]
+    # keep_checkpoints 1: the newest, and the best eval's (epoch 1), which the replay learns from the log
+    assert sorted(kept) == ["epoch_00001.pt", "epoch_00003.pt"]
     assert not box.exists()

@@ -40,7 +40,9 @@ from pipelines.tracking.models import log_model
 from pipelines.tracking.names import CHAMPION
 from pipelines.tracking.store import client_for, config_params, ensure_experiment
 
-pytestmark = pytest.mark.integration
+# Slow (`pytest -m slow`): the venv built from a model's requirements takes minutes and
+# the package index; tests/test_served_generator.py checks the same loader in-process.
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 LATENT = 8
 MODEL = f"models:/gan-generator@{CHAMPION}"
 

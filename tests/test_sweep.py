@@ -9,11 +9,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
+from conftest import sqlite_store, wait_for
 
 from pipelines.tracking import names
 from pipelines.tracking.models import model_roles
@@ -32,20 +33,19 @@ def _write_space(folder: Path, name: str, params: dict) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
-    ray.init(num_cpus=2, logging_level="WARNING")
-    yield
-    ray.shutdown()
+@pytest.fixture
+def ray_session(local_ray):
+    """The session's Ray (conftest.local_ray, loopback only): an in-process sweep uses it."""
+    return local_ray
 
 
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
+    """The folder a sweep runs in with the product's default store (./mlflow.db), made
+    already migrated (conftest.sqlite_store)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    sqlite_store(tmp_path)
     return tmp_path
 
 
@@ -60,7 +60,7 @@ def _sweep(workdir: Path, space: Path, **options):
 def _client(workdir: Path):
     from pipelines.tracking.store import client_for
 
-    return client_for(f"sqlite:///{workdir / 'mlflow.db'}")
+    return client_for(sqlite_store(workdir))
 
 
 def _artifacts(client, run_id: str, path: str = "") -> set[str]:
@@ -132,11 +132,18 @@ def test_three_trial_sweep_makes_a_parent_with_nested_children_and_a_report(ray_
     assert champion.run_id == first.candidate.run_id
 
     # Scored == shipped: these trials train BatchNorm generators without EMA; the champion,
-    # re-evaluated with the settings its run used, gives the value its version carries.
-    from pipelines.registry.evaluate import EvalRequest, evaluate
-
-    again = evaluate(client, EvalRequest("models:/sweep-gen@champion", None, None, None, None, None, None))
-    assert again.scores["fid"] == pytest.approx(float(champion.tags["metric_value"]), rel=1e-6)
+    # re-evaluated in a process of its own with the settings its run used (the defaults),
+    # gives the value its version carries (logged back to its run at full precision).
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "evaluate", "--model", "models:/sweep-gen@champion", "--log"],
+        cwd=workdir, env={**os.environ, "MLFLOW_TRACKING_URI": sqlite_store(workdir)},
+        capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "models:/sweep-gen@champion vs mnist-5k (classifier, 200 samples, seed 0)" in done.stdout
+    assert f"logged to run {champion.run_id}" in done.stdout
+    assert "logged in training" in done.stdout.split("\nfid ", 1)[1].splitlines()[0]
+    again = client.get_run(champion.run_id).data.metrics["eval_classifier_fid"]
+    assert again == pytest.approx(float(champion.tags["metric_value"]), rel=1e-6)
 
 
 def test_asha_stops_a_trial_with_a_broken_learning_rate(ray_session, workdir):
@@ -177,6 +184,13 @@ def test_a_diverging_trial_is_stopped_with_its_reason_and_the_sweep_goes_on(ray_
     assert out.best.data.params["lr_g"] == "0.0002"
 
 
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def _children(client, experiment_id: str, parent_id: str):
     return client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
 
@@ -191,36 +205,39 @@ def test_resume_after_killing_the_driver_finishes_the_trials_without_duplicate_r
     env = {**os.environ, "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
     log = open(workdir / "first.log", "wb")  # noqa: SIM115 - closed below
     driver = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=log, stderr=log, start_new_session=True)
+    client = None  # opened once the driver has made the store
+
+    def killable() -> bool:
+        """Kill once a trial finished and another one is past its first eval..."""
+        nonlocal client
+        assert driver.poll() is None, (workdir / "first.log").read_text()[-3000:]
+        if b"parent run" not in (workdir / "first.log").read_bytes():
+            return False  # opening the store while the driver creates it races its migration
+        client = client or _client(workdir)
+        exp = client.get_experiment_by_name("gan-pipelines")
+        parents = client.search_runs([exp.experiment_id], "tags.`sweep.role` = 'parent'") if exp else []
+        if not parents:
+            return False
+        kids = _children(client, exp.experiment_id, parents[0].info.run_id)
+        running = [k.data.tags["tune_trial_id"] for k in kids
+                   if k.info.status == "RUNNING" and "epoch" in k.data.metrics]
+        # ...and once Tune's saved state knows that trial: a trial Tune never recorded is
+        # replaced on resume (its run is then tagged sweep.lost and KILLED)
+        saved = "".join(f.read_text() for f in (workdir / "ray_results" / "resumable").glob(
+            "experiment_state*.json"))
+        return any(k.info.status == "FINISHED" for k in kids) and bool(running) and running[0] in saved
+
     try:
-        client = None
-        deadline = time.time() + 240
-        # kill once a trial finished and another one is past its first checkpoint
-        while time.time() < deadline:
-            time.sleep(0.5)
-            assert driver.poll() is None, (workdir / "first.log").read_text()[-3000:]
-            if b"parent run" not in (workdir / "first.log").read_bytes():
-                continue  # opening the store while the driver creates it races its migration
-            client = client or _client(workdir)
-            exp = client.get_experiment_by_name("gan-pipelines")
-            parents = client.search_runs([exp.experiment_id], "tags.`sweep.role` = 'parent'") if exp else []
-            if not parents:
-                continue
-            kids = _children(client, exp.experiment_id, parents[0].info.run_id)
-            running = [k.data.tags["tune_trial_id"] for k in kids
-                       if k.info.status == "RUNNING" and "epoch" in k.data.metrics]
-            # ...and once Tune's saved state knows that trial: a trial Tune never recorded is
-            # replaced on resume (its run is then tagged sweep.lost and KILLED)
-            saved = "".join(f.read_text() for f in (workdir / "ray_results" / "resumable").glob(
-                "experiment_state*.json"))
-            if any(k.info.status == "FINISHED" for k in kids) and running and running[0] in saved:
-                break
-        else:
-            pytest.fail("the sweep did not get far enough to be killed")
+        wait_for(killable, timeout=240, every=0.5)
+        # Every process the driver started (Ray's, the trials' workers, its reaper), as of now.
+        started = psutil.Process(driver.pid).children(recursive=True)
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started
         driver.wait()
         log.close()
-    time.sleep(2)
+    # Resume once none of them is left to write to the runs (the reaper ends what the
+    # process group did not take).
+    wait_for(lambda: not any(_alive(p) for p in started), timeout=120)
 
     resumed = subprocess.run([sys.executable, "-m", "pipelines.cli", "sweep", "--resume", "resumable"],
                              cwd=workdir, env=env, capture_output=True, text=True, timeout=400)

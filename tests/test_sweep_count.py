@@ -25,6 +25,7 @@ import sys
 
 import pytest
 import yaml
+from conftest import sqlite_store
 
 THREAD_TIMEOUT_ENV = "TUNE_FUNCTION_THREAD_TIMEOUT_S"  # read by ray.tune FunctionTrainable.reset_config
 SLOW_CLOSE_S = 4  # > Ray's default 2 s: before the fix the next trial on that actor is lost
@@ -68,7 +69,7 @@ def test_a_slow_pruned_trial_does_not_lose_the_next_trial_on_its_actor(tmp_path)
         "dataset": "mnist-5k", "arch": "mlp", "mlp_width": 8, "latent_dim": 16, "batch_size": 256,
         "eval_samples": 100, "device": "cpu", "eval_budget": 0, "epochs": 3,
         "lr_g": {"type": "categorical", "choices": [1e-7, 1e-3]}}}))
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", **fault_env(tmp_path / "faults")}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": sqlite_store(tmp_path), **fault_env(tmp_path / "faults")}
     for key in ("RAY_ADDRESS", "GAN_PIPELINES_DEBUG", THREAD_TIMEOUT_ENV):
         env.pop(key, None)
     done = subprocess.run(
@@ -82,7 +83,7 @@ def test_a_slow_pruned_trial_does_not_lose_the_next_trial_on_its_actor(tmp_path)
 
     from mlflow import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    client = MlflowClient(sqlite_store(tmp_path))
     exp = client.get_experiment_by_name("gan-pipelines")
     runs = client.search_runs([exp.experiment_id], "tags.`mlflow.parentRunId` != ''")
     tune_ids = {p.name.removeprefix("trial_") for p in (tmp_path / "ray_results" / "count").glob("trial_*")}

@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from conftest import arm_fault, fault_env, wait_for
+from conftest import arm_fault, fault_env, sqlite_store, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +37,7 @@ def write_space(folder: Path, params: dict) -> Path:
 def sweep(workdir: Path, *args: str, env: dict | None = None, log: str = "driver.log") -> subprocess.Popen:
     """The CLI in a session of its own: its session id finds every process it started."""
     # The store last: a cluster's env is a copy of os.environ, where an earlier test may have left a URI.
-    e = {**os.environ, **(env or {}), "MLFLOW_TRACKING_URI": f"sqlite:///{workdir}/mlflow.db"}
+    e = {**os.environ, **(env or {}), "MLFLOW_TRACKING_URI": sqlite_store(workdir)}
     e.pop("GAN_PIPELINES_DEBUG", None)
     out = open(workdir / log, "ab")  # noqa: SIM115 - the child holds it; closed with the test's folder
     return subprocess.Popen([sys.executable, "-m", "pipelines.cli", "sweep", *args], cwd=workdir, env=e,
@@ -54,7 +54,7 @@ def finish(p: subprocess.Popen, workdir: Path, log: str = "driver.log", timeout:
 def client(workdir: Path):
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    return MlflowClient(sqlite_store(workdir))
 
 
 def trials(workdir: Path, driver: subprocess.Popen | None = None, log: str = "driver.log") -> list:

@@ -1,8 +1,9 @@
 """The MLflow UI as a new user meets it: a real `mlflow server`, a small real sweep and a
 promote run as the CLI, then Debian's headless Chromium (driven by selenium) opens the
 URLs the sweep printed and finds the trials by name with their fid, a sample grid, and
-the champion in the registry. Screenshots go under the test's tmp_path, and to
-benchmarks/ui_screenshots/ when GAN_PIPELINES_SCREENSHOTS=1 (so a person can look)."""
+the champion in the registry. Screenshots, each taken once what it shows has loaded and
+checked not blank, go under the test's tmp_path, and to benchmarks/ui_screenshots/ when
+GAN_PIPELINES_SCREENSHOTS=1 (so a person can look)."""
 
 from __future__ import annotations
 
@@ -61,11 +62,12 @@ def browser(tmp_path):
     driver.quit()
 
 
-def _wait_for(driver, check, what: str, timeout: float = 45) -> None:
+def _wait_for(driver, check, what: str, timeout: float = 45):
+    """check(driver)'s first truthy value."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if check(driver):
-            return
+        if found := check(driver):
+            return found
         time.sleep(0.5)
     raise AssertionError(f"the page never showed {what}; it shows: {_text(driver)[:1500]}")
 
@@ -74,9 +76,52 @@ def _text(driver) -> str:
     return driver.find_element("tag name", "body").text
 
 
-def _shot(driver, folder: Path, name: str) -> None:
-    time.sleep(1.5)  # charts and images fade in
-    driver.save_screenshot(str(folder / f"{name}.png"))
+# Every image in the window has arrived and decoded (none still loading, none broken).
+_IMAGES_LOADED = """
+return document.readyState === "complete" && [...document.images].filter(i => {
+    const r = i.getBoundingClientRect();
+    return r.width > 0 && r.height > 0 && r.bottom > 0 && r.top < innerHeight;
+}).every(i => i.complete && i.naturalWidth > 0);
+"""
+# The sample grid: an image of at least 512 px, loaded.
+_GRID = "return [...document.images].find(i => i.complete && i.naturalWidth >= 512) || null;"
+# A chart (Plotly's svg) at its full size with a line drawn in it.
+_CHART = """
+return [...document.querySelectorAll(".js-plotly-plot")].find(p => {
+    const r = p.getBoundingClientRect();
+    return r.width > 200 && r.height > 100 && [...p.querySelectorAll("path.js-line")].some(
+        l => (l.getAttribute("d") || "").length > 10);
+}) || null;
+"""
+
+
+def _colours(image) -> int:
+    """How many distinct colours an image has (4096: that many or more)."""
+    found = image.convert("RGB").getcolors(maxcolors=4096)
+    return 4096 if found is None else len(found)
+
+
+def _shot(driver, folder: Path, name: str, target: str | None = None) -> None:
+    """A screenshot once the page's images have loaded and, with `target` (a script
+    returning the element the shot is for), once that element shows: the page is not
+    blank, and neither is the target's own region (a black grid shows as 8 colours, a real
+    one as hundreds)."""
+    from PIL import Image
+
+    _wait_for(driver, lambda d: d.execute_script(_IMAGES_LOADED), f"{name}: its images loaded")
+    box = None
+    if target is not None:
+        element = _wait_for(driver, lambda d: d.execute_script(target), f"{name}: what it is for")
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)
+        box = driver.execute_script("const r = arguments[0].getBoundingClientRect(), k = devicePixelRatio;"
+                                    "return [r.left * k, r.top * k, r.right * k, r.bottom * k];", element)
+    path = folder / f"{name}.png"
+    driver.save_screenshot(str(path))
+    with Image.open(path) as shot:
+        page = _colours(shot)
+        region = _colours(shot.crop(tuple(round(v) for v in box))) if box else None
+    assert page > 16, f"{path} is blank ({page} colours)"
+    assert region is None or region > 64, f"{path}: what it is for is blank ({region} colours in {box})"
 
 
 def test_a_new_user_finds_the_best_trial_its_samples_and_the_champion(mlflow_server, browser, tmp_path):
@@ -131,7 +176,7 @@ def test_a_new_user_finds_the_best_trial_its_samples_and_the_champion(mlflow_ser
                    for img in d.find_elements("tag name", "img"))
 
     _wait_for(browser, image_loaded, "the 512 px sample grid")
-    _shot(browser, shots, "3_sample_grid")
+    _shot(browser, shots, "3_sample_grid", target=_GRID)
     # ...and every trial has one at every epoch, scored or not (the budget scored only the last)
     for t in trials:
         assert [m.value for m in client.get_metric_history(t.info.run_id, "epoch")] == [EPOCHS]  # one eval scored
@@ -146,7 +191,7 @@ def test_a_new_user_finds_the_best_trial_its_samples_and_the_champion(mlflow_ser
     browser.get(urls["best trial"].split("/runs/")[0] + f"/runs/{shortest.info.run_id}/system-metrics"
                 "?workflowType=machine_learning")
     _wait_for(browser, lambda d: "cpu_utilization_percentage" in _text(d), "a system metrics chart")
-    _shot(browser, shots, "3b_system_metrics_shortest_trial")
+    _shot(browser, shots, "3b_system_metrics_shortest_trial", target=_CHART)
 
     # 4. the sweep's report: the parent's description has the top trials as a table
     browser.get(urls["sweep report"])

@@ -122,6 +122,10 @@ class Delivery:
         done = self.outbox.sent()
         there = self._already_there()
         for event in self.outbox.pending(self._empty_generator):
+            if event["kind"] == "scored" and event["improved"]:
+                # A replay in another process (send_offline_writes) learns the best from the
+                # log itself, so its checkpoint pruning keeps the best eval's checkpoint.
+                self.best_epoch = int(event["epoch"])
             try:
                 unsent = self._unsent(event, there)
                 if unsent is not None:

@@ -10,6 +10,7 @@ from typing import Any
 from pipelines.errors import TrackingError
 from pipelines.tracking import names
 from pipelines.tracking.lease import check_free
+from pipelines.tracking.outbox import Outbox
 
 
 def find_resumable(client: Any, experiment_id: str, run_id: str | None, extend_to: int | None = None) -> Any:
@@ -41,6 +42,10 @@ def find_resumable(client: Any, experiment_id: str, run_id: str | None, extend_t
             raise TrackingError(f"--resume {run.info.run_id}: the run is FINISHED ({done} epochs): pass "
                                 f"--epochs N with N > {done} to extend it")
     check_free(run)
+    if Outbox(run.info.run_id).writer_alive():  # its lease may look stale right after an outage
+        meta = Outbox(run.info.run_id).meta() or {}
+        raise TrackingError(f"--resume {run.info.run_id}: pid {meta.get('pid')} on this machine still trains it "
+                            "(it keeps writes for the tracking server); wait for it to end")
     return run
 
 
