@@ -91,6 +91,7 @@ def test_one_epoch_on_mnist_5k_records_a_complete_run(tmp_path):
         assert linked[key] == logged[key]  # one eval: the model's score is the run's last
 
 
+@pytest.mark.slow  # tests/test_faults.py kills and resumes a run in the fast suite
 def test_resume_after_a_kill_continues_the_same_run_without_duplicate_steps(tmp_path):
     args = ["train", "--epochs", "4", "--experiment", "kill", "--batch-size", "128", *FAST]
     lease = {"GAN_PIPELINES_LEASE_TIMEOUT_S": "2"}  # the dead owner's lease goes stale in 2 s

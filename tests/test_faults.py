@@ -78,6 +78,7 @@ def test_an_eval_a_kill_interrupted_is_redone_once_and_a_running_run_has_one_own
     assert "gan.lease.owner" not in run.data.tags  # released
 
 
+@pytest.mark.slow  # three processes; the lifecycle matrix's local cells check the refusal and the stale error fast
 def test_resume_refuses_a_live_run_and_clears_the_stale_error_of_an_interrupted_one(tmp_path):
     faults = tmp_path / "faults"
     p = cli(tmp_path, "train", "--epochs", "4", "--experiment", "live", *FAST, env=fault_env(faults))
@@ -106,6 +107,7 @@ def test_resume_refuses_a_live_run_and_clears_the_stale_error_of_an_interrupted_
     assert "gan.lease.owner" not in run.data.tags  # the resume took the lease over, then released it
 
 
+@pytest.mark.slow  # four training processes; the fast suite keeps a kill and its resume above
 def test_a_finished_run_is_extended_only_by_more_epochs_and_a_corrupt_checkpoint_is_skipped(tmp_path):
     from pipelines.tracking.models import run_models
 

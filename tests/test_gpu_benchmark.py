@@ -13,6 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CUDA_ONLY = ("bf16", "torch.compile", "CUDA graph")
+pytestmark = pytest.mark.slow  # the smoke run trains and times every variant: half a minute
 
 
 @pytest.fixture(scope="module")

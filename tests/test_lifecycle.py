@@ -113,7 +113,7 @@ def test_a_backbone_the_data_cannot_use_creates_no_run(mode, faults, store, tmp_
     assert not (tmp_path / "mlflow.db").exists() or not training_runs(store)
 
 
-@pytest.mark.parametrize("mode", modes("dist-trial"))
+@pytest.mark.parametrize("mode", modes("ray-train", "dist-trial"))
 def test_a_diverged_run_is_failed_with_the_guards_reason_and_no_model(mode, faults, store, tmp_path, capsys):
     from pipelines.tracking.models import model_roles
 
@@ -151,7 +151,7 @@ def test_a_run_that_failed_then_finished_keeps_no_stale_error(mode, faults, stor
     assert "error" not in run.data.tags and "stopped_reason" not in run.data.tags
 
 
-@pytest.mark.parametrize("mode", modes("ray-train", "dist-trial"))
+@pytest.mark.parametrize("mode", modes("ray-train", "trial", "dist-trial"))
 def test_a_running_run_refuses_a_concurrent_resume(mode, faults, store, tmp_path, capsys):
     arm_fault(faults, "hold")  # the first eval waits while this file exists
     results: dict[str, int] = {}

@@ -94,6 +94,7 @@ def test_kept_models_carry_their_own_scores_and_reevaluating_them_reproduces_the
     assert again["kid"] == pytest.approx(linked(best, "kid"), rel=1e-6, abs=1e-9)
 
 
+@pytest.mark.slow  # tests/test_sweep.py reproduces a promoted champion's score in the fast suite
 def test_promote_registers_the_ranked_model_and_its_value_reproduces(tmp_path, monkeypatch):
     client, _ = train(tmp_path, monkeypatch, "champ", epochs=2)
     result = promote(client, experiment="champ", model_name="g")

@@ -21,6 +21,7 @@ def test_entry_points_cover_the_cli_commands():
     assert (ROOT / project["python_env"]).exists()
 
 
+@pytest.mark.slow  # `mlflow run` starts its own process tree
 def test_mlflow_run_train_entry_point_becomes_the_training_run(tmp_path):
     from mlflow.tracking import MlflowClient
 

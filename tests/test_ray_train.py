@@ -216,7 +216,7 @@ def test_two_worker_run_logs_one_mlflow_run_whose_checkpoint_resumes_in_process(
     assert result.epochs_done == 2 and result.step == 2 * STEPS_PER_EPOCH
 
 
-@pytest.mark.slow  # the same guarantee as tests/test_lifecycle.py's diverged[ray-train] cell
+@pytest.mark.slow  # the same guarantee as tests/test_lifecycle.py's diverged[ray-train] cell (slow too)
 def test_a_diverged_ray_train_run_fails_with_the_guards_reason(ray_session, tmp_path, monkeypatch, capsys):
     from pipelines.cli import main
 
@@ -229,6 +229,7 @@ def test_a_diverged_ray_train_run_fails_with_the_guards_reason(ray_session, tmp_
     assert "fid" not in run.data.metrics
 
 
+@pytest.mark.slow  # a worker group restarted by Ray Train takes minutes on 2 cores
 def test_a_worker_killed_after_the_first_checkpoint_restarts_and_logs_every_step_once(
         ray_session, tmp_path, monkeypatch):
     from pipelines.cli import main

@@ -124,6 +124,7 @@ def _assert_whole(url: str, run_id: str) -> None:
     assert "final" in ",".join(r or "" for r in roles) and "best" in ",".join(r or "" for r in roles)
 
 
+@pytest.mark.slow  # the outbox replays below run in-process against a real store
 def test_a_server_back_mid_run_gets_everything_kept_meanwhile(server, tmp_path):
     t = Train(tmp_path, server.url, "--epochs", str(EPOCHS), "--experiment", "lost", *FAST)
     run_id = _wait_for_first_eval(server.url, "lost", t)
@@ -141,6 +142,7 @@ def test_a_server_back_mid_run_gets_everything_kept_meanwhile(server, tmp_path):
     assert not (tmp_path / "cache" / "offline" / run_id).exists()  # nothing left behind
 
 
+@pytest.mark.slow  # the outbox replays below run in-process against a real store
 def test_a_server_gone_past_the_end_exits_1_keeping_all_and_resume_sends_it(server, tmp_path):
     t = Train(tmp_path, server.url, "--epochs", str(EPOCHS), "--experiment", "lost", *FAST, wait_s="2")
     run_id = _wait_for_first_eval(server.url, "lost", t)

@@ -146,6 +146,7 @@ def test_three_trial_sweep_makes_a_parent_with_nested_children_and_a_report(ray_
     assert again == pytest.approx(float(champion.tags["metric_value"]), rel=1e-6)
 
 
+@pytest.mark.slow  # the lifecycle matrix's pruned[trial] cell is the fast one
 def test_asha_stops_a_trial_with_a_broken_learning_rate(ray_session, workdir):
     # Seed 0 samples lr_g 1e-3 first, then 1e-7 (G frozen near its random init): the
     # broken trial trails the first one at the first rung.
@@ -163,6 +164,7 @@ def test_asha_stops_a_trial_with_a_broken_learning_rate(ray_session, workdir):
     assert any(c.info.status == "FINISHED" and c.data.metrics["epoch"] == 3 for c in out.runs)
 
 
+@pytest.mark.slow  # the lifecycle matrix's diverged[trial] cell is the fast one
 def test_a_diverging_trial_is_stopped_with_its_reason_and_the_sweep_goes_on(ray_session, workdir):
     space = _write_space(workdir, "diverge", {
         "arch": "mlp", "mlp_width": 16,
@@ -195,6 +197,7 @@ def _children(client, experiment_id: str, parent_id: str):
     return client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
 
 
+@pytest.mark.slow  # a CLI sweep killed and resumed: over a minute
 def test_resume_after_killing_the_driver_finishes_the_trials_without_duplicate_runs(workdir):
     space = _write_space(workdir, "resume", {
         "arch": "mlp", "mlp_width": 16, "epochs": 4,

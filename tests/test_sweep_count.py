@@ -58,6 +58,7 @@ def test_a_trial_gives_its_reused_actor_time_to_close_its_run(monkeypatch):
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # a 6-trial sweep; the unit test above checks the wait it relies on
 def test_a_slow_pruned_trial_does_not_lose_the_next_trial_on_its_actor(tmp_path):
     from conftest import arm_fault, fault_env
 

@@ -91,6 +91,7 @@ def artifacts(workdir: Path, run_id: str) -> set[str]:
     return {a.path for a in client(workdir).list_artifacts(run_id)}
 
 
+@pytest.mark.slow  # a sweep driver killed and resumed: minutes; tests/test_sweep.py resumes one fast
 def test_a_trial_pruned_just_before_the_driver_died_is_closed_as_pruned_on_resume(tmp_path):
     # Seed 0 samples lr_g 1e-3, then 1e-7 (G frozen near its random init): ASHA stops the
     # second trial at its first rung. Its process dies as it is stopped, before it closes
@@ -122,6 +123,7 @@ def test_a_trial_pruned_just_before_the_driver_died_is_closed_as_pruned_on_resum
     assert len(runs) == 3 and sum(r.info.status == "FINISHED" for r in runs) == 2
 
 
+@pytest.mark.slow  # a sweep driver killed and resumed: minutes; tests/test_sweep.py resumes one fast
 def test_a_trial_tune_never_recorded_is_replaced_and_its_run_marked_lost(tmp_path):
     # Tune saves its state at its first step and then, with this period, not again before
     # the kill: the second trial trains without Tune's saved state knowing it.
@@ -212,6 +214,7 @@ def test_the_local_ray_a_sweep_started_goes_with_it_even_after_kill_9(tmp_path):
     assert gone_after_kill < 10 and gone_after_exit < 5
 
 
+@pytest.mark.slow  # a sweep driver killed and resumed: minutes; tests/test_sweep.py resumes one fast
 def test_a_cluster_given_with_ray_address_outlives_a_killed_driver(tmp_path):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from cluster_parts import RayCluster
