@@ -151,6 +151,7 @@ def test_help_describes_every_flag(capsys):
     assert all(command in out for command in ("train", "sweep", "promote", "generate", "evaluate"))
 
 
+@pytest.mark.slow  # the lifecycle matrix's diverged[local] cell is the fast one
 def test_an_absurd_learning_rate_fails_the_run_with_its_reason_and_no_score(tmp_path):
     from pipelines.tracking.models import model_roles
 

@@ -131,7 +131,7 @@ STALE_TAGS = [
     pytest.param("ray-train", id="ray-train", marks=pytest.mark.skip(
         reason="cannot happen: `train --resume` refuses --workers > 1, and a worker-group restart happens "
                "inside fit(), before the driver marks anything")),
-    pytest.param("trial", id="trial"),
+    pytest.param("trial", id="trial", marks=pytest.mark.slow),
     pytest.param("dist-trial", id="dist-trial", marks=pytest.mark.slow),
 ]
 

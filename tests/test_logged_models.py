@@ -53,7 +53,7 @@ def linked(model, key: str = "fid") -> float:
     return value
 
 
-@pytest.mark.parametrize("ema", [0.0, 0.999], ids=["batchnorm-G-no-ema", "ema"])
+@pytest.mark.parametrize("ema", [0.0, pytest.param(0.999, marks=pytest.mark.slow)], ids=["batchnorm-G-no-ema", "ema"])
 def test_kept_models_carry_their_own_scores_and_reevaluating_them_reproduces_them(tmp_path, monkeypatch, ema):
     # g_norm batch with --ema 0: the scored generator is the training G itself, the case
     # where scoring in train mode would have scored a different function than ships.

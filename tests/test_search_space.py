@@ -176,6 +176,7 @@ def test_shipped_spaces_resolve_by_name_or_path_from_any_folder(tmp_path, monkey
     assert load_space("search_spaces/quick.yaml").sweep["trials"] == 3 and load_space("quick").sweep["trials"] == 10
 
 
+@pytest.mark.slow  # builds and installs a wheel
 def test_an_installed_wheel_holds_the_spaces_and_sweep_finds_them(tmp_path):
     """Build the wheel (from a copy: setuptools writes build/ next to the sources), unpack it
     as site-packages, and run the installed CLI from another folder: `--space quick` and

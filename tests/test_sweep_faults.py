@@ -190,6 +190,7 @@ def seconds_until_gone(procs: list[psutil.Process], sid: int, limit: float = 90)
     return time.time() - start
 
 
+@pytest.mark.slow  # a sweep driver killed with -9 and its Ray waited out: over a minute
 def test_the_local_ray_a_sweep_started_goes_with_it_even_after_kill_9(tmp_path):
     space = write_space(tmp_path, {**TINY, "epochs": 3})
     args = ["--space", str(space), "--trials", "2", "--concurrency", "1", "--scheduler", "none", "--name", "ray"]
