@@ -28,9 +28,9 @@ MODES = ["local", "ray-train", "trial", "dist-trial"]
 
 
 def modes(*slow: str) -> list:
-    """MODES with the cells named in `slow` in the slow suite (`pytest -m slow`): each
-    guarantee keeps fast cells in-process and through Tune; the ones that start a Ray
-    Train worker group per run take minutes on 2 cores."""
+    """MODES with the cells named in `slow` in the slow suite (`pytest -m slow`): every
+    guarantee keeps its local cell in the fast suite (and a trial cell where Tune is what
+    it is about); the cells that start a Ray Train worker group take minutes on 2 cores."""
     return [pytest.param(m, id=m, marks=pytest.mark.slow) if m in slow else m for m in MODES]
 FIXED = {"dataset": "mnist-5k", "arch": "mlp", "mlp_width": 8, "latent_dim": 16, "batch_size": 256,
          "eval_samples": 100, "device": "cpu", "eval_budget": 0, "epochs": 2}
