@@ -4,6 +4,7 @@ real `mlflow server` on 127.0.0.1 (registry and browser tests)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import socket
@@ -36,7 +37,19 @@ def arm_fault(folder: Path, name: str, text: str = "1") -> None:
     (folder / name).write_text(text)
 
 
-_MIGRATED: list[Path] = []  # the session's one freshly migrated, empty store
+@functools.cache
+def _migrated_store() -> Path:
+    """One empty store MLflow created and migrated, in a folder removed when the session ends."""
+    from mlflow.tracking import MlflowClient
+
+    folder = tempfile.TemporaryDirectory(prefix="mlflow-template-")
+    _KEPT.append(folder)
+    template = Path(folder.name) / "mlflow.db"
+    MlflowClient(f"sqlite:///{template}").search_experiments()  # creates and migrates it
+    return template
+
+
+_KEPT: list[tempfile.TemporaryDirectory] = []  # alive until the session ends, then removed
 
 
 def sqlite_store(folder: Path, name: str = "mlflow.db") -> str:
@@ -46,14 +59,8 @@ def sqlite_store(folder: Path, name: str = "mlflow.db") -> str:
     experiment pointed where MLflow would have put it for `folder` (./mlruns/0)."""
     path = Path(folder) / name
     if not path.exists():
-        if not _MIGRATED:
-            from mlflow.tracking import MlflowClient
-
-            template = Path(tempfile.mkdtemp(prefix="mlflow-template-")) / "mlflow.db"
-            MlflowClient(f"sqlite:///{template}").search_experiments()  # creates and migrates it
-            _MIGRATED.append(template)
         path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(_MIGRATED[0], path)
+        shutil.copyfile(_migrated_store(), path)
         with contextlib.closing(sqlite3.connect(path)) as db, db:
             db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
                         (str(Path(folder).resolve() / "mlruns" / "0"),))

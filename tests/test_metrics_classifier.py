@@ -36,12 +36,10 @@ def mnist() -> ImageData:
 
 
 @pytest.fixture(scope="session")
-def cache_dir() -> str:
+def cache_dir(classifier_cache) -> str:
     """The cache the product's evaluators use ($GAN_PIPELINES_CACHE; CI's is empty at the
-    start, so the classifier trains once per session, wherever it is first needed)."""
-    from gan.metrics.base import cache_root
-
-    return str(cache_root())
+    start, so the classifier trains once per session: conftest.classifier_cache)."""
+    return str(classifier_cache)
 
 
 @pytest.fixture(scope="session")

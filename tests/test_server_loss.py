@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import MlflowServer, cache_for, store_with_run, wait_for
+from conftest import MlflowServer, cache_for, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -83,8 +83,8 @@ def _client(url: str):
 
 
 def _wait_for_first_eval(url: str, experiment: str, train: Train) -> str:
-    """The run's id once its first eval is logged (the classifier the evals score with is
-    trained first, in this test's fresh cache: minutes on a busy machine)."""
+    """The run's id once its first eval is logged (the process starts, imports and builds
+    its evaluator first: a minute or more on a busy machine)."""
     c = _client(url)
 
     def first_eval() -> str | None:
@@ -124,7 +124,7 @@ def _assert_whole(url: str, run_id: str) -> None:
     assert "final" in ",".join(r or "" for r in roles) and "best" in ",".join(r or "" for r in roles)
 
 
-@pytest.mark.slow  # the outbox replays below run in-process against a real store
+@pytest.mark.slow  # tests/test_outbox_replay.py replays an outbox in-process against a real store
 def test_a_server_back_mid_run_gets_everything_kept_meanwhile(server, tmp_path):
     t = Train(tmp_path, server.url, "--epochs", str(EPOCHS), "--experiment", "lost", *FAST)
     run_id = _wait_for_first_eval(server.url, "lost", t)
@@ -142,7 +142,7 @@ def test_a_server_back_mid_run_gets_everything_kept_meanwhile(server, tmp_path):
     assert not (tmp_path / "cache" / "offline" / run_id).exists()  # nothing left behind
 
 
-@pytest.mark.slow  # the outbox replays below run in-process against a real store
+@pytest.mark.slow  # tests/test_outbox_replay.py replays an outbox in-process against a real store
 def test_a_server_gone_past_the_end_exits_1_keeping_all_and_resume_sends_it(server, tmp_path):
     t = Train(tmp_path, server.url, "--epochs", str(EPOCHS), "--experiment", "lost", *FAST, wait_s="2")
     run_id = _wait_for_first_eval(server.url, "lost", t)
@@ -160,102 +160,3 @@ def test_a_server_gone_past_the_end_exits_1_keeping_all_and_resume_sends_it(serv
     assert rc == 0, err
     _assert_whole(server.url, run_id)
     assert not outbox.exists()
-
-
-def test_the_outbox_keeps_each_kind_in_order_resends_none_twice_and_keeps_few_checkpoints(tmp_path, monkeypatch):
-    """Kept in order, payloads intact, old checkpoints dropped; and a replay (what --resume
-    runs first) into a real sqlite store writes none of the writes again that reached the
-    store though their answers never came back: each metric step, eval, grid and model once."""
-    from collections import Counter
-
-    import numpy as np
-    import torch
-
-    from gan.config import make_config
-    from gan.models import build_models
-    from pipelines.tracking import names
-    from pipelines.tracking.callbacks import MlflowCallbacks, send_offline_writes
-    from pipelines.tracking.history import _GRID_FILE
-    from pipelines.tracking.models import run_models
-    from pipelines.tracking.outbox import Outbox
-
-    monkeypatch.setenv("GAN_PIPELINES_CACHE", str(tmp_path / "cache"))
-    client, run_id = store_with_run(tmp_path, "outbox")
-    shape = (1, 28, 28)
-    cfg = make_config({"arch": "mlp", "mlp_width": 8, "latent_dim": 16, "device": "cpu", "keep_checkpoints": 1})
-    g = build_models(cfg, shape)[0]
-
-    def rows(*steps: int) -> list:
-        return [[s, {"d_loss": s / 8, "g_loss": -s / 8}] for s in steps]
-
-    def grid(step: int) -> np.ndarray:
-        return np.full((32, 32), 40 * step, dtype=np.uint8)
-
-    def checkpoint(epoch: int) -> dict:
-        path = tmp_path / f"c{epoch}.pt"
-        torch.save({"epoch": epoch}, path)
-        return {"kind": "checkpoint", "epoch": epoch, "step": 2 * epoch, "path": path}
-
-    def scored(epoch: int, improved: bool, final: bool) -> dict:
-        return {"kind": "scored", "epoch": epoch, "step": 2 * epoch, "generator": g, "improved": improved,
-                "final": final}
-
-    def evaluation(epoch: int, fid: float) -> dict:
-        return {"kind": "eval", "epoch": epoch, "step": 2 * epoch, "grid": grid(2 * epoch), "ts": epoch,
-                "metrics": {"fid": fid}}
-
-    events = [{"kind": "metrics", "rows": rows(1, 2), "ts": 1}, scored(1, True, False), evaluation(1, 3.5),
-              checkpoint(1), {"kind": "metrics", "rows": rows(3, 4), "ts": 2}, evaluation(2, 4.5), checkpoint(2),
-              {"kind": "metrics", "rows": rows(5, 6), "ts": 3}, scored(3, False, True), evaluation(3, 5.5),
-              checkpoint(3)]
-    box = Outbox(run_id)
-    assert not box.exists()
-    box.open(cfg.to_dict(), shape, "MlflowException")
-    for event in events:
-        box.keep(event)
-        if event["kind"] == "checkpoint":
-            box.drop_checkpoints(keep=1, also_keep="epoch_00001.pt")  # the newest, and the best eval's
-
-    pending = box.pending(lambda: build_models(cfg, shape)[0])
-    assert [e["kind"] for e in pending] == [e["kind"] for e in events]
-    assert pending[0]["rows"] == rows(1, 2)
-    kept_g = pending[1]["generator"].state_dict()
-    assert all(torch.equal(kept_g[k], v) for k, v in g.state_dict().items())
-    assert np.array_equal(pending[2]["grid"], grid(2)) and pending[2]["metrics"] == {"fid": 3.5}
-    assert [e["path"].exists() for e in pending if e["kind"] == "checkpoint"] == [True, False, True]
-    assert box.meta()["image_shape"] == [1, 28, 28] and not box.writer_alive()  # this process
-    box.mark_sent(8)  # a replay a second outage cut short resumes after what was sent
-    assert [e["step"] for e in Outbox(run_id).pending(lambda: build_models(cfg, shape)[0])] == [6, 6, 6]
-    box.mark_sent(0)
-
-    # What reached the store though the process never learned it (each write's answer was
-    # lost, so the outbox kept it too), written as the run writes them: the first metric
-    # batch, the epoch-1 model and eval (grid, then scores), the first half of the next
-    # batch, and the final model, whose eval never landed.
-    live = MlflowCallbacks(client, run_id, cfg=cfg, image_shape=shape)
-    for event in (events[0], events[1], events[2], {**events[4], "rows": rows(3)}, events[8]):
-        live._send(event)
-    final_id = live.model_at[1]
-
-    send_offline_writes(client, run_id)
-
-    def counted(key: str) -> Counter:
-        return Counter(m.step for m in client.get_metric_history(run_id, key))
-
-    assert counted("d_loss") == counted("g_loss") == Counter(range(1, 7))
-    assert counted(names.EPOCH) == counted("fid") == Counter({2: 1, 4: 1, 6: 1})
-    assert [m.value for m in client.get_metric_history(run_id, "fid")] == [3.5, 4.5, 5.5]
-    found = (_GRID_FILE.match(Path(a.path).name) for a in client.list_artifacts(run_id, names.IMAGES_DIR))
-    assert Counter(int(m.group(1)) for m in found if m) == Counter({2: 1, 4: 1, 6: 1})  # the slider's images
-    assert sorted(Path(a.path).name for a in client.list_artifacts(run_id, names.GRIDS_DIR)) == [
-        "epoch_001.png", "epoch_002.png", "epoch_003.png"]
-    models = run_models(client, run_id)
-    assert sorted((int(m.tags[names.MODEL_STEP]), m.tags[names.MODEL_ROLE]) for m in models) == [
-        (2, "best"), (6, "final")]
-    assert final_id in {m.model_id for m in models}  # the model that landed is kept, not logged again
-    # ...and the replayed eval's scores are linked to it
-    assert [(m.key, m.step) for m in client.get_logged_model(final_id).metrics if m.key == "fid"] == [("fid", 6)]
-    kept = [Path(a.path).name for a in client.list_artifacts(run_id, names.CHECKPOINT_DIR)]
-    # keep_checkpoints 1: the newest, and the best eval's (epoch 1), which the replay learns from the log
-    assert sorted(kept) == ["epoch_00001.pt", "epoch_00003.pt"]
-    assert not box.exists()

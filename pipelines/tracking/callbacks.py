@@ -31,7 +31,7 @@ from gan.callbacks import Callbacks
 from gan.checkpoint import checkpoint_name, save_checkpoint
 from gan.config import RunConfig, make_config
 from gan.sampling import fixed_latents, generate, image_grid
-from pipelines.errors import TrackingError, TrackingLost
+from pipelines.errors import TrackingLost
 from pipelines.tracking import names
 from pipelines.tracking.delivery import Delivery
 from pipelines.tracking.models import BEST, FINAL, drop_role, log_model, model_with_role
@@ -238,9 +238,7 @@ def send_offline_writes(client: Any, run_id: str) -> None:
     outbox = Outbox(run_id)
     if not outbox.exists():
         return
-    if outbox.writer_alive():
-        raise TrackingError(f"run {run_id}: pid {(outbox.meta() or {}).get('pid')} on this machine still trains it, "
-                            f"keeping its writes in {outbox.dir} while the tracking server was away: let it end")
+    outbox.check_writer_gone()
     meta = outbox.meta() or {}
     cfg = make_config(meta["cfg"]) if meta.get("cfg") else None
     shape = tuple(meta.get("image_shape") or ()) or None

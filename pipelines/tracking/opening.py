@@ -42,10 +42,7 @@ def find_resumable(client: Any, experiment_id: str, run_id: str | None, extend_t
             raise TrackingError(f"--resume {run.info.run_id}: the run is FINISHED ({done} epochs): pass "
                                 f"--epochs N with N > {done} to extend it")
     check_free(run)
-    if Outbox(run.info.run_id).writer_alive():  # its lease may look stale right after an outage
-        meta = Outbox(run.info.run_id).meta() or {}
-        raise TrackingError(f"--resume {run.info.run_id}: pid {meta.get('pid')} on this machine still trains it "
-                            "(it keeps writes for the tracking server); wait for it to end")
+    Outbox(run.info.run_id).check_writer_gone()  # before the lease is taken: nothing of its run is touched
     return run
 
 

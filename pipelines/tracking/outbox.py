@@ -75,6 +75,15 @@ class Outbox:
             return True
         return True
 
+    def check_writer_gone(self) -> None:
+        """TrackingError (exit 2) while the process that spools here still runs: its writes
+        are not this process's to send, nor its run to take (its lease may look stale
+        right after an outage)."""
+        if self.writer_alive():
+            raise TrackingError(f"run {self.run_id}: pid {(self.meta() or {}).get('pid')} on this machine still "
+                                f"trains it, keeping its writes in {self.dir} while the tracking server was away: "
+                                "let it end")
+
     def keep(self, event: dict[str, Any]) -> None:
         """Append one event; its payload goes to a file beside the log."""
         line = {k: v for k, v in event.items() if k not in ("grid", "generator", "path")}
