@@ -37,5 +37,24 @@ def log_dataset(client: Any, run_id: str, dataset: str, data: ImageData, context
     labels = data.labels.numpy() if data.labels is not None else None
     ds = from_numpy(data.images.numpy(), source=dataset_source(dataset), targets=labels,  # type: ignore[arg-type]  # None: no labels
                                 name=data.name, digest=data.fingerprint()[:36])
-    client.log_inputs(run_id, datasets=[DatasetInput(ds._to_mlflow_entity(),
-                                                     tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])])
+    inputs = [DatasetInput(ds._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])]
+    for attempt in range(_TRIES):
+        try:
+            client.log_inputs(run_id, datasets=inputs)
+            return
+        except Exception as error:
+            # The store looks the dataset up, then inserts it: two trials of one sweep that
+            # log the same data at the same moment both miss it and the second insert breaks
+            # the (experiment, name, digest) key. The row exists now; the next try links it.
+            if attempt == _TRIES - 1 or not _lost_the_insert_race(error):
+                raise
+
+
+_TRIES = 3
+
+
+def _lost_the_insert_race(error: Exception) -> bool:
+    """Whether `error` is the store refusing a second copy of a dataset row (sqlite's or
+    PostgreSQL's words for a broken unique key, sent back by `mlflow server`)."""
+    text = str(error)
+    return "datasets" in text and ("UNIQUE constraint failed" in text or "duplicate key" in text)
