@@ -146,6 +146,9 @@ class RayTrainLoop:
     def where(self) -> dict[str, Any]:
         return {**run_params(self.opts), **self.extra}
 
+    def prepare(self, cfg: RunConfig) -> RunConfig:
+        return worker_config(cfg, self.opts)
+
     def fit(self, run: TrackedRun, cfg: RunConfig, restored: Restored) -> TrainResult:
         return fit_run(run.handle(self.tracking_uri), cfg, self.opts, self.image_shape, self.callbacks)
 

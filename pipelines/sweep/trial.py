@@ -17,7 +17,6 @@ a duplicate. How a trial ends is written on its run:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import time
@@ -29,7 +28,7 @@ import numpy as np
 import torch
 
 from gan.callbacks import Callbacks, ForwardingCallbacks
-from gan.config import RunConfig, make_config
+from gan.config import make_config
 from gan.data import ImageData
 from pipelines.sweep.naming import TUNE_NAME_KEY, trial_name
 from pipelines.sweep.tune_stop import TuneStoppableLoop
@@ -197,7 +196,7 @@ def run_trial(config: dict[str, Any], data: ImageData, ctx: TrialContext) -> Non
     client = client_for(ctx.tracking_uri)
     run_id, fresh = open_child(client, ctx, trial_id, sampled)
     to_tune.name = client.get_run(run_id).info.run_name
-    cfg, loop = trial_loop(make_config(config), data, ctx, trial_id, to_tune)
+    loop = trial_loop(data, ctx, trial_id, to_tune)
     # The lease keeps `train --resume` off a trial that is training; taken without a check:
     # Tune restarting this trial after its node died must not wait out the dead lease.
     with TrackedRun(client, run_id, fresh=fresh, prunable=True,
@@ -205,32 +204,27 @@ def run_trial(config: dict[str, Any], data: ImageData, ctx: TrialContext) -> Non
                     on_closed=lambda result, uri: to_tune.closed(result, uri, lambda: logged_scores(client, run_id)),
                     ) as run:
         run.pruned_reason = lambda: pruned_reason(to_tune.epoch)  # Tune stops it in report()
-        run.train_and_close(cfg, data, loop, omit=inactive)
+        run.train_and_close(make_config(config), data, loop, omit=inactive)
 
 
-def trial_loop(cfg: RunConfig, data: ImageData, ctx: TrialContext, trial_id: str,
-               to_tune: TuneCallbacks) -> tuple[RunConfig, Loop]:
-    """Where this trial trains, and the config it trains there: in this process (one
-    worker), or on ctx.workers_per_trial Ray Train workers (Train V2 inside Tune: their
-    reports reach Tune through TuneReportCallback, Tune's stop through TuneStoppableLoop)."""
-    if ctx.gpus_per_trial > 0 and cfg.device in ("auto", "cpu"):
-        cfg = dataclasses.replace(cfg, device="cuda")
+def trial_loop(data: ImageData, ctx: TrialContext, trial_id: str, to_tune: TuneCallbacks) -> Loop:
+    """Where this trial trains: in this process (one worker), or on ctx.workers_per_trial
+    Ray Train workers (Train V2 inside Tune: their reports reach Tune through
+    TuneReportCallback, Tune's stop through TuneStoppableLoop). The run's lifecycle
+    prepares it for the trial's config (Loop.prepare)."""
     where = {names.TRIAL_ID: trial_id}
     if ctx.workers_per_trial == 1:
         torch.set_num_threads(max(1, int(ctx.cpus_per_trial)))
-        return cfg, InProcessLoop.reusing(cfg, data, wrap=to_tune.wrapping, extra=where)
+        return InProcessLoop(data, wrap=to_tune.wrapping, extra=where, gpu=ctx.gpus_per_trial > 0)
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from pipelines.distributed.options import RayOptions, worker_config
+    from pipelines.distributed.options import RayOptions
     from pipelines.distributed.trainer import RayTrainLoop
 
     opts = RayOptions(workers=ctx.workers_per_trial, gpu=ctx.gpus_per_trial > 0,
                       cpus_per_worker=max(1, int(ctx.cpus_per_trial)), storage_path=ctx.storage_path)
-    # Ray Train reports at checkpoints: checkpointing at every eval puts `fid` in each report.
-    # Its workers report to Tune at each eval: no eval budget, every eval_every epoch scores.
-    cfg = worker_config(dataclasses.replace(cfg, checkpoint_every=cfg.eval_every, eval_budget=0.0), opts)
     workers = RayTrainLoop(opts, ctx.tracking_uri, data.shape, [TuneReportCallback()], where)
-    return cfg, TuneStoppableLoop(workers, pruned_reason)
+    return TuneStoppableLoop(workers, pruned_reason)
 
 
 def trial_resources(client: Any, run_id: str, ctx: TrialContext, started: float, first_step: float | None) -> None:

@@ -8,6 +8,7 @@ Ray offers no public API for it, so Ray's own session object is read here, in on
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -88,6 +89,12 @@ class TuneStoppableLoop:
     @property
     def where(self) -> dict[str, Any]:
         return self.inner.where
+
+    def prepare(self, cfg: Any) -> Any:
+        # Ray Train reports at checkpoints: checkpointing at every eval puts `fid` in each
+        # report. The workers report to Tune at each eval: no eval budget, every
+        # eval_every epoch scores.
+        return self.inner.prepare(dataclasses.replace(cfg, checkpoint_every=cfg.eval_every, eval_budget=0.0))
 
     def fit(self, run: Any, cfg: Any, restored: Any) -> Any:
         def judged_at() -> str:  # the last epoch rank 0 logged: the one Tune judged it at

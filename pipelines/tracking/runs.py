@@ -7,6 +7,8 @@ driver owns the run, its rank 0 writes into it), a sweep trial and a distributed
 `train_and_close` is the whole sequence, and the modes differ only in `loop` (where the one loop
 runs: training.in_process.InProcessLoop, distributed.trainer.RayTrainLoop):
 
+    cfg = loop.prepare(cfg)              # what the loop needs built (evaluator, workers'
+                                         # paths); a ConfigError before anything is logged
     run.start(cfg, loop.where, data)     # params, config.yaml, dataset: inside the guard
     restored = run.restore()             # outbox, newest intact checkpoint, grids,
                                          # per-kind floors, stale tags cleared
@@ -83,6 +85,11 @@ class Loop(Protocol):
     @property
     def where(self) -> dict[str, Any]: ...
 
+    def prepare(self, cfg: RunConfig) -> RunConfig:
+        """The config this loop trains, with what it needs for it built (the evaluator,
+        the workers' absolute paths); raises ConfigError for a config it cannot train."""
+        ...
+
     def fit(self, run: TrackedRun, cfg: RunConfig, restored: Restored) -> TrainResult:
         """Train `cfg` into `run` from `restored`, every write settled (run.tracking, run.settle)."""
         ...
@@ -148,6 +155,7 @@ class TrackedRun:
         """Start (a new run's record), restore, fit `loop`, close; returns the loop's result
         and the final model's URI (None: the run diverged, FAILED). `restored`: already
         restored (a `--resume` needs the run's config before its data can be prepared)."""
+        cfg = loop.prepare(cfg)  # before the first write: a config the loop refuses logs nothing
         if restored is None:
             self.start(cfg, loop.where, data, omit)
             restored = self.restore(checkpoint=not loop.restores_itself)

@@ -6,6 +6,7 @@ trial differ only in the wrapper; Ray Train's counterpart is distributed.trainer
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,28 +24,34 @@ from pipelines.training.prepare import shared_evaluator
 
 @dataclass
 class InProcessLoop:
-    """The one loop on `data` in this process, on `device`, scored by `evaluator` (a
-    local run builds it before its run exists: a backbone the data cannot use is bad
-    input; a sweep checked the backbone once, before its first trial)."""
+    """The one loop on `data` in this process, on `device`, scored by `evaluator`. A local
+    run builds both before its run exists (a backbone the data cannot use is bad input).
+    Left out, `prepare` builds them for the run's config: a process that trains run after
+    run (a Tune actor reused across a sweep's trials) keeps its evaluator for the next run
+    of the same setting, and `gpu` (the trial's slot has one) trains an "auto" or "cpu"
+    config on CUDA."""
 
     data: ImageData
-    evaluator: Any
-    device: torch.device
+    evaluator: Any = None
+    device: torch.device | None = None
     wrap: Callable[[Callbacks], Callbacks] | None = None
     progress: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # more params (a trial's id)
+    gpu: bool = False
     restores_itself = False
-
-    @classmethod
-    def reusing(cls, cfg: RunConfig, data: ImageData, **kwargs: Any) -> InProcessLoop:
-        """The loop of a process that trains run after run (a Tune actor reused across a
-        sweep's trials): its evaluator is kept for the next run of the same setting."""
-        evaluator = shared_evaluator(cfg, data)
-        return cls(data, evaluator, resolve_device(cfg.device), **kwargs)
 
     @property
     def where(self) -> dict[str, Any]:
         return {"world_size": 1, "device_type": str(self.device), "num_workers": 1, **self.extra}
+
+    def prepare(self, cfg: RunConfig) -> RunConfig:
+        if self.gpu and cfg.device in ("auto", "cpu"):
+            cfg = dataclasses.replace(cfg, device="cuda")
+        if self.evaluator is None:
+            self.evaluator = shared_evaluator(cfg, self.data)
+        if self.device is None:
+            self.device = resolve_device(cfg.device)
+        return cfg
 
     def fit(self, run: TrackedRun, cfg: RunConfig, restored: Restored) -> TrainResult:
         """Train `cfg` into `run` from `restored`; returns the loop's result with every
