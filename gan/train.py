@@ -90,8 +90,11 @@ def train(
     resume: dict[str, Any] | None = None,
     device: torch.device | None = None,
     progress: bool = False,
+    warm: dict[str, Any] | None = None,
 ) -> TrainResult:
-    """Train a GAN on `data` as `cfg` says; resume from a checkpoint dict if given."""
+    """Train a GAN on `data` as `cfg` says; resume from a checkpoint dict if given. `warm`
+    (a fine-tune): another run's checkpoint whose G, D, EMA, optimizer and scaler states
+    this run starts from, on its own clock (epoch and step 0), seed and budget."""
     cb = callbacks or Callbacks()
     if cfg.health_guard:  # every mode gets the same guard: local, each Ray Train rank, a trial
         cb = HealthGuard.from_config(cfg, cb)
@@ -114,14 +117,10 @@ def train(
     start_epoch, step = 0, 0
     best: dict[str, float] = {}
     budget = EvalBudget(cfg.eval_budget, (resume or {}).get("eval_budget"))
-    if resume is not None:
-        G.load_state_dict(resume["G"])
-        D.load_state_dict(resume["D"])
-        if G_ema is not None and resume.get("G_ema"):
-            G_ema.load_state_dict(resume["G_ema"])
-        opt_g.load_state_dict(resume["opt_g"])
-        opt_d.load_state_dict(resume["opt_d"])
-        prec.load_state_dict(resume.get("scalers", {}))
+    weights = resume if resume is not None else warm  # a resume's own state wins over a warm start
+    if weights is not None:
+        _load_weights(weights, cfg, G, D, G_ema, opt_g, opt_d, prec)
+    if resume is not None:  # the clock, the RNG and the best scores continue too
         noise.set_state(resume["rng"]["noise"])
         torch.set_rng_state(resume["rng"]["torch"])
         start_epoch, step = int(resume["epoch"]), int(resume["step"])
@@ -239,6 +238,24 @@ def train(
         diverged=diverged,
         seconds=budget.state_dict(),
     )
+
+
+def _load_weights(
+    state: dict[str, Any], cfg: RunConfig, G: nn.Module, D: nn.Module, G_ema: nn.Module | None,  # noqa: N803
+    opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, prec: Precision,
+) -> None:
+    """A checkpoint's networks, optimizer moments and AMP scalers into this run's. The
+    learning rates and betas stay this config's: a fine-tune may change them (a resume's
+    config is its checkpoint's own, so they are the same there)."""
+    G.load_state_dict(state["G"])
+    D.load_state_dict(state["D"])
+    if G_ema is not None:  # a checkpoint without an EMA (ema=0) starts this run's EMA at its G
+        G_ema.load_state_dict(state.get("G_ema") or state["G"])
+    for opt, key, lr in ((opt_g, "opt_g", cfg.lr_g), (opt_d, "opt_d", cfg.lr_d)):
+        opt.load_state_dict(state[key])
+        for group in opt.param_groups:
+            group["lr"], group["betas"] = lr, (cfg.beta1, cfg.beta2)
+    prec.load_state_dict(state.get("scalers", {}))
 
 
 def _stop_if_requested(cb: Callbacks, world: int, device: torch.device) -> None:

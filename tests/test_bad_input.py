@@ -29,6 +29,7 @@ BAD: dict[str, dict[str, list[str]]] = {
         "--backbone": ["vgg"], "--eval-samples": ["5"], "--device": ["tpu"], "--experiment": [""],
         "--resume": ["a b"], "--workers": ["0"], "--cpus-per-worker": ["0"], "--ray-address": ["nohost"],
         "--max-failures": ["-2"], "--ray-storage": ["a-file/sub"],
+        "--from": ["a b", "nope", "models:/", "models:/gan-generator"],
     },
     "sweep": {
         "--space": ["missing.yaml"], "--trials": ["0"], "--concurrency": ["0"], "--scheduler": ["hyperband"],
@@ -47,7 +48,8 @@ BAD: dict[str, dict[str, list[str]]] = {
 }
 # Flags whose every value is valid (switches, names, places): nothing to reject.
 ANY = {
-    "train": {"--spectral-norm", "--health-guard", "--amp", "--sync-bn", "--run-name", "--gpu"},
+    "train": {"--spectral-norm", "--health-guard", "--amp", "--sync-bn", "--run-name", "--gpu",
+              "--warm"},  # a switch: bad only in combination (MESSAGES)
     "promote": {"--force"},
     "generate": {"--out-dir"},
     "evaluate": {"--log"},
@@ -143,6 +145,12 @@ MESSAGES = [
     (["--batch-size", "6000"], "batch_size=6000 is invalid"),
     (["--lr-g", "fast"], "argument --lr-g: invalid float value"),
     (["--config", "/nonexistent/c.yaml"], "cannot be read"),
+    (["--warm"], "--warm needs --from RUN_ID|models:/..."),
+    (["--warm", "--resume"], "--warm is invalid with --resume"),
+    (["--from", "abc", "--config", "c.yaml"], "--from abc is invalid with --config"),
+    (["--from", "abc", "--resume", "abc"], "--from is invalid with --resume"),
+    (["--from", "runs:/abc/generator"], "give a run id, or models:/<model_id>"),
+    (["--from", "abc"], "--from abc: no tracking store at"),
 ]
 
 
@@ -201,6 +209,7 @@ def _unwritable_store(tmp_path: Path) -> list[str]:
     return ["train"]
 
 
+_STORE = {"MLFLOW_TRACKING_URI": "sqlite:///{tmp}/store/mlflow.db"}  # a store the case made in tmp/store
 DOOR = {
     "dead tracking server": (["train"], {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}, "does not answer"),
     "unknown tracking scheme": (["train"], {"MLFLOW_TRACKING_URI": "foo://x"}, "scheme 'foo' is not supported"),
@@ -217,7 +226,22 @@ DOOR = {
     "a file that is no image": (lambda t: _folder(t, "junk"), {}, "is not a readable image"),
     "unlabelled images for the classifier": (lambda t: _folder(t, "faces"), {}, "--backbone inception"),
     "bad search space": (["sweep", "--space", "nope.yaml"], {}, "cannot be read"),
+    # train --from a run of a store in tmp/store (tests/test_train_from.py: every bad source
+    # against a store with a real source run, and that no run is created in it)
+    "train --from an unknown run": (lambda t: _from(t, "0123456789abcdef"), _STORE, "no such run in this store"),
+    "train --from a run that is no training run": (lambda t: _from(t, None), _STORE, "has no config.yaml"),
+    "train --from a model uri that names nothing": (lambda t: _from(t, "models:/gan-generator@champion"),
+                                                    _STORE, "--from models:/gan-generator@champion: no such model"),
 }
+
+
+def _from(tmp_path: Path, ref: str | None) -> list[str]:
+    """`train --from REF` against a store in tmp/store holding one bare run (no config.yaml);
+    REF None: that run."""
+    from conftest import store_with_run
+
+    _, run_id = store_with_run(tmp_path / "store", "other")
+    return ["train", "--from", ref or run_id, "--warm"]
 
 
 @pytest.mark.parametrize("case", list(DOOR))

@@ -8,10 +8,15 @@ import argparse
 import dataclasses
 import math
 import sys
+from typing import TYPE_CHECKING
 
-from gan.config import ConfigError
+from gan.config import ConfigError, RunConfig
 from pipelines.cli.flags import config_from_args, ray_options, sweep_options
+from pipelines.errors import TrackingError
 from pipelines.tracking import names
+
+if TYPE_CHECKING:
+    from pipelines.registry.origin import Origin
 
 
 def _store_ready(*, reads: bool = False) -> None:
@@ -27,28 +32,72 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pipelines.tracking.store import tracking_uri, ui_hint
     from pipelines.training.local import run_local
 
-    cfg = config_from_args(args)
+    origin = _train_source(args)
+    cfg = config_from_args(args, origin.config if origin else None)
     opts = ray_options(args)
     if opts.workers == 1 and opts.ray_address:
         raise ConfigError(f"--ray-address {opts.ray_address} is invalid with --workers 1: a one-worker run "
                           "trains in this process (use --workers N > 1 to train on the cluster)")
     _store_ready()
+    tags, warm = _lineage(origin, cfg, args.warm)
     if opts.workers > 1:
         if args.resume:
             raise ConfigError("--resume is invalid with --workers > 1: Ray Train restarts failed "
                               "workers itself (--max-failures); resume in-process with --workers 1")
-        out = run_distributed(cfg, opts, experiment=args.experiment, run_name=args.run_name)
+        out = run_distributed(cfg, opts, experiment=args.experiment, run_name=args.run_name, tags=tags, warm=warm)
     else:  # in-process, no Ray; --gpu just means cuda
         cfg = dataclasses.replace(cfg, device="cuda") if opts.gpu else cfg
         out = run_local(cfg, experiment=args.experiment, run_name=args.run_name, resume=args.resume,
-                        extend_to=args.epochs)
+                        extend_to=args.epochs, tags=tags, warm=warm)
     r = out.result
     last = r.eval_history[-1][1] if r.eval_history else {}
     score = f", {cfg.backbone} FID {last[names.FID]:.2f}" if names.FID in last else ""
     print(f"finished run {out.run_id}: {r.epochs_done} epochs, {r.step} steps{score}")
     print(f"generator: {out.model_uri}")
+    if tags:  # train --from: where it came from (its description on the run page says more)
+        warm_line = f", fine-tuned from its checkpoint of epoch {tags[names.WARM_START_EPOCH]}" \
+            if names.WARM_START_EPOCH in tags else ""
+        print(f"started from run {tags[names.FROM_RUN_ID]}'s config{warm_line}")
     print(ui_hint(tracking_uri(), out.experiment_id, out.run_id))
     return 0
+
+
+def _train_source(args: argparse.Namespace) -> Origin | None:
+    """`train --from`'s source run (registry.origin), its flags checked together first. It
+    reads a store that must exist: a bad source creates nothing, not even an empty store."""
+    if args.warm and args.resume:
+        raise ConfigError("--warm is invalid with --resume: a resumed run continues from its own checkpoint; "
+                          "--from RUN_ID --warm fine-tunes another run's in a new run")
+    if args.warm and not args.from_run:
+        raise ConfigError("--warm needs --from RUN_ID|models:/...: it fine-tunes that run's best checkpoint")
+    if not args.from_run:
+        return None
+    if args.config:
+        raise ConfigError(f"--from {args.from_run} is invalid with --config: the new run's config is the source "
+                          "run's config.yaml; override single values with flags (e.g. --epochs 50)")
+    if args.resume:
+        raise ConfigError("--from is invalid with --resume: --resume continues a run in place, --from starts a "
+                          "new run from one; give one of them")
+    from pipelines.registry.origin import find_origin
+    from pipelines.tracking.store import client_for
+
+    try:
+        _store_ready(reads=True)
+    except TrackingError as e:
+        raise TrackingError(f"--from {args.from_run}: {e}") from None
+    return find_origin(client_for(), args.from_run)
+
+
+def _lineage(origin: Origin | None, cfg: RunConfig, warm: bool) -> tuple[dict[str, str] | None, dict | None]:
+    """The new run's tags naming its source, and with --warm the checkpoint it starts from
+    (checked to fit `cfg` with the data, before the run exists: training.prepare)."""
+    if origin is None:
+        return None, None
+    from pipelines.registry.origin import lineage_tags, warm_start
+    from pipelines.tracking.store import client_for
+
+    start = warm_start(client_for(), origin) if warm else None
+    return lineage_tags(origin, cfg, start), start.state if start else None
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:

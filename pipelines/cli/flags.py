@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from gan.config import ARCHS, BACKBONES, LOSSES, NORMS, ConfigError, RunConfig, config_from_sources
+from gan.config import ARCHS, BACKBONES, LOSSES, NORMS, ConfigError, RunConfig, config_from_sources, make_config
 from pipelines.distributed.options import DEFAULT_STORAGE, RayOptions
 from pipelines.sweep.options import DEFAULT_EXPERIMENT, DEFAULT_SPACE, SCHEDULERS, SEARCHERS, SweepOptions
 
@@ -78,6 +78,21 @@ def plain_name(text: str) -> str:
     return text
 
 
+_MODEL_URI = re.compile(r"^models:/(m-[0-9a-f]+|[^/@\s']+/[0-9]+|[^/@\s']+@[^/@\s']+)$")
+
+
+def source_ref(text: str) -> str:
+    """--from: a run id (plain_name), or a models:/ URI of one of the forms
+    registry.lookup.resolve_model reads (a LoggedModel, a version, an alias)."""
+    if _MODEL_URI.match(text):
+        return text
+    try:
+        return plain_name(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is invalid: give a run id, or models:/<model_id>, "
+                                         "models:/NAME/VERSION or models:/NAME@alias") from None
+
+
 def add_config_flags(p: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(RunConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -89,9 +104,17 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, dest=f.name, type=type(default), default=None, metavar=f.name.upper(), help=helptext)
 
 
-def config_from_args(args: argparse.Namespace) -> RunConfig:
+def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None) -> RunConfig:
+    """Defaults, then --config's YAML (or `base`: the config.yaml of the run `train --from`
+    names, checked on its own first), then the flags given explicitly."""
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)}
-    return config_from_sources(args.config, overrides)
+    if base is None:
+        return config_from_sources(args.config, overrides)
+    try:
+        make_config(base)
+    except ConfigError as e:
+        raise ConfigError(f"--from {args.from_run}: its config.yaml: {e}") from None
+    return make_config({**base, **{k: v for k, v in overrides.items() if v is not None}})
 
 
 def add_ray_flags(parser: argparse.ArgumentParser) -> None:

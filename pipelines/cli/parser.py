@@ -8,7 +8,14 @@ from typing import NoReturn
 
 from gan.config import BACKBONES
 from pipelines.cli import commands
-from pipelines.cli.flags import add_config_flags, add_ray_flags, add_sweep_parser, experiment_name, plain_name
+from pipelines.cli.flags import (
+    add_config_flags,
+    add_ray_flags,
+    add_sweep_parser,
+    experiment_name,
+    plain_name,
+    source_ref,
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", nargs="?", const="latest", default=None, metavar="RUN_ID", type=plain_name,
                    help="continue a killed run from its last checkpoint, in the same MLflow run "
                    "(no RUN_ID: the newest unfinished run of the experiment); uses that run's config")
+    t.add_argument("--from", dest="from_run", default=None, metavar="RUN_ID|MODEL_URI", type=source_ref,
+                   help="start a NEW run from another run's resolved config.yaml (a sweep trial's or any "
+                   "training run's id, or models:/<model_id>, models:/NAME/VERSION, models:/NAME@alias: the "
+                   "model's source run); flags given override it; tagged from_run_id, described with a link")
+    t.add_argument("--warm", action="store_true",
+                   help="with --from: start from that run's best checkpoint (G, D, EMA and optimizer states: "
+                   "a fine-tune, tagged warm_start_from) instead of from scratch; --epochs is the new run's own")
     add_ray_flags(t)
     t.set_defaults(func=commands.cmd_train)
     add_sweep_parser(sub, commands.cmd_sweep)

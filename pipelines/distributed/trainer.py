@@ -78,8 +78,10 @@ def make_trainer(opts: RayOptions, loop_config: dict[str, Any], name: str,
 
 
 def run_distributed(cfg: RunConfig, opts: RayOptions, experiment: str | None = None,
-                    run_name: str | None = None) -> RunOutcome:
-    """Train over opts.workers Ray Train workers and record one MLflow run.
+                    run_name: str | None = None, tags: dict[str, str] | None = None,
+                    warm: dict[str, Any] | None = None) -> RunOutcome:
+    """Train over opts.workers Ray Train workers and record one MLflow run. `tags`: more
+    tags of the run (where it came from); `warm`: a checkpoint to fine-tune (run_local's).
 
     --workers 1 is a local run (in-process, no Ray; on cuda with --gpu)."""
     import torch
@@ -100,13 +102,13 @@ def run_distributed(cfg: RunConfig, opts: RayOptions, experiment: str | None = N
     experiment = experiment or DEFAULT_EXPERIMENT
     if opts.workers == 1:
         return run_local(dataclasses.replace(cfg, device="cuda") if opts.gpu else cfg,
-                         experiment=experiment, run_name=run_name)
+                         experiment=experiment, run_name=run_name, tags=tags, warm=warm)
 
     # ---- everything a user can get wrong, before the MLflow run exists
     cfg = worker_config(cfg, opts)
     uri = absolute_uri(tracking_uri())  # workers open the store from their own folders
     probe_store(uri)  # bounded; before anything exists
-    data = prepare(cfg, opts.workers, check_device=False)
+    data = prepare(cfg, opts.workers, check_device=False, warm=warm)
     # A backbone the dataset cannot use is bad input, not a failed run: build it once here
     # (its one-time work is cached on disk for the workers of this machine).
     build_evaluator(cfg, data, torch.device("cpu"))
@@ -117,9 +119,9 @@ def run_distributed(cfg: RunConfig, opts: RayOptions, experiment: str | None = N
     try:
         local = started and address is None
         check_resources(opts, fixed=local)
-        tags = environment_tags(cfg.dataset, f"{opts.workers}x{'cuda' if opts.gpu else 'cpu'}")
-        run_id, experiment_id = open_run(client, experiment_id, run_name, tags)
-        with TrackedRun(client, run_id, fresh=True) as run:
+        where = environment_tags(cfg.dataset, f"{opts.workers}x{'cuda' if opts.gpu else 'cpu'}")
+        run_id, experiment_id = open_run(client, experiment_id, run_name, {**where, **(tags or {})})
+        with TrackedRun(client, run_id, fresh=True, warm=warm) as run:
             result, model_uri = run.train_and_close(cfg, data, RayTrainLoop(opts, uri, data.shape))
             if model_uri is None:
                 raise RunDiverged(f"run {run_id} is FAILED: {result.stopped}")
@@ -150,11 +152,12 @@ class RayTrainLoop:
         return worker_config(cfg, self.opts)
 
     def fit(self, run: TrackedRun, cfg: RunConfig, restored: Restored) -> TrainResult:
-        return fit_run(run.handle(self.tracking_uri), cfg, self.opts, self.image_shape, self.callbacks)
+        return fit_run(run.handle(self.tracking_uri), cfg, self.opts, self.image_shape, self.callbacks,
+                       warm=restored.warm)
 
 
 def fit_run(handle: RunHandle, cfg: RunConfig, opts: RayOptions, image_shape: tuple[int, int, int],
-            callbacks: list[Any] | None = None) -> TrainResult:
+            callbacks: list[Any] | None = None, warm: dict[str, Any] | None = None) -> TrainResult:
     """The one loop on opts.workers Ray Train workers, rank 0 writing into the run
     `handle` names (its owner holds the lease and closes it). Returns what a local
     loop returns: the final generator (from the last checkpoint), the eval history, and
@@ -170,7 +173,9 @@ def fit_run(handle: RunHandle, cfg: RunConfig, opts: RayOptions, image_shape: tu
     client = client_for(handle.tracking_uri)
     name = f"gan-{handle.run_id}"  # Ray's folder of this run, named after the MLflow run
     client.set_tag(handle.run_id, names.RAY_STORAGE, f"{opts.storage.rstrip('/')}/{name}")
-    loop_config = {"cfg": cfg.to_dict(), "handle": handle, "threads": opts.cpus_per_worker}
+    # `warm` (a fine-tune's starting checkpoint) travels with the config: Ray puts large
+    # arguments in its object store, so every worker, on any node, gets the same weights.
+    loop_config = {"cfg": cfg.to_dict(), "handle": handle, "threads": opts.cpus_per_worker, "warm": warm}
     try:
         fitted = make_trainer(opts, loop_config, name, callbacks=callbacks).fit()
     except Exception as e:  # noqa: BLE001 - Ray's errors wrap the workers'; say which

@@ -9,6 +9,7 @@ newest one.
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -99,20 +100,24 @@ def train_worker(config: dict[str, Any]) -> None:
         torch.cuda.set_device(device)
     data = load_dataset(cfg.dataset, cfg.data_dir, cfg.image_size)
     state = restored_state()
+    # A fine-tune (train --from --warm) starts from its source's checkpoint until the group
+    # has one of its own: a restarted group resumes from that instead.
+    warm = config.get("warm") if state is None else None
     evaluator = build_evaluator(cfg, data, device)
     if rank != 0:
-        train(cfg, data, RayTrainCallbacks(rank), evaluator=evaluator, resume=state, device=device, progress=False)
+        train(cfg, data, RayTrainCallbacks(rank), evaluator=evaluator, resume=state, device=device, progress=False,
+              warm=warm)
         return
     # Rank 0 writes the run: restored like every mode's (a restarted group sends what its
     # last life kept offline first), as the driver's lease's holder.
     with AttachedRun(handle) as run:
-        tracking = run.tracking(cfg, data.shape, run.restore())
+        tracking = run.tracking(cfg, data.shape, dataclasses.replace(run.restore(), warm=warm))
         if state is not None:
             run.client.set_tag(run.run_id, names.RAY_RESTORED_FROM_STEP, str(state["step"]))
         # rank 0's machine in the run's system metrics (the other ranks' nodes are not sampled)
         with system_metrics(run.run_id, handle.tracking_uri, resumed=True):
             result = train(cfg, data, RayTrainCallbacks(rank, tracking), evaluator=evaluator, resume=state,
-                           device=device, progress=False)
+                           device=device, progress=False, warm=warm)
         run.settle(result.seconds)
         if result.diverged:  # every rank stopped at the same step; the driver fails the run
             run.mark_diverged(str(result.stopped))

@@ -54,14 +54,16 @@ class MlflowCallbacks(Delivery, Callbacks):
 
     `owner` is the lease holder (tracking.lease) to compare against after an outage, when
     the callbacks are built before the lease is taken; `lease` (a Lease or LeaseWatch)
-    stops every write with TrackingLost once another process took the run over.
+    stops every write with TrackingLost once another process took the run over. `warm`:
+    the checkpoint a fine-tune starts from, whose generator draws the step-0 grid.
     """
 
     def __init__(self, client: Any, run_id: str, rank: int = 0, floor: int = 0,
                  frames: list[tuple[int, np.ndarray]] | None = None, cfg: RunConfig | None = None,
                  image_shape: tuple[int, ...] | None = None, eval_floor: int | None = None, *,
-                 owner: str | None = None, lease: Any = None) -> None:
+                 owner: str | None = None, lease: Any = None, warm: dict[str, Any] | None = None) -> None:
         self.client, self.run_id, self.rank, self.floor = client, run_id, rank, floor
+        self.warm = warm
         self.lease = lease
         # evals resume from their own floor: one a kill interrupted (losses logged, eval not) is redone
         self.eval_floor = floor if eval_floor is None else eval_floor
@@ -215,13 +217,18 @@ class MlflowCallbacks(Delivery, Callbacks):
 
     def _log_untrained(self) -> None:
         """The grid of the generator before its first step (train() seeds cfg.seed, then
-        builds the models: the same weights), so the slider starts at step 0."""
+        builds the models: the same weights; a warm start's loaded ones), so the slider
+        starts at step 0."""
         if self.cfg is None or self.image_shape is None:
             return
         import torch
 
         torch.manual_seed(self.cfg.seed)  # train() reseeds before it builds its own
-        big = upscale(image_grid(generate(self._empty_generator(), fixed_latents(self.cfg.latent_dim, self.cfg.seed))))
+        generator = self._empty_generator()
+        if self.warm is not None:  # what train() samples from at step 0: the EMA copy when it has one
+            ema = self.cfg.ema > 0 and self.warm.get("G_ema")
+            generator.load_state_dict(self.warm["G_ema"] if ema else self.warm["G"])
+        big = upscale(image_grid(generate(generator, fixed_latents(self.cfg.latent_dim, self.cfg.seed))))
         self.frames.append((0, big))
         self._deliver({"kind": "grid", "epoch": 0, "step": 0, "grid": big})
 

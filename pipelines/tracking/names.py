@@ -101,3 +101,10 @@ LEASE_OWNER = "gan.lease.owner"
 LEASE_HEARTBEAT = "gan.lease.heartbeat"
 EXTENDED_TO = "gan.extended_to_epochs"  # a FINISHED run resumed with more --epochs
 
+# lineage of a run started from another (`train --from`, registry.origin)
+FROM_RUN_ID = "from_run_id"  # the run whose config.yaml this one started from
+FROM_MODEL_ID = "from_model_id"  # the LoggedModel a models:/ URI named (its source run is from_run_id)
+FROM_SWEEP = "from_sweep"  # the source run's sweep, when it was a trial
+WARM_START_FROM = "warm_start_from"  # --warm: a fine-tune of this run's checkpoint ...
+WARM_START_EPOCH = "warm_start_epoch"  # ... taken after this many epochs ...
+WARM_START_STEP = "warm_start_step"  # ... at this step (the new run's own count from 0)

@@ -64,12 +64,15 @@ if TYPE_CHECKING:
 @dataclass
 class Restored:
     """Where a run continues from: its newest intact checkpoint (None: from the start),
-    the last step of each kind it holds (losses, evals) and its grids so far."""
+    the last step of each kind it holds (losses, evals) and its grids so far. `warm`: the
+    weights a fresh run starts from instead of its seed's (a fine-tune of another run's
+    checkpoint, `train --from --warm`); `state`, when there is one, wins."""
 
     state: dict[str, Any] | None = None
     floor: int = 0
     eval_floor: int = 0
     frames: Frames = field(default_factory=list)
+    warm: dict[str, Any] | None = None
 
     def config(self, cfg: RunConfig) -> RunConfig:
         """The config the run continues with: its checkpoint's own (it reproduces the run)."""
@@ -113,8 +116,10 @@ class TrackedRun:
 
     def __init__(self, client: Any, run_id: str, *, fresh: bool, contested: bool = False,
                  prunable: bool = False, before_close: Callable[[], None] | None = None,
-                 on_closed: Callable[[TrainResult, str | None], None] | None = None) -> None:
+                 on_closed: Callable[[TrainResult, str | None], None] | None = None,
+                 warm: dict[str, Any] | None = None) -> None:
         self.client, self.run_id, self.fresh = client, run_id, fresh
+        self.warm = warm  # a fresh run's starting weights (Restored.warm)
         self.contested, self.prunable, self.before_close = contested, prunable, before_close
         self.on_closed = on_closed
         self.pruned_reason: Callable[[], str] = lambda: "tune: stopped by the scheduler"
@@ -188,7 +193,7 @@ class TrackedRun:
         and stop reason are history. checkpoint=False: the loop restores its own (Ray
         Train's storage)."""
         if self.fresh:
-            return Restored()
+            return Restored(warm=self.warm)
         send_offline_writes(self.client, self.run_id)
         with tempfile.TemporaryDirectory() as tmp:
             try:
@@ -285,7 +290,8 @@ class TrackedRun:
 def run_callbacks(client: Any, run_id: str, cfg: RunConfig, image_shape: tuple[int, ...], restored: Restored,
                owner: str, lease: Any) -> MlflowCallbacks:
     return MlflowCallbacks(client, run_id, floor=restored.floor, eval_floor=restored.eval_floor,
-                           frames=restored.frames, cfg=cfg, image_shape=image_shape, owner=owner, lease=lease)
+                           frames=restored.frames, cfg=cfg, image_shape=image_shape, owner=owner, lease=lease,
+                           warm=restored.warm)
 
 
 __all__ = ["Loop", "Restored", "RunHandle", "TrackedRun", "run_callbacks"]

@@ -60,6 +60,6 @@ class InProcessLoop:
         callbacks = self.wrap(tracking) if self.wrap else tracking
         with system_metrics(run.run_id, run.client.tracking_uri, resumed=not run.fresh):
             result = train(cfg, self.data, callbacks, evaluator=self.evaluator, resume=restored.state,
-                           device=self.device, progress=self.progress)
+                           device=self.device, progress=self.progress, warm=restored.warm)
         run.settle(result.seconds)
         return result

@@ -39,9 +39,12 @@ def run_local(
     resume: str | None = None,
     progress: bool | None = None,
     extend_to: int | None = None,
+    tags: dict[str, str] | None = None,
+    warm: dict[str, Any] | None = None,
 ) -> RunOutcome:
     """Train in this process and record one MLflow run (or continue one with `resume`;
-    `extend_to` epochs extends a FINISHED one)."""
+    `extend_to` epochs extends a FINISHED one). `tags`: more tags of the new run (where it
+    came from); `warm`: a checkpoint its networks and optimizers start from (a fine-tune)."""
     if progress is None:
         progress = sys.stderr.isatty()
     uri = tracking_uri()
@@ -51,13 +54,14 @@ def run_local(
     # Every user error surfaces before the store is even opened. The evaluator is built
     # here too: a backbone the dataset cannot use (the classifier on an unlabelled
     # folder) is bad input, not a failed run.
-    data = prepare(cfg)
+    data = prepare(cfg, warm=warm)
     device = resolve_device(cfg.device)
     evaluator = build_evaluator(cfg, data, device)
     client = client_for(uri)
     experiment_id = ensure_experiment(client, experiment)
-    run_id, experiment_id = open_run(client, experiment_id, run_name, environment_tags(cfg.dataset, str(device)))
-    with TrackedRun(client, run_id, fresh=True) as run:
+    run_id, experiment_id = open_run(client, experiment_id, run_name,
+                                     {**environment_tags(cfg.dataset, str(device)), **(tags or {})})
+    with TrackedRun(client, run_id, fresh=True, warm=warm) as run:
         loop = InProcessLoop(data, evaluator, device, progress=progress)
         return _outcome(run, experiment_id, cfg, data, loop)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gan.config import RunConfig
+from gan.config import ConfigError, RunConfig
 from gan.data import ImageData, load_dataset
 from gan.models import build_models
 from gan.train import check_batch, resolve_device
@@ -13,15 +13,41 @@ from gan.train import check_batch, resolve_device
 DEFAULT_EXPERIMENT = "gan-pipelines"
 
 
-def prepare(cfg: RunConfig, world_size: int = 1, check_device: bool = True) -> ImageData:
+def prepare(cfg: RunConfig, world_size: int = 1, check_device: bool = True,
+            warm: dict[str, Any] | None = None) -> ImageData:
     """Load the data and dry-build the models: every user error surfaces here. A Ray
-    driver passes check_device=False: its workers, not it, hold the GPUs."""
+    driver passes check_device=False: its workers, not it, hold the GPUs. `warm`: the
+    checkpoint a fine-tune starts from (train --from --warm) must fit those models."""
     data = load_dataset(cfg.dataset, cfg.data_dir, cfg.image_size)
     check_batch(cfg, len(data), world_size)
-    build_models(cfg, data.shape)
+    G, D = build_models(cfg, data.shape)  # noqa: N806
+    if warm is not None:
+        check_warm_fits(cfg, warm, G, D)
     if check_device:
         resolve_device(cfg.device)
     return data
+
+
+# The fields that shape G and D: what a warm start cannot change.
+SHAPE_FIELDS = ("arch", "latent_dim", "dcgan_width", "mlp_width", "spectral_norm", "g_norm", "image_size",
+                "dataset")
+
+
+def check_warm_fits(cfg: RunConfig, warm: dict[str, Any], G: Any, D: Any) -> None:  # noqa: N803
+    """A checkpoint's networks load into this config's, or a ConfigError naming the
+    changed fields (a fine-tune keeps the architecture; the data may change if its images
+    are the same shape)."""
+    try:
+        G.load_state_dict(warm["G"])
+        D.load_state_dict(warm["D"])
+    except (RuntimeError, KeyError):
+        source = warm.get("config", {})
+        changed = [f"{k}={getattr(cfg, k)!r} (was {source[k]!r})" for k in SHAPE_FIELDS
+                   if k in source and source[k] != getattr(cfg, k)]
+        raise ConfigError("--warm: the source checkpoint's networks do not fit this config"
+                          + (f" ({', '.join(changed)})" if changed else "")
+                          + ": a warm start keeps the architecture and image shape; drop those flags, "
+                          "or train without --warm") from None
 
 
 def build_evaluator(cfg: RunConfig, data: ImageData, device: Any = None, progress: bool | None = None) -> Any:
