@@ -34,7 +34,8 @@ BAD: dict[str, dict[str, list[str]]] = {
     "sweep": {
         "--space": ["missing.yaml"], "--trials": ["0"], "--concurrency": ["0"], "--scheduler": ["hyperband"],
         "--grace-period": ["0"], "--searcher": ["cmaes"], "--experiment": [" "], "--seed": ["x"],
-        "--name": ["../up"], "--resume": ["a'b"], "--workers-per-trial": ["0"], "--cpus-per-trial": ["0"],
+        "--name": ["../up"], "--resume": ["a'b"], "--warm-start": ["a'b"], "--workers-per-trial": ["0"],
+        "--cpus-per-trial": ["0"],
         "--gpus-per-trial": ["-1"], "--ray-address": ["127.0.0.1:1"], "--ray-storage": ["a-file/sub", "a-file"],
     },
     "promote": {
@@ -42,6 +43,8 @@ BAD: dict[str, dict[str, list[str]]] = {
         "--image-size": ["x"], "--backbone": ["vgg"], "--eval-samples": ["x"], "--dataset": ["nope"],
         "--model-name": [""],
     },
+    "confirm": {"--sweep": ["x' or '1'='1", "nope"], "--top": ["0"], "--seeds": ["0", "x"],
+                "--ray-address": ["127.0.0.1:1"]},
     "generate": {"--model": ["models:/missing@champion"], "--num-images": ["0"], "--seed": ["x"], "--out": [""]},
     "evaluate": {"--model": ["models:/missing@champion"], "--run-id": ["nope"], "--dataset": ["imagenet"],
                  "--data-dir": ["x"], "--backbone": ["vgg"], "--num-samples": ["5"], "--seed": ["x"]},
@@ -57,6 +60,7 @@ ANY = {
 # Some bad values are only bad together with another flag (evaluate needs a model; train
 # uses --ray-storage only with Ray Train workers).
 CONTEXT = {"train": {"--ray-storage": ["--workers", "2"]},
+           "confirm": {f: ["--sweep", "s"] for f in ("--top", "--seeds", "--ray-address")},
            "evaluate": {"--dataset": ["--run-id", "nope"], "--data-dir": ["--run-id", "nope"],
                         "--backbone": ["--run-id", "nope"], "--num-samples": ["--run-id", "nope"],
                         "--seed": ["--run-id", "nope"]}}
@@ -226,13 +230,42 @@ DOOR = {
     "a file that is no image": (lambda t: _folder(t, "junk"), {}, "is not a readable image"),
     "unlabelled images for the classifier": (lambda t: _folder(t, "faces"), {}, "--backbone inception"),
     "bad search space": (["sweep", "--space", "nope.yaml"], {}, "cannot be read"),
+    # Extending or warm-starting from a sweep (tests/sweep_records.py writes one in ms; the
+    # store is in tmp/store, so the checks below see whether anything else was made)
+    "extend a finished sweep to no more trials": (lambda t: _swept(t, "--resume", "base", "--trials", "2"),
+                                                  _STORE, "sweep base already has 2 trials"),
+    "a finished sweep resumed without --trials": (lambda t: _swept(t, "--resume", "base"), _STORE,
+                                                  "extend it with --resume base --trials N"),
+    "extend a sweep whose driver runs": (lambda t: _swept(t, "--resume", "live", "--trials", "4"), _STORE,
+                                         "the sweep is running"),
+    "extend an interrupted sweep": (lambda t: _swept(t, "--resume", "cut", "--trials", "4"), _STORE,
+                                    "continue it with --resume cut first"),
+    "warm start with --resume": (lambda t: _swept(t, "--resume", "base", "--warm-start", "base"), _STORE,
+                                 "--warm-start base is invalid with --resume"),
+    "warm start without a store": (["sweep", "--warm-start", "base"], {}, "no tracking store"),
+    "warm start from an unknown sweep": (lambda t: _swept(t, "--warm-start", "nope"), _STORE,
+                                         "no sweep named 'nope'"),
+    "warm start from a sweep with no scored trials": (lambda t: _swept(t, "--warm-start", "failed"), _STORE,
+                                                      "sweep failed has no scored trials"),
+    "warm start from trials outside the space": (lambda t: _swept(t, "--warm-start", "base", lr_g_high=1e-3),
+                                                 _STORE, "trial t02 lr_g=0.0015: lr_g=0.0015 is outside this space"),
     # train --from a run of a store in tmp/store (tests/test_train_from.py: every bad source
     # against a store with a real source run, and that no run is created in it)
     "train --from an unknown run": (lambda t: _from(t, "0123456789abcdef"), _STORE, "no such run in this store"),
     "train --from a run that is no training run": (lambda t: _from(t, None), _STORE, "has no config.yaml"),
     "train --from a model uri that names nothing": (lambda t: _from(t, "models:/gan-generator@champion"),
                                                     _STORE, "--from models:/gan-generator@champion: no such model"),
+    # confirm a sweep of a store in tmp/store (tests/test_confirm.py runs the real thing)
+    "confirm an unknown sweep": (lambda t: _confirm(t, "nope"), _STORE, "no sweep named 'nope'"),
+    "confirm a sweep with no finished trials": (lambda t: _confirm(t, "failed"), _STORE,
+                                                "--sweep failed: no finished trial with a best_fid"),
+    "confirm a sweep whose driver runs": (lambda t: _confirm(t, "live"), _STORE, "the sweep is running"),
 }
+
+
+def _confirm(tmp_path: Path, sweep: str) -> list[str]:
+    _swept(tmp_path)
+    return ["confirm", "--sweep", sweep]
 
 
 def _from(tmp_path: Path, ref: str | None) -> list[str]:
@@ -242,6 +275,19 @@ def _from(tmp_path: Path, ref: str | None) -> list[str]:
 
     _, run_id = store_with_run(tmp_path / "store", "other")
     return ["train", "--from", ref or run_id, "--warm"]
+
+
+def _swept(tmp_path: Path, *flags: str, lr_g_high: float = 2e-3) -> list[str]:
+    """`sweep FLAGS` against a store holding finished sweep base (2 scored trials), failed
+    (none scored), live (its driver alive) and cut (interrupted)."""
+    from sweep_records import recorded_sweep, space_file
+
+    recorded_sweep(tmp_path, "base", [(3e-4, 40.0), (1.5e-3, 30.0)])
+    recorded_sweep(tmp_path, "failed", [(3e-4, None)])
+    recorded_sweep(tmp_path, "live", [(3e-4, 40.0)], status="RUNNING", driver_alive=True)
+    recorded_sweep(tmp_path, "cut", [(3e-4, 40.0)], status="KILLED")
+    space = space_file(tmp_path, "new", {"type": "float", "low": 1e-4, "high": lr_g_high, "log": True})
+    return ["sweep", "--space", str(space), *flags]
 
 
 @pytest.mark.parametrize("case", list(DOOR))

@@ -180,7 +180,8 @@ def add_sweep_parser(subparsers: Any, command: Any) -> argparse.ArgumentParser:
                    help="search space YAML (e.g. search_spaces/default.yaml or your own), or a shipped "
                    "space's name (gan-pipeline spaces; default: quick)")
     s.add_argument("--trials", type=int, default=None, metavar="N",
-                   help="trials in all (default: the space's sweep.trials, else 10)")
+                   help="trials in all (default: the space's sweep.trials, else 10); with --resume NAME of a "
+                   "finished sweep: extend it to N trials in all")
     s.add_argument("--concurrency", type=int, default=None, metavar="N",
                    help="trials at a time (default: the space's sweep.concurrency, else 1)")
     s.add_argument("--scheduler", default="asha", choices=SCHEDULERS,
@@ -196,7 +197,11 @@ def add_sweep_parser(subparsers: Any, command: Any) -> argparse.ArgumentParser:
                    "(default: sweep-SPACE-TIMESTAMP)")
     s.add_argument("--resume", nargs="?", const="latest", default=None, metavar="NAME", type=plain_name,
                    help="continue an interrupted sweep in its parent run (no NAME: the newest "
-                   "unfinished one); its saved settings are used")
+                   "unfinished one); its saved settings are used. A finished one with --trials N: N - done "
+                   "more trials under the same parent, the searcher going on from every trial scored")
+    s.add_argument("--warm-start", default=None, metavar="NAME", type=plain_name,
+                   help="seed this new sweep's searcher with the scored trials of the earlier sweep NAME "
+                   "(same experiment); refused if any falls outside this sweep's space")
     g = s.add_argument_group("resources")
     g.add_argument("--workers-per-trial", type=int, default=1, metavar="N",
                    help="N > 1: each trial trains data-parallel under Ray Train (default: 1, in-process)")
@@ -221,5 +226,5 @@ def sweep_options(args: argparse.Namespace) -> SweepOptions:
         grace_period=args.grace_period, searcher=args.searcher, experiment=args.experiment,
         seed=args.seed, name=args.name, workers_per_trial=args.workers_per_trial,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-        storage_path=args.ray_storage, ray_address=args.ray_address,
+        storage_path=args.ray_storage, ray_address=args.ray_address, warm_start=args.warm_start,
     )

@@ -11,11 +11,13 @@ report report.py.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +38,7 @@ from pipelines.tracking import names
 
 if TYPE_CHECKING:
     from pipelines.sweep.closing import Ended
+    from pipelines.sweep.seeding import Seeds
 
 DATA_KEYS = ("dataset", "data_dir", "image_size")  # loaded once per sweep: never searched
 # A trial whose process or node dies (a lost spot worker) is restarted, on any node, and
@@ -89,71 +92,86 @@ def check_space_for_sweep(space: SearchSpace, opts: Sweep) -> Any:
 
 
 def run_sweep(given: SweepOptions, resume: str | None = None) -> SweepOutcome:
-    """Run (or, with `resume`, continue) a sweep; returns its runs and best trial."""
+    """Run a sweep; with `resume`, continue an interrupted one, or extend a finished one
+    to `given.trials` trials in all (parent.restore_settings). A new sweep with
+    `given.warm_start` starts its searcher from that sweep's scored trials (seeding.py)."""
     from pipelines.distributed.connect import check_reachable, ray_address
-    from pipelines.sweep.parent import create_parent, find_parent, restore_settings
+    from pipelines.sweep.parent import Resumed, create_parent, find_parent, restore_settings, start_extension
+    from pipelines.sweep.seeding import extension_seeds, record_warm_start, warm_start_seeds
+    from pipelines.tracking.lease import lease
     from pipelines.tracking.store import absolute_uri, client_for, ensure_experiment, probe_store
     from pipelines.tracking.store import tracking_uri as default_uri
 
+    if resume and given.warm_start:
+        raise ConfigError(f"--warm-start {given.warm_start} is invalid with --resume: a resumed or extended "
+                          "sweep's searcher goes on from its own trials")
     started = time.time()
     uri = absolute_uri(default_uri())  # trials open the store from their own folders
-    probe_store(uri)  # bounded; before anything exists
+    # bounded; before anything exists. Reading an earlier sweep needs a store that has it:
+    # opening a missing local one would create it empty.
+    probe_store(uri, must_exist=bool(resume or given.warm_start))
     check_reachable(ray_address(given.ray_address))  # before the parent run exists
+    seeds: Seeds | None = None
+    resumed: Resumed | None = None
     if not resume:  # a bad space or flag fails before the store is even opened
         space = load_space(given.space)
         opts = given.resolved(space)
+        if opts.warm_start:  # reads only; before the data is loaded
+            seeds = warm_start_seeds(client_for(uri), opts.experiment, opts.warm_start, space)
         data = check_space_for_sweep(space, opts)
     client = client_for(uri)
-    experiment_id = ensure_experiment(client, given.experiment)
     if resume:
-        parent, opts, space = restore_settings(client, experiment_id, resume, given)
-        parent_id = parent.info.run_id
+        exp = client.get_experiment_by_name(given.experiment)  # never created by a resume
+        experiment_id = str(exp.experiment_id) if exp is not None else ""
+        resumed = restore_settings(client, experiment_id or None, resume, given)
+        parent_id, opts, space = resumed.parent.info.run_id, resumed.opts, resumed.space
+        if resumed.had is not None:  # an extension: its searcher goes on from every trial scored so far
+            seeds = extension_seeds(client, resumed.parent, space)
         data = check_space_for_sweep(space, opts)
-        client.update_run(parent_id, status="RUNNING")
     else:
+        experiment_id = ensure_experiment(client, given.experiment)
         if find_parent(client, experiment_id, opts.name) is not None:
             raise ConfigError(f"--name {opts.name!r} is invalid: that sweep exists "
                               f"(continue it with --resume {opts.name})")
         parent_id, experiment_id = create_parent(client, experiment_id, space, opts)
-    exp_dir = opts.folder
-    print(f"sweep {opts.name}: {opts.trials} trials of {space.path}, {opts.concurrency} at a time, "
-          f"{opts.searcher} + {opts.scheduler}; parent run {parent_id}", file=sys.stderr)
-
+        if seeds is not None:
+            record_warm_start(client, parent_id, seeds)
+    had = resumed.had if resumed is not None else None  # an extension: the trials the finished sweep had
+    extending = had is not None
     from pipelines.tracking.ending import parent_guard
 
-    with parent_guard(client, parent_id):
-        ended = _tune(space, opts, data, uri, experiment_id, parent_id, exp_dir, restore=bool(resume))
-        return _finish(client, experiment_id, parent_id, space, opts, uri, started, ended)
+    # The driver holds the parent's lease while it runs: a second --resume of this sweep
+    # (to continue or extend it) is refused while this one is alive.
+    with lease(client, parent_id, contested=bool(resume)):
+        if resumed is not None:
+            if extending:
+                start_extension(client, resumed)
+            client.update_run(parent_id, status="RUNNING")
+        trials = opts.trials - (had or 0)  # an extension adds the rest (a restore ignores it)
+        print(f"sweep {opts.name}: {trials} trials of {space.path}, {opts.concurrency} at a time, "
+              f"{opts.searcher} + {opts.scheduler}; parent run {parent_id}", file=sys.stderr)
+        if seeds is not None:
+            left_out = f" ({seeds.unscored} failed or unscored left out)" if seeds.unscored else ""
+            print(f"  searcher seeded with {len(seeds.trials)} scored trials of sweep {seeds.sweep}{left_out}"
+                  + (f"; trials {had} -> {opts.trials}, Tune folder {opts.folder}" if extending else ""),
+                  file=sys.stderr)
+        with parent_guard(client, parent_id):
+            ended = _tune(space, opts, data, uri, experiment_id, parent_id, opts.folder,
+                          restore=bool(resume) and not extending, seeds=seeds, trials=trials)
+            return _finish(client, experiment_id, parent_id, space, opts, uri, started, ended)
 
 
 def _tune(space: SearchSpace, opts: Sweep, data: Any, uri: str, experiment_id: str,
-          parent_id: str, exp_dir: Path, restore: bool) -> dict[str, Ended]:
-    """Run the trials; returns how Tune ended each trial it knows (it may have lost some:
+          parent_id: str, exp_dir: Path, restore: bool, seeds: Seeds | None = None,
+          trials: int | None = None) -> dict[str, Ended]:
+    """Run the trials (`trials` of them, default opts.trials; a searcher seeded with
+    `seeds`); returns how Tune ended each trial it knows (it may have lost some:
     closing.py)."""
     from ray import tune
 
-    from pipelines.distributed.connect import connect, disconnect, ray_address
     from pipelines.sweep.closing import tune_outcomes
-    from pipelines.sweep.trial import TrialContext
-    from pipelines.tracking.server import LocalServer, needs_server
-    from pipelines.tracking.store import client_for
 
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # Ray workers inherit it
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # verbose=0 is silent only in the old one
-    # Save Tune's state every second (default: >= 10 s), so a driver killed just after a
-    # trial started rarely leaves a child run that the restored sweep does not know.
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    server = LocalServer(uri, exp_dir / "mlflow-server.log") if needs_server(uri, opts.concurrency) else None
-    started_ray = False
-    try:
-        started_ray = connect(ray_address(opts.ray_address), uri)
-        trial_uri = server.url() if server else uri
-        ctx = TrialContext(trial_uri, experiment_id, parent_id, opts.name, opts.cpus_per_trial,
-                           opts.gpus_per_trial, opts.workers_per_trial,
-                           str(Path(opts.storage_path).expanduser().resolve()),
-                           searched=tuple(p.name for p in space.params), rungs=rung_epochs(space, opts),
-                           dataset=str(space.fixed.get("dataset", RunConfig.dataset)))
+    with sweep_services(opts, uri, space, experiment_id, parent_id, rung_epochs(space, opts), exp_dir) as (ctx, client):
         trainable = make_trainable(data, ctx, opts)
         if restore:
             # Tune warns with a FileNotFoundError about each trial the killed driver had
@@ -165,27 +183,59 @@ def _tune(space: SearchSpace, opts: Sweep, data: Any, uri: str, experiment_id: s
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(
-                    search_alg=make_searcher(space, opts), scheduler=make_scheduler(space, opts),
-                    num_samples=opts.trials, max_concurrent_trials=opts.concurrency,
+                    search_alg=make_searcher(space, opts, seeds), scheduler=make_scheduler(space, opts),
+                    num_samples=trials or opts.trials, max_concurrent_trials=opts.concurrency,
                     reuse_actors=True, trial_dirname_creator=trial_dirname,
                 ),
                 run_config=tune.RunConfig(
-                    name=opts.name, storage_path=str(exp_dir.parent), verbose=0,
+                    name=exp_dir.name, storage_path=str(exp_dir.parent), verbose=0,
                     callbacks=[progress_callback()],
                     failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
                 ),
             )
         # Runs open before this driver's trials start (a killed driver's) have no process to
         # wait for at the end; closing.py closes those a restarted trial did not.
-        orphans = _open_children(client_for(trial_uri), experiment_id, parent_id) if restore else set()
+        orphans = _open_children(client, experiment_id, parent_id) if restore else set()
         grid = tuner.fit()
         # A pruned trial closes its own run as Tune stops it; give it that moment before
         # ray.shutdown ends its process.
-        _wait_children_closed(client_for(trial_uri), experiment_id, parent_id, orphans)
+        _wait_children_closed(client, experiment_id, parent_id, orphans)
         return tune_outcomes(grid)
+
+
+@contextlib.contextmanager
+def sweep_services(opts: Sweep, uri: str, space: SearchSpace, experiment_id: str, parent_id: str,
+                   rungs: tuple[int, ...], exp_dir: Path | None = None) -> Iterator[tuple[Any, Any]]:
+    """What a sweep's (or its confirmation's) trials run with: Ray (joined, or a local one
+    started and ended here), a private `mlflow server` in front of a sqlite store many
+    trials write at once, and the TrialContext they share; yields (context, a client of
+    the store as the trials reach it)."""
+    from pipelines.distributed.connect import connect, disconnect, ray_address
+    from pipelines.sweep.trial import TrialContext
+    from pipelines.tracking.server import LocalServer, needs_server
+    from pipelines.tracking.store import client_for
+
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # Ray workers inherit it
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # verbose=0 is silent only in the old one
+    # Save Tune's state every second (default: >= 10 s), so a driver killed just after a
+    # trial started rarely leaves a child run that the restored sweep does not know.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    logs = exp_dir or opts.folder
+    logs.mkdir(parents=True, exist_ok=True)
+    server = LocalServer(uri, logs / "mlflow-server.log") if needs_server(uri, opts.concurrency) else None
+    started_ray = False
+    try:
+        started_ray = connect(ray_address(opts.ray_address), uri)
+        trial_uri = server.url() if server else uri
+        yield TrialContext(trial_uri, experiment_id, parent_id, opts.name, opts.cpus_per_trial,
+                           opts.gpus_per_trial, opts.workers_per_trial,
+                           str(Path(opts.storage_path).expanduser().resolve()),
+                           searched=tuple(p.name for p in space.params), rungs=rungs,
+                           dataset=str(space.fixed.get("dataset", RunConfig.dataset))), client_for(trial_uri)
     finally:
         if server:
             server.stop()
+            client_for(uri)  # MLflow's global URI (and $MLFLOW_TRACKING_URI) back off the stopped server
         if started_ray:
             disconnect()
 
@@ -210,6 +260,7 @@ def _finish(client: Any, experiment_id: str, parent_id: str, space: SearchSpace,
     from mlflow.entities import Metric
 
     from pipelines.sweep.closing import close_open_trials, record_runless_trials
+    from pipelines.sweep.parent import extensions
     from pipelines.sweep.report import best_run, child_runs, log_report
 
     close_open_trials(client, child_runs(client, experiment_id, parent_id), ended)
@@ -218,12 +269,17 @@ def _finish(client: Any, experiment_id: str, parent_id: str, space: SearchSpace,
     runs = child_runs(client, experiment_id, parent_id)
     runs = log_report(client, parent_id, runs, space)  # as renamed and described
     best = best_run(runs)
-    seconds = time.time() - started
+    # Over all trials; an extended sweep logs them at the extension's number as the step,
+    # so each metric's history shows the sweep before and after each extension, and its
+    # seconds add this driver's to those before.
+    parent = client.get_run(parent_id)
+    step = extensions(parent)
+    seconds = time.time() - started + (parent.data.metrics.get(names.SWEEP_SECONDS, 0.0) if step else 0.0)
     now = int(time.time() * 1000)
-    metrics = [Metric(names.TRIALS_FINISHED, sum(r.info.status == "FINISHED" for r in runs), now, 0),
-               Metric(names.SWEEP_SECONDS, seconds, now, 0)]
+    metrics = [Metric(names.TRIALS_FINISHED, sum(r.info.status == "FINISHED" for r in runs), now, step),
+               Metric(names.SWEEP_SECONDS, seconds, now, step)]
     if best is not None:
-        metrics += [Metric(f"{names.SWEEP_PREFIX}{k}", best.data.metrics[k], now, 0)
+        metrics += [Metric(f"{names.SWEEP_PREFIX}{k}", best.data.metrics[k], now, step)
                     for k in (names.FID, names.BEST_FID) if k in best.data.metrics]
         client.set_tag(parent_id, names.BEST_RUN_ID, best.info.run_id)
         client.set_tag(parent_id, names.BEST_TRIAL_ID, best.data.tags.get(names.TRIAL_ID, ""))

@@ -46,11 +46,28 @@ def trial_note(row: dict[str, Any], rank: int | None, total: int, sweep: str, pa
     return "\n".join(lines)
 
 
-def parent_note(frame: Any, sweep: str, trials_url: str, run_url: Any) -> str:
+def lineage(tags: dict[str, str], run_url: Any) -> list[str]:
+    """What the sweep's searcher started from (seeding.py), from the parent's tags: the
+    sweep a warm start was seeded with, and the trial counts of each extension."""
+    lines = []
+    source = tags.get(names.SWEEP_SEEDED_FROM)
+    if source:
+        lines.append(f"Warm-started: its searcher began with the {tags.get(names.SWEEP_SEEDED_TRIALS, '?')} "
+                     f"scored trials of sweep [{source}]({run_url(tags.get(names.SWEEP_SEEDED_FROM_RUN, ''))}) "
+                     f"(`--warm-start {source}`).")
+    extended = tags.get(names.SWEEP_EXTENDED)
+    if extended:
+        lines.append(f"Extended (trials {extended}, `--resume NAME --trials N`): each extension's searcher "
+                     "went on from every trial scored before it.")
+    return lines
+
+
+def parent_note(frame: Any, sweep: str, trials_url: str, run_url: Any, origin: list[str] | None = None) -> str:
     """The markdown description of the parent run: the top trials and where to click next.
-    `run_url(run_id)` links a trial's page."""
+    `run_url(run_id)` links a trial's page; `origin`: lines on what seeded its searcher."""
     scored = frame[frame[names.BEST_FID].notna()].head(TOP)
     lines = [f"**Sweep {sweep}**: {len(frame)} trials, {int((frame['status'] == 'FINISHED').sum())} finished.",
+             *(["", *origin] if origin else []),
              "", "| # | trial | best FID | last FID | status | epochs |", "|---|---|---|---|---|---|"]
     for i, row in enumerate(scored.to_dict("records"), 1):
         lines.append(f"| {i} | [{row['name']}]({run_url(row['run_id'])}) | {_fmt(row[names.BEST_FID])} | "

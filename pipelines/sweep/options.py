@@ -37,6 +37,7 @@ class SweepOptions:
     gpus_per_trial: float = 0.0
     storage_path: str = DEFAULT_STORAGE
     ray_address: str | None = None
+    warm_start: str | None = None  # an earlier sweep whose scored trials seed the searcher (seeding.py)
 
     def resolved(self, space: SearchSpace) -> Sweep:
         """Every None filled in; every value checked (ConfigError, one line)."""
@@ -51,6 +52,7 @@ class SweepOptions:
             name=self.name or f"sweep-{Path(space.path).stem}-{time.strftime('%Y%m%d-%H%M%S')}",
             workers_per_trial=self.workers_per_trial, cpus_per_trial=self.cpus_per_trial,
             gpus_per_trial=self.gpus_per_trial, storage_path=self.storage_path, ray_address=self.ray_address,
+            warm_start=self.warm_start,
         )
         for flag, v in (("--trials", out.trials), ("--concurrency", out.concurrency),
                         ("--grace-period", out.grace_period),
@@ -97,8 +99,13 @@ class Sweep:
     gpus_per_trial: float
     storage_path: str
     ray_address: str | None
+    warm_start: str | None = None
+    # The Tune experiment's folder name when it is not the sweep's: an extension of a
+    # finished sweep (--resume NAME --trials N) runs as a new Tune experiment, NAME-more-K,
+    # so the finished one's state stays as it was. Defaults keep older sweep.json readable.
+    tune_folder: str | None = None
 
     @property
     def folder(self) -> Path:
         """The Tune experiment folder of this sweep (state, space copy, server log)."""
-        return Path(self.storage_path).expanduser().resolve() / self.name
+        return Path(self.storage_path).expanduser().resolve() / (self.tune_folder or self.name)

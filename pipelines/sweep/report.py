@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.sweep.naming import differing, number_of, trial_name
-from pipelines.sweep.notes import parent_note, trial_note
+from pipelines.sweep.notes import lineage, parent_note, trial_note
 from pipelines.sweep.space import SearchSpace
 from pipelines.tracking import names
 from pipelines.tracking.history import eval_epochs, logged_grids
@@ -25,6 +25,17 @@ COMPARE_TOP = 3
 
 
 def child_runs(client: Any, experiment_id: str, parent_run_id: str) -> list[Any]:
+    """The sweep's trial runs (its confirmation's runs nest under it too: confirm_runs)."""
+    return [r for r in _nested(client, experiment_id, parent_run_id) if names.CONFIRM_OF not in r.data.tags]
+
+
+def confirm_runs(client: Any, experiment_id: str, parent_run_id: str) -> list[Any]:
+    """The runs `confirm` trained again with new seeds, nested under the sweep's parent."""
+    return [r for r in _nested(client, experiment_id, parent_run_id) if names.CONFIRM_OF in r.data.tags]
+
+
+def _nested(client: Any, experiment_id: str, parent_run_id: str) -> list[Any]:
+    # MLflow's filter cannot ask for a tag's absence: split here.
     return client.search_runs([experiment_id], f"tags.`{names.PARENT_RUN}` = '{parent_run_id}'",
                               max_results=10_000)
 
@@ -157,16 +168,18 @@ def describe(client: Any, parent_run_id: str, runs: list[Any], frame: Any) -> No
     """Each trial's description (how it ended, its rank) and the parent's (top trials)."""
     from pipelines.tracking.store import run_url, runs_table_url
 
-    exp = runs[0].info.experiment_id if runs else client.get_run(parent_run_id).info.experiment_id
-    sweep = client.get_run(parent_run_id).data.tags.get(names.SWEEP_NAME, "")
+    parent = client.get_run(parent_run_id)
+    exp = runs[0].info.experiment_id if runs else parent.info.experiment_id
+    sweep = parent.data.tags.get(names.SWEEP_NAME, "")
     scored = [row["run_id"] for row in frame.to_dict("records") if row[names.BEST_FID] == row[names.BEST_FID]
               and row[names.BEST_FID] is not None]
     for row in frame.to_dict("records"):
         rank = scored.index(row["run_id"]) + 1 if row["run_id"] in scored else None
         client.set_tag(row["run_id"], names.NOTE,
                        trial_note(row, rank, len(scored), sweep, run_url("", exp, parent_run_id)))
-    client.set_tag(parent_run_id, names.NOTE, parent_note(frame, sweep, runs_table_url("", exp, sweep),
-                                                          lambda run_id: run_url("", exp, run_id)))
+    link = lambda run_id: run_url("", exp, run_id)  # noqa: E731
+    client.set_tag(parent_run_id, names.NOTE, parent_note(frame, sweep, runs_table_url("", exp, sweep), link,
+                                                          lineage(parent.data.tags, link)))
 
 
 def _objective(runs: list[Any]) -> str:

@@ -6,15 +6,20 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipelines.sweep.naming import TUNE_NAME_KEY
 from pipelines.sweep.options import METRIC, MODE, Sweep
 from pipelines.sweep.space import SearchSpace
 from pipelines.tracking import names
 
+if TYPE_CHECKING:
+    from pipelines.sweep.seeding import Seeds
 
-def make_searcher(space: SearchSpace, opts: Sweep) -> Any:
+
+def make_searcher(space: SearchSpace, opts: Sweep, seeds: Seeds | None = None) -> Any:
+    """Optuna (TPE or random, seeded) over the define-by-run space; with `seeds` (an
+    earlier sweep's scored trials, seeding.py) its study starts with them as finished."""
     import warnings
 
     import optuna
@@ -23,16 +28,25 @@ def make_searcher(space: SearchSpace, opts: Sweep) -> Any:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     sampler: optuna.samplers.BaseSampler
+    seeded = len(seeds.trials) if seeds else 0
+    # A seeded sampler draws from another seed: with the earlier sweep's own seed its random
+    # start-up draws would repeat that sweep's first configs, which are already scored.
+    seed = opts.seed + seeded
     if opts.searcher == "random":
-        sampler = optuna.samplers.RandomSampler(seed=opts.seed)
+        sampler = optuna.samplers.RandomSampler(seed=seed)
     else:
         # group=True: TPE models each conditional branch's parameters together;
         # constant_liar: concurrent trials do not all probe the same point.
         sampler = optuna.samplers.TPESampler(
-            seed=opts.seed, multivariate=True, group=True, constant_liar=True,
-            n_startup_trials=min(10, max(2, opts.trials // 3)),
+            seed=seed, multivariate=True, group=True, constant_liar=True,
+            n_startup_trials=min(10, max(2, opts.trials // 3)),  # the seeds count towards it
         )
-    return OptunaSearch(space=space.suggest, metric=METRIC, mode=MODE, sampler=sampler)
+    if not seeds or not seeds.trials:
+        return OptunaSearch(space=space.suggest, metric=METRIC, mode=MODE, sampler=sampler)
+    from pipelines.sweep.seeding import STUDY_NAME, seeded_storage
+
+    return OptunaSearch(space=space.suggest, metric=METRIC, mode=MODE, sampler=sampler,
+                        storage=seeded_storage(seeds, space), study_name=STUDY_NAME)
 
 
 REDUCTION_FACTOR = 2
@@ -72,7 +86,8 @@ def rung_epochs(space: SearchSpace, opts: Sweep) -> tuple[int, ...]:
     return tuple(rungs)
 
 
-def make_trainable(data: Any, ctx: Any, opts: Sweep) -> Any:
+def make_trainable(data: Any, ctx: Any, opts: Sweep, function: Any = None) -> Any:
+    """`function` (default trial.run_trial) with the sweep's data, context and resources."""
     from ray import tune
 
     from pipelines.sweep.trial import run_trial
@@ -83,7 +98,7 @@ def make_trainable(data: Any, ctx: Any, opts: Sweep) -> Any:
     resources: dict[str, float] = ({"cpu": 0, "memory": 1 << 20} if opts.workers_per_trial > 1
                                    else {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
     # with_parameters: the dataset goes into the object store once, not once per trial.
-    return tune.with_resources(tune.with_parameters(run_trial, data=data, ctx=ctx), resources)
+    return tune.with_resources(tune.with_parameters(function or run_trial, data=data, ctx=ctx), resources)
 
 
 def progress_callback() -> Any:

@@ -36,6 +36,12 @@ SWEEP_PARENT = "parent"
 STOP_REQUESTED = "gan.stop_requested"  # a distributed trial's driver asks its Ray Train workers to stop
 SWEEP_STORAGE = "sweep.storage"  # the Tune experiment folder (for --resume)
 SWEEP_LOST = "sweep.lost"
+# Lineage of a sweep's searcher (sweep/seeding.py): a warm start names the sweep whose
+# scored trials seeded it; an extension (--resume NAME --trials N) keeps its trial counts.
+SWEEP_SEEDED_FROM = "sweep.seeded_from"  # the source sweep's name
+SWEEP_SEEDED_FROM_RUN = "sweep.seeded_from_run"  # the source sweep's parent run id
+SWEEP_SEEDED_TRIALS = "sweep.seeded_trials"  # how many scored trials seeded the searcher
+SWEEP_EXTENDED = "sweep.extended"  # trials after each extension: "2 -> 4 -> 6"
 TRIAL_ID = "tune_trial_id"  # also logged as a param of each trial
 RESUMED_FROM_STEP = "resumed_from_step"  # a restarted run (a trial Tune restarted, a --resume) continued from this step
 TRIAL_SECONDS_TO_FIRST_STEP = "trial.seconds_to_first_step"
@@ -101,6 +107,7 @@ LEASE_OWNER = "gan.lease.owner"
 LEASE_HEARTBEAT = "gan.lease.heartbeat"
 EXTENDED_TO = "gan.extended_to_epochs"  # a FINISHED run resumed with more --epochs
 
+
 # lineage of a run started from another (`train --from`, registry.origin)
 FROM_RUN_ID = "from_run_id"  # the run whose config.yaml this one started from
 FROM_MODEL_ID = "from_model_id"  # the LoggedModel a models:/ URI named (its source run is from_run_id)
@@ -108,3 +115,12 @@ FROM_SWEEP = "from_sweep"  # the source run's sweep, when it was a trial
 WARM_START_FROM = "warm_start_from"  # --warm: a fine-tune of this run's checkpoint ...
 WARM_START_EPOCH = "warm_start_epoch"  # ... taken after this many epochs ...
 WARM_START_STEP = "warm_start_step"  # ... at this step (the new run's own count from 0)
+
+# a sweep's confirmation (`confirm --sweep`, sweep.confirm): its top trials again, new seeds
+CONFIRM_OF = "confirm_of"  # on a confirming run: the trial run whose config it trains again
+CONFIRM_SEED = "confirm_seed"  # ... with this seed
+CONFIRM_PREFIX = "confirm."  # per config, on the trial: confirm.best_fid_mean / _std / _n
+SWEEP_CONFIRMED = "sweep.confirmed"  # on the parent: "top K x S seeds" of the last confirmation
+VERSION_CONFIRM_MEAN = "confirm_mean"  # on a model version promoted by its config's mean over seeds
+VERSION_CONFIRM_STD = "confirm_std"
+VERSION_CONFIRM_N = "confirm_n"
