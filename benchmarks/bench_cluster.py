@@ -38,9 +38,9 @@ def space(trials_epochs: int) -> dict:
 
 
 def sweep(cluster: RayCluster, root: Path, name: str, trials: int, epochs: int) -> dict:
-    from pipelines.registry.promote import find_sweep
     from pipelines.sweep.report import child_runs
     from pipelines.tracking.store import client_for
+    from pipelines.tracking.sweeps import find_sweep
 
     job = root / name
     job.mkdir()

@@ -80,8 +80,8 @@ def _submit(job: Path, name: str, *extra: str) -> list[str]:
 
 
 def _children(client, name: str) -> list:
-    from pipelines.registry.promote import find_sweep
     from pipelines.sweep.report import child_runs
+    from pipelines.tracking.sweeps import find_sweep
 
     parent = find_sweep(client, name)
     return child_runs(client, parent.info.experiment_id, parent.info.run_id)

@@ -152,6 +152,30 @@ def cmd_spaces(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_confirm(args: argparse.Namespace) -> int:
+    from pipelines.sweep.confirm import check_counts, confirm_sweep
+    from pipelines.tracking.store import ui_hint
+
+    check_counts(args.top, args.seeds)
+    _store_ready(reads=True)
+    out = confirm_sweep(args.sweep, top=args.top, seeds=args.seeds, ray_address=args.ray_address)
+    print(f"confirm {out.sweep}: {len(out.configs)} configs in {out.seconds:.0f} s; best_fid over seeds "
+          "(the trial's own first):")
+    for c in out.configs:
+        values = ", ".join(f"{v:.2f}" for v in c.values)
+        print(f"  {c.trial.info.run_name}: {c.mean:.2f} +- {c.std:.2f} (n={len(c.values)}: {values})")
+    single = min(out.configs, key=lambda c: c.trial.data.metrics[names.BEST_FID])
+    if out.configs[0] is single:
+        print(f"the sweep's winner {single.trial.info.run_name} holds up across seeds")
+    else:
+        print(f"the sweep's winner {single.trial.info.run_name} does not hold up: "
+              f"{out.configs[0].trial.info.run_name} has the better mean")
+    print(f"promote --sweep {out.sweep} now ranks configs by this mean")
+    print(ui_hint(out.tracking_uri, out.experiment_id, out.configs[0].trial.info.run_id, sweep=out.sweep,
+                  parent_run_id=out.parent_run_id))
+    return 0
+
+
 def cmd_promote(args: argparse.Namespace) -> int:
     from pipelines.registry.promote import promote
     from pipelines.tracking.store import client_for

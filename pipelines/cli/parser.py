@@ -61,6 +61,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "`gan-pipeline sweep --space NAME` from any folder, or copy a file to write your own.")
     sp.set_defaults(func=commands.cmd_spaces)
 
+    co = sub.add_parser("confirm", help="train a sweep's top trials again with new seeds; mean +- std per config",
+                        description="Is the sweep's winner real? Train the configs of its --top finished trials "
+                        "(by best_fid) again with --seeds new seeds each, on the sweep's Ray with its resources "
+                        "and budget, nested under its parent run (tags confirm_of, confirm_seed). Logs per config "
+                        "the mean and standard deviation of best_fid over its seeds (the trial included) on the "
+                        "trial and a table and plot on the parent; `promote --sweep` then ranks by that mean.")
+    co.add_argument("--sweep", required=True, metavar="NAME_OR_PARENT_RUN_ID", type=plain_name,
+                    help="a finished sweep's name or its parent run id")
+    co.add_argument("--top", type=int, default=3, metavar="K", help="how many of its best trials (default: 3)")
+    co.add_argument("--seeds", type=int, default=3, metavar="S", help="new seeds per config (default: 3)")
+    co.add_argument("--ray-address", default=None, metavar="ADDR",
+                    help="the Ray cluster to train on (default: the sweep's, else $RAY_ADDRESS, else a local Ray)")
+    co.set_defaults(func=commands.cmd_confirm)
+
     pr = sub.add_parser("promote", help="register the best generator; move alias champion if better",
                         description="Rank the generator models (MLflow LoggedModels: each run's best and final) "
                         "of a sweep's finished trials (or an experiment's finished runs) by the value of --metric "

@@ -7,22 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipelines.tracking.names import CHAMPION
-
-_NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
-
-
-def is_not_found(error: BaseException) -> bool:
-    """Is this MLflow's answer that a run, model, version or alias does not exist?"""
-    from mlflow.exceptions import MlflowException
-
-    if not isinstance(error, MlflowException):
-        return False
-    if error.error_code in _NOT_FOUND:
-        return True
-    # An existing registered model without the alias answers INVALID_PARAMETER_VALUE
-    # ("Registered model alias champion not found."); an unknown run id the same way.
-    text = str(error).lower()
-    return error.error_code == "INVALID_PARAMETER_VALUE" and ("not found" in text or "no run" in text)
+from pipelines.tracking.store import is_not_found
 
 
 def champion_version(client: Any, name: str) -> Any | None:

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from gan.checkpoint import checkpoint_name, load_checkpoint
-from gan.config import RunConfig, safe_yaml
+from gan.config import RunConfig
 from pipelines.errors import TrackingError
 from pipelines.registry.lookup import is_not_found, resolve_model
 from pipelines.tracking import names
-from pipelines.tracking.history import NoIntactCheckpoint, latest_checkpoint
+from pipelines.tracking.history import NoIntactCheckpoint, latest_checkpoint, logged_config
 from pipelines.tracking.models import BEST, model_with_role
 
 ALLOWED = "give a training run's id or a model URI (models:/<model_id>, models:/NAME/VERSION, models:/NAME@alias)"
@@ -87,12 +87,10 @@ def find_origin(client: Any, ref: str) -> Origin:
 
 
 def _logged_config(client: Any, ref: str, run_id: str) -> dict[str, Any]:
-    if names.CONFIG_FILE not in {a.path for a in client.list_artifacts(run_id)}:
+    values = logged_config(client, run_id)
+    if values is None:
         raise TrackingError(f"--from {ref}: run {run_id} has no {names.CONFIG_FILE}, so it is not a gan-pipelines "
                             f"training run; {ALLOWED}")
-    with tempfile.TemporaryDirectory(prefix="gan-from-") as tmp:
-        text = Path(client.download_artifacts(run_id, names.CONFIG_FILE, tmp)).read_text()
-    values = safe_yaml(text, f"--from {ref}: its {names.CONFIG_FILE}")
     if not isinstance(values, dict):
         raise TrackingError(f"--from {ref}: its {names.CONFIG_FILE} holds no mapping of key: value; {ALLOWED}")
     return values

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import statistics
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from pipelines.registry.lookup import champion_version, is_not_found
 from pipelines.tracking import names
 from pipelines.tracking.models import COMPARABLE
 from pipelines.tracking.names import CHAMPION
+from pipelines.tracking.sweeps import PARENT_ROLE, find_sweep
 
 DEFAULT_MODEL_NAME = "gan-generator"
 HIGHER_IS_BETTER = ("precision", "recall", "density", "coverage", "inception_score")
@@ -54,6 +56,34 @@ class Candidate:
         return tuple(self.model.tags.get(k, "") for k in COMPARABLE)
 
 
+@dataclass(frozen=True)
+class Spread:
+    """A config's score over its seeds (`confirm`): mean, sample std and count."""
+
+    mean: float
+    std: float
+    n: int
+
+    @property
+    def stderr(self) -> float:
+        return self.std / math.sqrt(self.n) if self.n > 1 else 0.0
+
+    def tags(self) -> dict[str, str]:
+        return {names.VERSION_CONFIRM_MEAN: repr(self.mean), names.VERSION_CONFIRM_STD: repr(self.std),
+                names.VERSION_CONFIRM_N: str(self.n)}
+
+    @classmethod
+    def of(cls, values: list[float]) -> Spread:
+        return cls(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values))
+
+    @classmethod
+    def from_tags(cls, tags: dict[str, str]) -> Spread | None:
+        if names.VERSION_CONFIRM_MEAN not in tags:
+            return None
+        return cls(float(tags[names.VERSION_CONFIRM_MEAN]), float(tags.get(names.VERSION_CONFIRM_STD, 0.0)),
+                   int(tags.get(names.VERSION_CONFIRM_N, 1)))
+
+
 @dataclass
 class Promotion:
     model_name: str
@@ -61,52 +91,14 @@ class Promotion:
     candidate: Candidate
     champion_moved: bool
     reason: str
+    spread: Spread | None = None  # the config's mean over seeds, when the sweep was confirmed
 
     def line(self, metric: str) -> str:
         c = self.candidate
+        ranked = (f"ranked by the confirmed mean over {self.spread.n} seeds, {metric} {self.spread.mean:.4g} "
+                  f"+- {self.spread.std:.2g}; ") if self.spread else ""
         return (f"registered {self.model_name} v{self.version} = model {c.model_id} (run {c.run_id}, "
-                f"{metric} {c.value:.4g}); {self.reason}")
-
-
-PARENT_ROLE = names.SWEEP_PARENT
-SWEEPS_LISTED = 5
-
-
-def find_sweep(client: Any, sweep: str) -> Any:
-    """The sweep's parent run, by run id or by its sweep tags. Only the tags: a run is
-    named by whoever starts it, and each trial carries the sweep's name too."""
-    try:
-        run = client.get_run(sweep)
-    except Exception as e:  # noqa: BLE001 - not a run id (or not found): try the name next
-        if not is_not_found(e):
-            raise
-    else:
-        if run.data.tags.get(names.SWEEP_ROLE) != PARENT_ROLE:
-            raise TrackingError(f"--sweep {sweep!r}: that run is not a sweep's parent run "
-                                f"(it has no {names.SWEEP_ROLE}={PARENT_ROLE} tag)")
-        return run
-    runs = _sweep_parents(client, f" and tags.`{names.SWEEP_NAME}` = '{sweep}'", 1)
-    if runs:
-        return runs[0]
-    raise TrackingError(f"--sweep {sweep!r}: no sweep named {sweep!r}; {_known_sweeps(client)}")
-
-
-def _sweep_parents(client: Any, where: str, max_results: int) -> list[Any]:
-    """Sweep parent runs in any experiment matching `where` too, newest first."""
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    query = f"tags.`{names.SWEEP_ROLE}` = '{PARENT_ROLE}'{where}"
-    return list(client.search_runs(experiments, query, order_by=["attributes.start_time DESC"],
-                                   max_results=max_results))
-
-
-def _known_sweeps(client: Any) -> str:
-    """The newest few sweep names, so a mistyped name is one look away from the right one."""
-    found = [r.data.tags.get(names.SWEEP_NAME, r.info.run_id) for r in _sweep_parents(client, "", 100)]
-    unique = list(dict.fromkeys(found))
-    if not unique:
-        return "there is no sweep in this store"
-    more = ", ..." if len(unique) > SWEEPS_LISTED else ""
-    return "sweeps here (newest first): " + ", ".join(unique[:SWEEPS_LISTED]) + more
+                f"{metric} {c.value:.4g}); {ranked}{self.reason}")
 
 
 def _finished_runs(client: Any, sweep: str | None, experiment: str | None) -> tuple[list[Any], str, str]:
@@ -201,7 +193,8 @@ def promote(client: Any, *, sweep: str | None = None, experiment: str | None = N
 
     found, sweep_name = candidates(client, metric, sweep=sweep, experiment=experiment,
                                    min_epochs=min_epochs, where=where)
-    best = found[0]
+    # A sweep's confirmation ranks its configs; across an experiment, every run is its own.
+    best, spread = (confirmed_best(found, metric) if sweep else None) or (found[0], None)
     version = _existing_version(client, model_name, best.model_id)
     if version is None:
         mlflow.set_tracking_uri(client.tracking_uri)
@@ -210,21 +203,48 @@ def promote(client: Any, *, sweep: str | None = None, experiment: str | None = N
             version = mlflow.register_model(f"models:/{best.model_id}", model_name, await_registration_for=60)
     tags = {names.VERSION_METRIC: metric, names.VERSION_METRIC_VALUE: repr(best.value),
             names.VERSION_SWEEP: sweep_name, names.VERSION_SOURCE_RUN: best.run_id,
-            names.VERSION_MODEL_ID: best.model_id, **dict(zip(COMPARABLE, best.kind, strict=True))}
+            names.VERSION_MODEL_ID: best.model_id, **dict(zip(COMPARABLE, best.kind, strict=True)),
+            **(spread.tags() if spread else {})}
     for k, v in tags.items():
         client.set_model_version_tag(model_name, version.version, k, v)
 
-    moved, reason = _decide(client, model_name, version, best, metric, force)
+    moved, reason = _decide(client, model_name, version, best, metric, force, spread)
     if moved:
         client.set_registered_model_alias(model_name, CHAMPION, version.version)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     client.set_model_version_tag(model_name, version.version, names.VERSION_PROMOTION, f"{stamp} {reason}")
-    return Promotion(model_name, version.version, best, moved, reason)
+    return Promotion(model_name, version.version, best, moved, reason, spread)
+
+
+def confirmed_best(found: list[Candidate], metric: str) -> tuple[Candidate, Spread] | None:
+    """When the sweep was confirmed (`confirm`: runs tagged confirm_of): the configs trained
+    over several seeds ranked by their mean (each run's best model is its seed's score), and
+    the best model of the best config with that config's spread; None otherwise."""
+    by_config: dict[str, dict[str, Candidate]] = {}
+    for c in found:  # best first: a run's first candidate is its best model
+        config = c.run.data.tags.get(names.CONFIRM_OF, c.run_id)
+        by_config.setdefault(config, {}).setdefault(c.run_id, c)
+    confirmed = {k: runs for k, runs in by_config.items() if len(runs) > 1}
+    if not confirmed:
+        return None
+    spreads = {k: Spread.of([c.value for c in runs.values()]) for k, runs in confirmed.items()}
+    sign = -1 if metric in HIGHER_IS_BETTER else 1
+    config = min(spreads, key=lambda k: sign * spreads[k].mean)
+    return next(iter(confirmed[config].values())), spreads[config]
+
+
+def beats(metric: str, challenger: Spread, held: Spread) -> tuple[float, float]:
+    """(how much better the challenger's mean is, the pooled standard error of the two
+    means): a confirmed challenger replaces the champion only when the first is larger."""
+    gain = challenger.mean - held.mean if metric in HIGHER_IS_BETTER else held.mean - challenger.mean
+    return gain, math.hypot(challenger.stderr, held.stderr)
 
 
 def _decide(client: Any, model_name: str, version: Any, best: Candidate, metric: str,
-            force: bool) -> tuple[bool, str]:
-    """(move champion?, why) against the current champion."""
+            force: bool, spread: Spread | None = None) -> tuple[bool, str]:
+    """(move champion?, why) against the current champion. A confirmed challenger
+    (`spread`) must beat it by more than the pooled standard error of the two means (a
+    champion promoted from one seed counts as a mean of one)."""
     current = champion_version(client, model_name)
     if force:
         return True, "champion moved (forced)"
@@ -239,6 +259,14 @@ def _decide(client: Any, model_name: str, version: Any, best: Candidate, metric:
         return False, (f"champion stays v{current.version}: it was scored on {'/'.join(was)}, "
                        f"not {'/'.join(now)} (use --force)")
     theirs = float(ct[names.VERSION_METRIC_VALUE])
+    if spread is not None:
+        held = Spread.from_tags(ct) or Spread(theirs, 0.0, 1)
+        gain, margin = beats(metric, spread, held)
+        if gain > margin:
+            return True, (f"champion moved from v{current.version}: mean {metric} {spread.mean:.4g} beats its "
+                          f"{held.mean:.4g} by {gain:.3g}, more than the pooled standard error {margin:.3g}")
+        return False, (f"champion stays v{current.version}: mean {metric} {spread.mean:.4g} vs its {held.mean:.4g} "
+                       f"is within the pooled standard error {margin:.3g}")
     if better(metric, best.value, theirs):
         return True, f"champion moved from v{current.version} ({metric} {theirs:.4g})"
     return False, f"champion stays v{current.version}: its {metric} {theirs:.4g} is as good or better"

@@ -31,6 +31,7 @@ from gan.callbacks import Callbacks, ForwardingCallbacks
 from gan.config import make_config
 from gan.data import ImageData
 from pipelines.sweep.naming import TUNE_NAME_KEY, trial_name
+from pipelines.sweep.report import child_runs
 from pipelines.sweep.tune_stop import TuneStoppableLoop
 from pipelines.tracking import names
 from pipelines.tracking.resources import log_resources
@@ -140,9 +141,10 @@ def find_child(client: Any, ctx: TrialContext, trial_id: str) -> Any | None:
     return runs[0] if runs else None
 
 
-def open_child(client: Any, ctx: TrialContext, trial_id: str, sampled: dict[str, Any]) -> tuple[str, bool]:
-    """(run id, fresh): this trial's existing child run reopened, else a new nested one,
-    named by its number and `sampled` values."""
+def open_child(client: Any, ctx: TrialContext, trial_id: str, sampled: dict[str, Any],
+               tags: dict[str, str] | None = None, run_name: str | None = None) -> tuple[str, bool]:
+    """(run id, fresh): this trial's existing child run reopened, else a new nested one with
+    `tags`, named `run_name` or by its number and `sampled` values."""
     run = find_child(client, ctx, trial_id)
     node = _node_tag()  # where it runs now: a trial restarted after its node died moves
     if run is not None:
@@ -150,13 +152,14 @@ def open_child(client: Any, ctx: TrialContext, trial_id: str, sampled: dict[str,
         for key, value in node.items():
             client.set_tag(run.info.run_id, key, value)
         return run.info.run_id, False
-    tags = {**environment_tags(ctx.dataset, ctx.device_label), names.PARENT_RUN: ctx.parent_run_id,
-            names.TRIAL_ID: trial_id, names.SWEEP_NAME: ctx.sweep_name, **node}
-    run = client.create_run(ctx.experiment_id, run_name=trial_name(0, sampled), tags=tags)
+    run_tags = {**environment_tags(ctx.dataset, ctx.device_label), names.PARENT_RUN: ctx.parent_run_id,
+                names.TRIAL_ID: trial_id, names.SWEEP_NAME: ctx.sweep_name, **node, **(tags or {})}
+    run = client.create_run(ctx.experiment_id, run_name=run_name or trial_name(0, sampled), tags=run_tags)
+    if run_name:  # named by its caller (a confirming run: its trial's name and seed)
+        return run.info.run_id, True
     # Its number is its place among the sweep's trials in start order (the order the report
     # keeps), counted once it exists: two trials that start at once do not share a number.
-    siblings = client.search_runs([ctx.experiment_id], f"tags.`{names.PARENT_RUN}` = '{ctx.parent_run_id}'",
-                                  max_results=10_000)
+    siblings = child_runs(client, ctx.experiment_id, ctx.parent_run_id)
     order = sorted((r.info.start_time, r.info.run_id) for r in siblings)
     number = order.index((run.info.start_time, run.info.run_id)) + 1
     client.update_run(run.info.run_id, name=trial_name(number, sampled))
@@ -179,10 +182,12 @@ def _node_tag() -> dict[str, str]:
 REUSE_WAIT_ENV, REUSE_WAIT_S = "TUNE_FUNCTION_THREAD_TIMEOUT_S", 300
 
 
-def run_trial(config: dict[str, Any], data: ImageData, ctx: TrialContext) -> None:
+def run_trial(config: dict[str, Any], data: ImageData, ctx: TrialContext,
+              tags: dict[str, str] | None = None, run_name: str | None = None) -> None:
     """The Tune function trainable of a sweep (bound with tune.with_parameters): the
     sweep's part (its child run, Tune's reports, where it trains), then the run's whole
-    lifecycle in one call (TrackedRun.train_and_close), as every mode does."""
+    lifecycle in one call (TrackedRun.train_and_close), as every mode does. `tags` and
+    `run_name`: a new child run's own (sweep.confirm's runs)."""
     from ray import tune
 
     os.environ[REUSE_WAIT_ENV] = str(REUSE_WAIT_S)
@@ -194,7 +199,7 @@ def run_trial(config: dict[str, Any], data: ImageData, ctx: TrialContext) -> Non
     sampled = {k: config[k] for k in ctx.searched if k in config}
     to_tune = TuneCallbacks(ctx.rungs, reports_evals=ctx.workers_per_trial == 1)
     client = client_for(ctx.tracking_uri)
-    run_id, fresh = open_child(client, ctx, trial_id, sampled)
+    run_id, fresh = open_child(client, ctx, trial_id, sampled, tags, run_name)
     to_tune.name = client.get_run(run_id).info.run_name
     loop = trial_loop(data, ctx, trial_id, to_tune)
     # The lease keeps `train --resume` off a trial that is training; taken without a check:

@@ -18,6 +18,20 @@ from pipelines.tracking import names
 _GRID_FILE = re.compile(rf"^{names.GRID_KEY}[+%]step[+%](\d+)[+%]timestamp[+%]\d+[+%][^+%]+\.png$")
 
 
+def logged_config(client: Any, run_id: str) -> Any:
+    """The run's resolved config as it logged it (config.yaml, parsed safely: it may be
+    another user's), or None when it has none (not a gan-pipelines training run)."""
+    import tempfile
+
+    from gan.config import safe_yaml
+
+    if names.CONFIG_FILE not in {a.path for a in client.list_artifacts(run_id)}:
+        return None
+    with tempfile.TemporaryDirectory(prefix="gan-config-") as tmp:
+        text = Path(client.download_artifacts(run_id, names.CONFIG_FILE, tmp)).read_text()
+    return safe_yaml(text, f"run {run_id}'s {names.CONFIG_FILE}")
+
+
 def last_logged_step(client: Any, run_id: str) -> int:
     """The highest step already logged for the per-step losses (0 for a fresh run)."""
     history = client.get_metric_history(run_id, STEP_METRICS[0])

@@ -251,3 +251,20 @@ def ui_hint(uri: str, experiment_id: str, run_id: str, *, sweep: str | None = No
     else:
         lines.append(f"  {run_url(base, experiment_id, run_id)}")
     return "\n".join(lines)
+
+
+_NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
+
+
+def is_not_found(error: BaseException) -> bool:
+    """Is this MLflow's answer that a run, model, version or alias does not exist?"""
+    from mlflow.exceptions import MlflowException
+
+    if not isinstance(error, MlflowException):
+        return False
+    if error.error_code in _NOT_FOUND:
+        return True
+    # An existing registered model without the alias answers INVALID_PARAMETER_VALUE
+    # ("Registered model alias champion not found."); an unknown run id the same way.
+    text = str(error).lower()
+    return error.error_code == "INVALID_PARAMETER_VALUE" and ("not found" in text or "no run" in text)
