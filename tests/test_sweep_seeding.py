@@ -50,6 +50,13 @@ def _options(storage: Path, **kw: Any) -> Any:
     return SweepOptions(storage_path=str(storage), **kw)
 
 
+# The tests on a real extended sweep share one ~45 s fixture (two sweep runs): in the slow
+# suite. The fast suite holds the same guarantees without a Tune run: the two seeding tests
+# below (Ray's real OptunaSearch seeded from a recorded sweep, and an extension of a
+# warm-started one) and tests/test_bad_input.py's refusals of --resume/--trials/--warm-start.
+SWEPT = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def swept(local_ray, classifier_cache, tmp_path_factory) -> Swept:
     from pipelines.sweep.driver import run_sweep
@@ -123,6 +130,7 @@ def _study(tune_folder: Path) -> Any:
     return searcher._ot_study  # noqa: SLF001 - what TPE sampled from, as Tune pickled it
 
 
+@SWEPT
 def test_an_extended_sweep_has_all_its_trials_under_one_parent_numbered_on(swept):
     first, more, client = swept.first, swept.more, swept.client
     assert more.parent_run_id == first.parent_run_id and len(first.runs) == 2 and len(more.runs) == 4
@@ -139,6 +147,7 @@ def test_an_extended_sweep_has_all_its_trials_under_one_parent_numbered_on(swept
     assert "Extended (trials 2 -> 4" in parent.data.tags[names.NOTE]
 
 
+@SWEPT
 def test_an_extended_sweep_recomputes_its_report_and_metrics_over_all_trials(swept):
     client, pid = swept.client, swept.first.parent_run_id
     parent = client.get_run(pid)
@@ -157,6 +166,7 @@ def test_an_extended_sweep_recomputes_its_report_and_metrics_over_all_trials(swe
     assert "**Sweep base**: 4 trials" in parent.data.tags[names.NOTE]
 
 
+@SWEPT
 def test_an_extended_sweeps_searcher_starts_from_the_scored_trials(swept):
     from optuna.trial import TrialState
 
@@ -173,6 +183,7 @@ def test_an_extended_sweeps_searcher_starts_from_the_scored_trials(swept):
                                                if r.info.run_id not in by_run}
 
 
+@SWEPT
 def test_an_extended_sweep_is_not_extended_again_to_as_many_trials(swept, monkeypatch, capsys):
     from pipelines.cli import main
 
@@ -218,6 +229,7 @@ def test_a_warm_started_sweep_records_its_seeds_and_its_searcher_starts_from_the
     assert {r.info.run_id: r.data.metrics["fid"] for r in swept.more.runs} == {k: t.value for k, t in seeds.items()}
 
 
+@SWEPT
 def test_a_warm_start_from_trials_outside_the_space_names_one_and_creates_nothing(swept, monkeypatch):
     from pipelines.sweep.driver import run_sweep
     from pipelines.sweep.report import sampled_params
