@@ -33,6 +33,11 @@ class Callbacks:
     def on_eval(self, epoch: int, step: int, grid: np.ndarray, metrics: dict[str, float]) -> None:
         """After `epoch` epochs: the fixed-latent sample grid and the eval metrics."""
 
+    def on_seconds(self, seconds: dict[str, Any]) -> None:
+        """Just before on_scored: the loop's seconds so far in training steps and in scoring
+        (gan.eval_budget: train_s, eval_s), so a run stopped at this eval (a trial its
+        scheduler prunes in on_eval) still knows what it cost."""
+
     def on_grid(self, epoch: int, step: int, grid: np.ndarray) -> None:
         """After `epoch` epochs, an eval_every epoch the eval budget did not score: the
         fixed-latent sample grid alone (drawing it takes no random numbers from training)."""
@@ -66,6 +71,9 @@ class ForwardingCallbacks(Callbacks):
 
     def on_eval(self, epoch: int, step: int, grid: np.ndarray, metrics: dict[str, float]) -> None:
         self.inner.on_eval(epoch, step, grid, metrics)
+
+    def on_seconds(self, seconds: dict[str, Any]) -> None:
+        self.inner.on_seconds(seconds)
 
     def on_grid(self, epoch: int, step: int, grid: np.ndarray) -> None:
         self.inner.on_grid(epoch, step, grid)

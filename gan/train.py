@@ -213,6 +213,7 @@ def train(
                         best[k] = min(best.get(k, math.inf), scores[k])
                         scores[f"best_{k}"] = best[k]
                 history.append((step, scores))
+                cb.on_seconds(budget.state_dict())
                 cb.on_scored(done, step, sampler, improved, done == cfg.epochs)
                 cb.on_eval(done, step, grid, scores)
             elif done % cfg.eval_every == 0:  # not scored (the budget): the grid still, from z_fixed alone

@@ -200,6 +200,8 @@ def test_a_trial_the_scheduler_stops_is_killed_as_pruned_with_its_reason(mode, f
     for run in pruned:
         assert run.data.tags["stopped_reason"].startswith("tune: stopped by the scheduler after epoch 1")
         assert "error" not in run.data.tags and "gan.lease.owner" not in run.data.tags
+        if mode == "trial":  # what its one epoch and eval cost (a distributed trial's rank 0 trains elsewhere)
+            assert run.data.metrics["system/train_s"] > 0 and run.data.metrics["system/eval_s"] > 0
     assert all(r.info.status in ("FINISHED", "KILLED") for r in runs)
 
 

@@ -73,6 +73,7 @@ class MlflowCallbacks(Delivery, Callbacks):
         self.started = floor > 0  # a fresh run logs its untrained generator's grid at step 0
         self.best_epoch: int | None = None
         self.step = floor
+        self.seconds: dict[str, Any] = {}  # the loop's train_s/eval_s as of its last eval
         self._init_delivery(owner)
         if floor and cfg is not None and rank == 0:  # a resumed run: its best so far
             best = model_with_role(client, run_id, BEST)
@@ -97,6 +98,9 @@ class MlflowCallbacks(Delivery, Callbacks):
             self._deliver(event)
         else:  # the usual path: sent by this run's sender thread, confirmed at a later callback
             self.in_flight.append((event, self.sender.submit(self._send_metrics, rows, ts)))
+
+    def on_seconds(self, seconds: dict[str, Any]) -> None:
+        self.seconds = dict(seconds)  # logged at the close (TrackedRun): a pruned run's too
 
     def on_scored(self, epoch: int, step: int, generator: nn.Module, improved: bool, final: bool) -> None:
         if self.rank != 0 or step <= self.eval_floor or self.cfg is None or self.image_shape is None:

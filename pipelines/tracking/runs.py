@@ -253,9 +253,14 @@ class TrackedRun:
         return f"models:/{model_id}"
 
     def prune(self, reason: str) -> None:
-        """Stopped early by Tune: its last losses land, then GIF, reason, KILLED."""
+        """Stopped early by Tune: its last losses land, what it cost in training and
+        scoring so far, then GIF, reason, KILLED."""
         if self._tracking is not None:
             self._tracking.flush()
+            try:
+                log_eval_share(self.client, self.run_id, self._tracking.seconds)
+            except Exception as e:  # noqa: BLE001 - a cost figure never stops the close
+                print(f"warning: run {self.run_id}: {e}", file=sys.stderr)
         self._before_close()
         close_early(self.client, self.run_id, self._frames(), reason)
         self.closed = "KILLED"
