@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from gan import distributed as dist
 from gan.callbacks import Callbacks, Diverged, StopTraining
-from gan.checkpoint import FORMAT_VERSION
+from gan.checkpoint import load_weights, training_state
 from gan.config import ConfigError, RunConfig
 from gan.data import ImageData, rank_batch_indices, to_unit_range
 from gan.ema import ema_beta, ema_update
@@ -119,7 +119,7 @@ def train(
     budget = EvalBudget(cfg.eval_budget, (resume or {}).get("eval_budget"))
     weights = resume if resume is not None else warm  # a resume's own state wins over a warm start
     if weights is not None:
-        _load_weights(weights, cfg, G, D, G_ema, opt_g, opt_d, prec)
+        load_weights(weights, cfg, G, D, G_ema, opt_g, opt_d, prec)
     if resume is not None:  # the clock, the RNG and the best scores continue too
         noise.set_state(resume["rng"]["noise"])
         torch.set_rng_state(resume["rng"]["torch"])
@@ -219,7 +219,7 @@ def train(
             elif done % cfg.eval_every == 0:  # not scored (the budget): the grid still, from z_fixed alone
                 cb.on_grid(done, step, image_grid(generate(sampler, z_fixed)))
             if done % cfg.checkpoint_every == 0 or done == cfg.epochs:
-                state = _state(cfg, G, D, G_ema, opt_g, opt_d, prec, noise, done, step, best)
+                state = training_state(cfg, G, D, G_ema, opt_g, opt_d, prec, noise, done, step, best)
                 cb.on_checkpoint(done, step, {**state, "eval_budget": budget.state_dict()})
             if done < cfg.epochs:
                 _stop_if_requested(cb, world, device)
@@ -241,24 +241,6 @@ def train(
     )
 
 
-def _load_weights(
-    state: dict[str, Any], cfg: RunConfig, G: nn.Module, D: nn.Module, G_ema: nn.Module | None,  # noqa: N803
-    opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, prec: Precision,
-) -> None:
-    """A checkpoint's networks, optimizer moments and AMP scalers into this run's. The
-    learning rates and betas stay this config's: a fine-tune may change them (a resume's
-    config is its checkpoint's own, so they are the same there)."""
-    G.load_state_dict(state["G"])
-    D.load_state_dict(state["D"])
-    if G_ema is not None:  # a checkpoint without an EMA (ema=0) starts this run's EMA at its G
-        G_ema.load_state_dict(state.get("G_ema") or state["G"])
-    for opt, key, lr in ((opt_g, "opt_g", cfg.lr_g), (opt_d, "opt_d", cfg.lr_d)):
-        opt.load_state_dict(state[key])
-        for group in opt.param_groups:
-            group["lr"], group["betas"] = lr, (cfg.beta1, cfg.beta2)
-    prec.load_state_dict(state.get("scalers", {}))
-
-
 def _stop_if_requested(cb: Callbacks, world: int, device: torch.device) -> None:
     """End the run after this epoch when a callback asks (on any rank; every rank stops)."""
     reason = cb.stop_requested()
@@ -277,25 +259,3 @@ def _score(evaluator: Evaluator | None, sampler: nn.Module, cfg: RunConfig, epoc
         if cfg.health_guard:
             raise Diverged(f"{HEALTH_PREFIX}the generator's images are not finite (NaN/inf) at epoch {epoch}") from None
         return {}
-
-
-def _state(
-    cfg: RunConfig, G: nn.Module, D: nn.Module, G_ema: nn.Module | None,  # noqa: N803
-    opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, prec: Precision,
-    noise: torch.Generator, epoch: int, step: int, best: dict[str, float],
-) -> dict[str, Any]:
-    """Everything needed to continue exactly where this epoch ended."""
-    return {
-        "format": FORMAT_VERSION,
-        "epoch": epoch,
-        "step": step,
-        "config": cfg.to_dict(),
-        "G": dist.unwrap(G).state_dict(),
-        "D": dist.unwrap(D).state_dict(),
-        "G_ema": G_ema.state_dict() if G_ema is not None else {},
-        "opt_g": opt_g.state_dict(),
-        "opt_d": opt_d.state_dict(),
-        "scalers": prec.state_dict(),
-        "rng": {"torch": torch.get_rng_state(), "noise": noise.get_state()},
-        "best": dict(best),
-    }

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from torch import nn
 
     from gan.train import TrainResult
-    from pipelines.tracking.runs import Restored, RunHandle, TrackedRun
+    from pipelines.tracking.history import Restored
+    from pipelines.tracking.runs import RunHandle, TrackedRun
     from pipelines.training.local import RunOutcome
 
 

@@ -10,10 +10,10 @@ from gan.config import RunConfig
 from pipelines.errors import TrackingLost
 from pipelines.tracking import names
 from pipelines.tracking.callbacks import MlflowCallbacks, send_offline_writes
-from pipelines.tracking.history import last_eval_step, last_logged_step
+from pipelines.tracking.history import Restored, last_eval_step, last_logged_step
 from pipelines.tracking.lease import watch_lease
 from pipelines.tracking.resources import log_eval_share
-from pipelines.tracking.runs import Restored, RunHandle, run_callbacks
+from pipelines.tracking.runs import RunHandle, run_callbacks
 from pipelines.tracking.store import client_for
 
 

@@ -1,16 +1,19 @@
 """Reading a run back: what it already holds, so a resumed or restarted run continues
-where it stopped (last step, newest checkpoint, sample grids, eval scores)."""
+where it stopped (last step, newest checkpoint, sample grids, eval scores), gathered as
+Restored."""
 
 from __future__ import annotations
 
 import re
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from gan.checkpoint import load_checkpoint
+from gan.config import RunConfig, make_config
 from gan.step_metrics import STEP_METRICS
 from pipelines.tracking import names
 
@@ -100,3 +103,21 @@ def logged_grids(client: Any, run_id: str, dest: str | Path) -> list[tuple[int, 
 def eval_epochs(client: Any, run_id: str) -> dict[int, int]:
     """step -> epoch of a run's evals (on_eval logs `epoch` at the eval's step)."""
     return {m.step: int(m.value) for m in client.get_metric_history(run_id, names.EPOCH)}
+
+
+@dataclass
+class Restored:
+    """Where a run continues from: its newest intact checkpoint (None: from the start),
+    the last step of each kind it holds (losses, evals) and its grids so far. `warm`: the
+    weights a fresh run starts from instead of its seed's (a fine-tune of another run's
+    checkpoint, `train --from --warm`); `state`, when there is one, wins."""
+
+    state: dict[str, Any] | None = None
+    floor: int = 0
+    eval_floor: int = 0
+    frames: list[tuple[int, np.ndarray]] = field(default_factory=list)
+    warm: dict[str, Any] | None = None
+
+    def config(self, cfg: RunConfig) -> RunConfig:
+        """The config the run continues with: its checkpoint's own (it reproduces the run)."""
+        return make_config(self.state["config"]) if self.state is not None else cfg

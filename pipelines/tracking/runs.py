@@ -34,10 +34,10 @@ import contextlib
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from gan.config import RunConfig, make_config
+from gan.config import RunConfig
 from gan.data import ImageData
 from pipelines.errors import TrackingError, TrackingLost
 from pipelines.tracking import names
@@ -45,6 +45,7 @@ from pipelines.tracking.callbacks import MlflowCallbacks, send_offline_writes
 from pipelines.tracking.ending import Frames, close_early, mark_ended
 from pipelines.tracking.history import (
     NoIntactCheckpoint,
+    Restored,
     last_eval_step,
     last_logged_step,
     latest_checkpoint,
@@ -59,24 +60,6 @@ from pipelines.tracking.store import config_params
 
 if TYPE_CHECKING:
     from gan.train import TrainResult
-
-
-@dataclass
-class Restored:
-    """Where a run continues from: its newest intact checkpoint (None: from the start),
-    the last step of each kind it holds (losses, evals) and its grids so far. `warm`: the
-    weights a fresh run starts from instead of its seed's (a fine-tune of another run's
-    checkpoint, `train --from --warm`); `state`, when there is one, wins."""
-
-    state: dict[str, Any] | None = None
-    floor: int = 0
-    eval_floor: int = 0
-    frames: Frames = field(default_factory=list)
-    warm: dict[str, Any] | None = None
-
-    def config(self, cfg: RunConfig) -> RunConfig:
-        """The config the run continues with: its checkpoint's own (it reproduces the run)."""
-        return make_config(self.state["config"]) if self.state is not None else cfg
 
 
 class Loop(Protocol):
@@ -257,10 +240,8 @@ class TrackedRun:
         scoring so far, then GIF, reason, KILLED."""
         if self._tracking is not None:
             self._tracking.flush()
-            try:
-                log_eval_share(self.client, self.run_id, self._tracking.seconds)
-            except Exception as e:  # noqa: BLE001 - a cost figure never stops the close
-                print(f"warning: run {self.run_id}: {e}", file=sys.stderr)
+            seconds = self._tracking.seconds
+            self._figure(lambda: log_eval_share(self.client, self.run_id, seconds))
         self._before_close()
         close_early(self.client, self.run_id, self._frames(), reason)
         self.closed = "KILLED"
@@ -275,10 +256,14 @@ class TrackedRun:
     def _before_close(self) -> None:
         if self.before_close is not None:
             hook, self.before_close = self.before_close, None  # once, whichever way it closes
-            try:
-                hook()
-            except Exception as e:  # noqa: BLE001 - a resource figure never hides how it ended
-                print(f"warning: run {self.run_id}: {e}", file=sys.stderr)
+            self._figure(hook)
+
+    def _figure(self, write: Callable[[], None]) -> None:
+        """Write a cost figure; one that fails is a warning, never how the run ends."""
+        try:
+            write()
+        except Exception as e:  # noqa: BLE001 - a resource figure never hides how it ended
+            print(f"warning: run {self.run_id}: {e}", file=sys.stderr)
 
     def _close_failed(self, message: str) -> None:
         if self._tracking is not None:
@@ -299,4 +284,4 @@ def run_callbacks(client: Any, run_id: str, cfg: RunConfig, image_shape: tuple[i
                            warm=restored.warm)
 
 
-__all__ = ["Loop", "Restored", "RunHandle", "TrackedRun", "run_callbacks"]
+__all__ = ["Loop", "RunHandle", "TrackedRun", "run_callbacks"]

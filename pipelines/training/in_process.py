@@ -17,8 +17,9 @@ from gan.callbacks import Callbacks
 from gan.config import RunConfig
 from gan.data import ImageData
 from gan.train import TrainResult, resolve_device, train
+from pipelines.tracking.history import Restored
 from pipelines.tracking.resources import system_metrics
-from pipelines.tracking.runs import Restored, TrackedRun
+from pipelines.tracking.runs import TrackedRun
 from pipelines.training.prepare import shared_evaluator
 
 

@@ -17,8 +17,9 @@ from gan.data import ImageData
 from gan.train import TrainResult, resolve_device
 from pipelines.errors import RunDiverged
 from pipelines.tracking import names
+from pipelines.tracking.history import Restored
 from pipelines.tracking.opening import find_resumable, open_run
-from pipelines.tracking.runs import Restored, TrackedRun
+from pipelines.tracking.runs import TrackedRun
 from pipelines.tracking.store import client_for, ensure_experiment, environment_tags, probe_store, tracking_uri
 from pipelines.training.in_process import InProcessLoop
 from pipelines.training.prepare import DEFAULT_EXPERIMENT, build_evaluator, prepare
