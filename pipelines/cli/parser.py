@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--top", type=int, default=3, metavar="K", help="how many of its best trials (default: 3)")
     co.add_argument("--seeds", type=int, default=3, metavar="S", help="new seeds per config (default: 3)")
     co.add_argument("--ray-address", default=None, metavar="ADDR",
-                    help="the Ray cluster to train on (default: the sweep's, else $RAY_ADDRESS, else a local Ray)")
+                    help="the Ray cluster to train on (default: $RAY_ADDRESS, else a local Ray)")
     co.set_defaults(func=commands.cmd_confirm)
 
     pr = sub.add_parser("promote", help="register the best generator; move alias champion if better",

@@ -96,6 +96,7 @@ def confirm_sweep(sweep: str, top: int = 3, seeds: int = 3, ray_address: str | N
     (counts, the sweep, its finished trials, its saved settings) before anything runs."""
     from pipelines.distributed.connect import check_reachable
     from pipelines.distributed.connect import ray_address as resolve_address
+    from pipelines.sweep.parent import saved_settings
     from pipelines.tracking.lease import holder
     from pipelines.tracking.store import absolute_uri, client_for, tracking_uri
     from pipelines.tracking.sweeps import find_sweep
@@ -112,7 +113,9 @@ def confirm_sweep(sweep: str, top: int = 3, seeds: int = 3, ray_address: str | N
     if not trials:
         raise TrackingError(f"--sweep {name}: no finished trial with a {SCORE} to confirm")
     chosen = trials[:top]
-    opts, space = _settings(parent, ray_address)
+    folder = parent.data.tags.get(names.SWEEP_STORAGE, "")
+    opts, space = saved_settings(parent, ray_address, f"--sweep {name}: its saved settings are gone "
+                                 f"({folder}/sweep.json): confirm on the machine and folder the sweep ran in")
     units = [_unit(client, trial, space, seed) for trial in chosen for seed in _new_seeds(trial, seeds)]
     check_reachable(resolve_address(opts.ray_address))
     from pipelines.sweep.driver import check_space_for_sweep
@@ -137,23 +140,6 @@ def confirmed(client: Any, parent: Any, trial_ids: list[str]) -> list[Confirmed]
         trial = client.get_run(run_id)
         out.append(Confirmed(trial, [trial, *(r for r in again if r.data.tags[names.CONFIRM_OF] == run_id)]))
     return sorted(out, key=lambda c: c.mean if math.isfinite(c.mean) else math.inf)
-
-
-def _settings(parent: Any, ray_address: str | None) -> tuple[Any, Any]:
-    """The sweep's own settings and space, as its driver saved them in its Tune folder."""
-    import dataclasses
-
-    from pipelines.sweep.options import Sweep
-    from pipelines.sweep.space_file import load_space
-
-    folder = Path(parent.data.tags.get(names.SWEEP_STORAGE, ""))
-    try:
-        saved = json.loads((folder / "sweep.json").read_text())
-    except (OSError, ValueError):
-        raise TrackingError(f"--sweep: the sweep's saved settings are gone ({folder}/sweep.json): "
-                            "confirm runs on the machine and folder the sweep ran in") from None
-    opts = dataclasses.replace(Sweep(**saved), ray_address=ray_address or saved.get("ray_address"))
-    return opts, dataclasses.replace(load_space(folder / "space.yaml"), path=opts.space)
 
 
 def _new_seeds(trial: Any, count: int) -> list[int]:

@@ -94,12 +94,8 @@ def restore_settings(client: Any, experiment_id: str | None, name: str,
         raise TrackingError(f"--resume {name}: the sweep is running (its driver, {host} pid {pid}, beat "
                             f"{held[1]:.0f} s ago): wait for it to end, or stop it")
     exp_dir = Path(parent.data.tags[names.SWEEP_STORAGE])
-    try:
-        saved = json.loads((exp_dir / "sweep.json").read_text())
-    except OSError:
-        raise TrackingError(f"--resume: the sweep's Tune state is gone ({exp_dir})") from None
-    opts = dataclasses.replace(Sweep(**saved), ray_address=given.ray_address)
-    space = dataclasses.replace(load_space(exp_dir / "space.yaml"), path=opts.space)
+    opts, space = saved_settings(parent, given.ray_address,
+                                 f"--resume: the sweep's Tune state is gone ({exp_dir})")
     if parent.info.status == "FINISHED":
         had = len(child_runs(client, parent.info.experiment_id, parent.info.run_id))
         if given.trials is None:
@@ -118,6 +114,19 @@ def restore_settings(client: Any, experiment_id: str | None, name: str,
     if not tune.Tuner.can_restore(str(exp_dir)):
         raise TrackingError(f"--resume: nothing to restore in {exp_dir} (the sweep never started)")
     return Resumed(parent, opts, space)
+
+
+def saved_settings(parent: Any, ray_address: str | None, gone: str) -> tuple[Sweep, SearchSpace]:
+    """The sweep's settings and space as its driver saved them in its Tune folder, with
+    this driver's `ray_address` (the cluster may differ between drivers); a TrackingError
+    saying `gone` when the folder does not hold them (another machine, or deleted)."""
+    folder = Path(parent.data.tags.get(names.SWEEP_STORAGE, ""))
+    try:
+        saved = json.loads((folder / "sweep.json").read_text())
+    except (OSError, ValueError):
+        raise TrackingError(gone) from None
+    opts = dataclasses.replace(Sweep(**saved), ray_address=ray_address)
+    return opts, dataclasses.replace(load_space(folder / "space.yaml"), path=opts.space)
 
 
 EXTENSION = "{name}-more-{k}"  # the Tune folder of a finished sweep's k-th extension
