@@ -186,16 +186,17 @@ def test_a_running_run_refuses_a_concurrent_resume(mode, faults, store, tmp_path
 @pytest.mark.parametrize("mode", ["trial", pytest.param("dist-trial", marks=pytest.mark.slow)])  # only trials
 def test_a_trial_the_scheduler_stops_is_killed_as_pruned_with_its_reason(mode, faults, store, tmp_path, capsys):
     # Seed 0 samples lr_g 1e-3, then 1e-7 (G frozen near its random init): ASHA stops the
-    # second trial at its first rung.
+    # second trial at its first rung. It is the sweep's last: Tune stops its actor rather
+    # than reusing it, while the trial is still closing its run.
     args = command(mode, tmp_path, epochs=3, arch="dcgan", dcgan_width=8, batch_size=64, eval_samples=200,
                    lr_g={"type": "categorical", "choices": [1e-7, 1e-3]})
-    args[args.index("--trials") + 1] = "3"
+    args[args.index("--trials") + 1] = "2"
     args[args.index("--scheduler") + 1] = "asha"
     rc = main([*args, "--grace-period", "1", "--seed", "0"])
     assert rc == 0, capsys.readouterr().err
     runs = training_runs(store)
     pruned = [r for r in runs if r.info.status == "KILLED"]
-    assert len(runs) == 3 and pruned, [(r.info.status, r.data.tags.get("error"), r.data.tags.get("stopped_reason"))
+    assert len(runs) == 2 and pruned, [(r.info.status, r.data.tags.get("error"), r.data.tags.get("stopped_reason"))
                                        for r in runs]
     for run in pruned:
         assert run.data.tags["stopped_reason"].startswith("tune: stopped by the scheduler after epoch 1")
@@ -203,6 +204,11 @@ def test_a_trial_the_scheduler_stops_is_killed_as_pruned_with_its_reason(mode, f
         if mode == "trial":  # what its one epoch and eval cost (a distributed trial's rank 0 trains elsewhere)
             assert run.data.metrics["system/train_s"] > 0 and run.data.metrics["system/eval_s"] > 0
     assert all(r.info.status in ("FINISHED", "KILLED") for r in runs)
+    # Every trial closed its own run, the last one too (Tune stops its actor instead of
+    # reusing it): only a trial logs its slot's figures; the driver, closing a run for a
+    # trial cut off, does not.
+    for run in runs:
+        assert run.data.metrics["system/wall_s"] > 0, run.info.run_name
 
 
 def test_a_run_taken_over_while_its_owner_was_frozen_stops_its_owner_and_keeps_the_new_lease(

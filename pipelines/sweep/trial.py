@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -182,12 +183,41 @@ def _node_tag() -> dict[str, str]:
 REUSE_WAIT_ENV, REUSE_WAIT_S = "TUNE_FUNCTION_THREAD_TIMEOUT_S", 300
 
 
+# Set while no trial function runs in this process (or the one that ran has closed its run).
+_closed = threading.Event()
+_closed.set()
+
+
+class ClosesItsRun:
+    """Mixin of a sweep's function trainable (Ray's wrap_function inherits `__mixins__`).
+
+    Tune stops an actor it will not reuse (the sweep's last trials, a trial with no next
+    one to hand its actor to) with cleanup(), which tells the trial's thread to stop but
+    does not wait for it; the actor process then exits. A trial pruned at that moment is
+    still closing its run (last losses, cost figures, GIF, KILLED): cut off, its run stayed
+    RUNNING until the driver closed it for it, after waiting 15 s at the end of every
+    sweep. This waits, after Ray's cleanup has stopped the thread, for the run to close."""
+
+    def cleanup(self) -> None:
+        super().cleanup()  # type: ignore[misc]
+        _closed.wait(REUSE_WAIT_S)
+
+
 def run_trial(config: dict[str, Any], data: ImageData, ctx: TrialContext,
               tags: dict[str, str] | None = None, run_name: str | None = None) -> None:
-    """The Tune function trainable of a sweep (bound with tune.with_parameters): the
-    sweep's part (its child run, Tune's reports, where it trains), then the run's whole
-    lifecycle in one call (TrackedRun.train_and_close), as every mode does. `tags` and
-    `run_name`: a new child run's own (sweep.confirm's runs)."""
+    """The Tune function trainable of a sweep (bound with tune.with_parameters, with
+    ClosesItsRun mixed in): the sweep's part (its child run, Tune's reports, where it
+    trains), then the run's whole lifecycle in one call (TrackedRun.train_and_close), as
+    every mode does. `tags` and `run_name`: a new child run's own (sweep.confirm's runs)."""
+    _closed.clear()
+    try:
+        _run_trial(config, data, ctx, tags, run_name)
+    finally:
+        _closed.set()
+
+
+def _run_trial(config: dict[str, Any], data: ImageData, ctx: TrialContext,
+               tags: dict[str, str] | None, run_name: str | None) -> None:
     from ray import tune
 
     os.environ[REUSE_WAIT_ENV] = str(REUSE_WAIT_S)
