@@ -170,6 +170,7 @@ def _tune(space: SearchSpace, opts: Sweep, data: Any, uri: str, experiment_id: s
     from ray import tune
 
     from pipelines.sweep.closing import tune_outcomes
+    from pipelines.sweep.report import warm_report_imports
 
     with sweep_services(opts, uri, space, experiment_id, parent_id, rung_epochs(space, opts), exp_dir) as (ctx, client):
         trainable = make_trainable(data, ctx, opts)
@@ -196,6 +197,7 @@ def _tune(space: SearchSpace, opts: Sweep, data: Any, uri: str, experiment_id: s
         # Runs open before this driver's trials start (a killed driver's) have no process to
         # wait for at the end; closing.py closes those a restarted trial did not.
         orphans = _open_children(client, experiment_id, parent_id) if restore else set()
+        warm_report_imports()  # the report's libraries load while the trials run
         grid = tuner.fit()
         # A pruned trial closes its own run as Tune stops it; give it that moment before
         # ray.shutdown ends its process.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,24 @@ def study_from_runs(runs: list[Any], space: SearchSpace) -> Any:
         study.add_trial(optuna.trial.create_trial(
             params=params, distributions={k: dists[k] for k in params}, value=_fid(r)))
     return study
+
+
+def warm_report_imports() -> threading.Thread:
+    """Import what the report draws with (matplotlib, Optuna's plots and importance: about
+    3 s here) in the background while the trials run, so the sweep does not wait for it
+    after its last trial."""
+
+    def load() -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot  # noqa: F401
+        import optuna.importance  # noqa: F401
+        import optuna.visualization.matplotlib  # noqa: F401
+
+    thread = threading.Thread(target=load, name="warm-report-imports", daemon=True)
+    thread.start()
+    return thread
 
 
 def log_report(client: Any, parent_run_id: str, runs: list[Any], space: SearchSpace) -> list[Any]:
