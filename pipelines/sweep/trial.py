@@ -196,7 +196,9 @@ class ClosesItsRun:
     does not wait for it; the actor process then exits. A trial pruned at that moment is
     still closing its run (last losses, cost figures, GIF, KILLED): cut off, its run stayed
     RUNNING until the driver closed it for it, after waiting 15 s at the end of every
-    sweep. This waits, after Ray's cleanup has stopped the thread, for the run to close."""
+    sweep. This waits, after Ray's cleanup has stopped the thread, for the run to close.
+    At the sweep's end Tune kills an actor still stopping after 10 s: a close slower than
+    that (its tracking server away) is finished by the driver (closing.py), as before."""
 
     def cleanup(self) -> None:
         super().cleanup()  # type: ignore[misc]
