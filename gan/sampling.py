@@ -86,8 +86,9 @@ def image_grid(images: torch.Tensor, nrow: int | None = None) -> np.ndarray:
     # drawn here: importing torchvision costs every trial process about 1.4 s.
     grid = np.zeros((c, rows * (h + pad) + pad, cols * (w + pad) + pad), dtype=tiles.dtype)
     for i, tile in enumerate(tiles):
-        y, x = divmod(i, cols)
-        grid[:, pad + y * (h + pad) : pad + y * (h + pad) + h, pad + x * (w + pad) : pad + x * (w + pad) + w] = tile
+        row, col = divmod(i, cols)
+        top, left = pad + row * (h + pad), pad + col * (w + pad)
+        grid[:, top : top + h, left : left + w] = tile
     if c == 1:
         return grid[0]
     return np.ascontiguousarray(grid.transpose(1, 2, 0))

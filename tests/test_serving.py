@@ -33,7 +33,7 @@ import torch
 from conftest import free_port, wait_for
 from mlflow.entities import Metric, Param
 from PIL import Image
-from serving_env import build
+from serving_env import build, clean_env
 
 from gan.config import make_config
 from gan.models import build_models
@@ -47,15 +47,6 @@ from pipelines.tracking.store import client_for, config_params, ensure_experimen
 pytestmark = pytest.mark.integration
 LATENT = 8
 MODEL = f"models:/gan-generator@{CHAMPION}"
-
-
-def clean_env(venv: Path) -> dict[str, str]:
-    """The environment of a shell with only `venv` activated: no tracking store, no
-    PYTHONPATH, the venv's bin first (mlflow models serve starts `uvicorn` from PATH)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PYTHON", "VIRTUAL_ENV"))}
-    env.update(PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}", VIRTUAL_ENV=str(venv),
-               MLFLOW_DISABLE_TELEMETRY="true")
-    return env
 
 
 @pytest.fixture(scope="module")
@@ -75,13 +66,7 @@ def serving_venv(requirements):
     root = Path(tempfile.mkdtemp(prefix="gan-serving-venv-"))
     venv = root / "venv"
     try:
-        if os.environ.get("GAN_PIPELINES_SERVING_PIP") == "1":
-            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-            subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "-r", str(requirements)],
-                           check=True, timeout=1500, env=clean_env(venv), capture_output=True)
-        else:
-            build(venv, requirements)
-        yield venv
+        yield build(venv, requirements, from_index=os.environ.get("GAN_PIPELINES_SERVING_PIP") == "1")
     finally:
         shutil.rmtree(root, ignore_errors=True)  # 6 GB: never left behind
 
