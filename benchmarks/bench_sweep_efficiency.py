@@ -125,7 +125,7 @@ def _figures(runs: list, space: str, concurrency: int, start: float, end: float,
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--space", default="quick")
     ap.add_argument("--trials", type=int, default=10)
     ap.add_argument("--concurrency", type=int, default=2)
