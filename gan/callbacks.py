@@ -50,6 +50,11 @@ class Callbacks:
         (gan.eval_budget): a sweep's trial says yes at its scheduler's rungs."""
         return False
 
+    def wants_checkpoint(self, epoch: int) -> bool:
+        """Whether a checkpoint after `epoch` epochs is needed whatever checkpoint_every:
+        a population member hands its state to Tune at each perturbation epoch."""
+        return False
+
     def stop_requested(self) -> str | None:
         """Asked on every rank after each epoch: a reason to end the run there (a scheduler
         stopped its trial), else None. The ranks agree: one asking stops them all."""
@@ -83,6 +88,9 @@ class ForwardingCallbacks(Callbacks):
 
     def wants_eval(self, epoch: int) -> bool:
         return self.inner.wants_eval(epoch)
+
+    def wants_checkpoint(self, epoch: int) -> bool:
+        return self.inner.wants_checkpoint(epoch)
 
     def stop_requested(self) -> str | None:
         return self.inner.stop_requested()

@@ -218,7 +218,7 @@ def train(
                 cb.on_eval(done, step, grid, scores)
             elif done % cfg.eval_every == 0:  # not scored (the budget): the grid still, from z_fixed alone
                 cb.on_grid(done, step, image_grid(generate(sampler, z_fixed)))
-            if done % cfg.checkpoint_every == 0 or done == cfg.epochs:
+            if done % cfg.checkpoint_every == 0 or done == cfg.epochs or cb.wants_checkpoint(done):
                 state = training_state(cfg, G, D, G_ema, opt_g, opt_d, prec, noise, done, step, best)
                 cb.on_checkpoint(done, step, {**state, "eval_budget": budget.state_dict()})
             if done < cfg.epochs:

@@ -33,7 +33,8 @@ BAD: dict[str, dict[str, list[str]]] = {
     },
     "sweep": {
         "--space": ["missing.yaml"], "--trials": ["0"], "--concurrency": ["0"], "--scheduler": ["hyperband"],
-        "--grace-period": ["0"], "--searcher": ["cmaes"], "--experiment": [" "], "--seed": ["x"],
+        "--grace-period": ["0"], "--perturb-every": ["0", "x"], "--searcher": ["cmaes"], "--experiment": [" "],
+        "--seed": ["x"],
         "--name": ["../up"], "--resume": ["a'b"], "--warm-start": ["a'b"], "--workers-per-trial": ["0"],
         "--cpus-per-trial": ["0"],
         "--gpus-per-trial": ["-1"], "--ray-address": ["127.0.0.1:1"], "--ray-storage": ["a-file/sub", "a-file"],
@@ -230,6 +231,21 @@ DOOR = {
     "a file that is no image": (lambda t: _folder(t, "junk"), {}, "is not a readable image"),
     "unlabelled images for the classifier": (lambda t: _folder(t, "faces"), {}, "--backbone inception"),
     "bad search space": (["sweep", "--space", "nope.yaml"], {}, "cannot be read"),
+    # population-based training (`--scheduler pbt|pb2`): quick has 4 epochs
+    "perturbation at the last epoch": (["sweep", "--scheduler", "pbt", "--perturb-every", "4"], {},
+                                       "--perturb-every 4 is invalid: must be from 1 to 3"),
+    "perturbation without a population": (["sweep", "--perturb-every", "2"], {},
+                                          "--perturb-every is invalid with --scheduler asha"),
+    "a population of one": (["sweep", "--scheduler", "pb2", "--trials", "1"], {}, "at least 2 members"),
+    "a population of distributed trials": (["sweep", "--scheduler", "pbt", "--workers-per-trial", "2"], {},
+                                           "--scheduler pbt is invalid with --workers-per-trial 2"),
+    "a population with nothing to mutate": (lambda t: _space(t, {"arch": {"type": "categorical",
+                                                                          "choices": ["mlp", "dcgan"]}}),
+                                            {}, "there is nothing to mutate"),
+    "a population whose epochs are searched": (lambda t: _space(t, {"epochs": {"type": "int", "low": 2, "high": 4},
+                                                                    "lr_g": {"type": "float", "low": 1e-4,
+                                                                             "high": 1e-3}}),
+                                               {}, "epochs is searched"),
     # Extending or warm-starting from a sweep (tests/sweep_records.py writes one in ms; the
     # store is in tmp/store, so the checks below see whether anything else was made)
     "extend a finished sweep to no more trials": (lambda t: _swept(t, "--resume", "base", "--trials", "2"),
@@ -261,6 +277,15 @@ DOOR = {
                                                 "--sweep failed: no finished trial with a best_fid"),
     "confirm a sweep whose driver runs": (lambda t: _confirm(t, "live"), _STORE, "the sweep is running"),
 }
+
+
+def _space(tmp_path: Path, params: dict) -> list[str]:
+    """`sweep --scheduler pbt` over a space of `params` (plus a fixed dataset)."""
+    import yaml
+
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump({"params": {"dataset": "mnist-5k", "epochs": 4, **params}}))
+    return ["sweep", "--space", str(path), "--scheduler", "pbt"]
 
 
 def _confirm(tmp_path: Path, sweep: str) -> list[str]:

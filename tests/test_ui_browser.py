@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import CHROMEDRIVER, CHROMIUM
 
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 SHOTS_ENV = "GAN_PIPELINES_SCREENSHOTS"
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,22 +44,6 @@ def _cli(args: list[str], env: dict[str, str], cwd: Path) -> tuple[str, str]:
                           capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout, done.stderr
-
-
-@pytest.fixture
-def browser(tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = str(CHROMIUM)
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1800,1000", f"--user-data-dir={tmp_path / 'chromium-profile'}"):
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
-    yield driver
-    driver.quit()
 
 
 def _wait_for(driver, check, what: str, timeout: float = 45):

@@ -125,6 +125,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
           f"FID {m.get(names.FID, math.nan):.2f} (best during training {m.get(names.BEST_FID, math.nan):.2f}, "
           f"{b.data.params.get('backbone', '')} backbone)")
     print(f"  {params}")
+    ended = {k[len(names.PBT_VALUE_PREFIX):]: v for k, v in m.items() if k.startswith(names.PBT_VALUE_PREFIX)
+             and k[len(names.PBT_VALUE_PREFIX):] in params}
+    if ended:  # a population member: what it started with is above, what it trained last with here
+        print("  at the end: " + ", ".join(f"{k}={v:.3g}" for k, v in ended.items())
+              + f"; {b.data.tags.get(names.PBT_EXPLOITS, '0')} exploits (its description has its lineage)")
     print(ui_hint(out.tracking_uri, out.experiment_id, b.info.run_id, sweep=out.name,
                   parent_run_id=out.parent_run_id))
     # The last line says what to do next: register the winner (promote checks that it is

@@ -185,7 +185,11 @@ def add_sweep_parser(subparsers: Any, command: Any) -> argparse.ArgumentParser:
     s.add_argument("--concurrency", type=int, default=None, metavar="N",
                    help="trials at a time (default: the space's sweep.concurrency, else 1)")
     s.add_argument("--scheduler", default="asha", choices=SCHEDULERS,
-                   help="asha: stop trials whose FID trails at a rung (default); none: run all")
+                   help="asha: stop trials whose FID trails at a rung (default); none: run all; pbt / pb2: "
+                   "population-based training of --trials members (PB2: new values from a GP bandit)")
+    s.add_argument("--perturb-every", type=int, default=None, metavar="EPOCHS",
+                   help="pbt/pb2: epochs between perturbations (default: the space's sweep.perturb_every, "
+                   "else a quarter of its epochs)")
     s.add_argument("--grace-period", type=int, default=None, metavar="EVALS",
                    help="evals every trial gets before ASHA may stop it (default: the space's, else 1)")
     s.add_argument("--searcher", default="tpe", choices=SEARCHERS,
@@ -223,8 +227,8 @@ def sweep_options(args: argparse.Namespace) -> SweepOptions:
     writable_folder("--ray-storage", args.ray_storage)
     return SweepOptions(
         space=args.space, trials=args.trials, concurrency=args.concurrency, scheduler=args.scheduler,
-        grace_period=args.grace_period, searcher=args.searcher, experiment=args.experiment,
-        seed=args.seed, name=args.name, workers_per_trial=args.workers_per_trial,
+        grace_period=args.grace_period, perturb_every=args.perturb_every, searcher=args.searcher,
+        experiment=args.experiment, seed=args.seed, name=args.name, workers_per_trial=args.workers_per_trial,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         storage_path=args.ray_storage, ray_address=args.ray_address, warm_start=args.warm_start,
     )

@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gan.config import ConfigError, RunConfig, make_config
-from pipelines.sweep.options import Sweep, SweepOptions
+from pipelines.sweep.options import POPULATION, Sweep, SweepOptions
+from pipelines.sweep.population import check_population, make_population_scheduler, perturbation_epochs
+from pipelines.sweep.population import param_space as population_space
 from pipelines.sweep.space import SearchSpace
 from pipelines.sweep.space_file import load_space
 from pipelines.sweep.tuning import (
@@ -116,6 +118,8 @@ def run_sweep(given: SweepOptions, resume: str | None = None) -> SweepOutcome:
     if not resume:  # a bad space or flag fails before the store is even opened
         space = load_space(given.space)
         opts = given.resolved(space)
+        if opts.scheduler in POPULATION:
+            check_population(space, opts)
         if opts.warm_start:  # reads only; before the data is loaded
             seeds = warm_start_seeds(client_for(uri), opts.experiment, opts.warm_start, space)
         data = check_space_for_sweep(space, opts)
@@ -125,6 +129,9 @@ def run_sweep(given: SweepOptions, resume: str | None = None) -> SweepOutcome:
         experiment_id = str(exp.experiment_id) if exp is not None else ""
         resumed = restore_settings(client, experiment_id or None, resume, given)
         parent_id, opts, space = resumed.parent.info.run_id, resumed.opts, resumed.space
+        if resumed.had is not None and opts.scheduler in POPULATION:
+            raise ConfigError(f"--trials {given.trials} is invalid with --resume {resume}: a finished population "
+                              f"({opts.scheduler}) is not extended; start a new sweep")
         if resumed.had is not None:  # an extension: its searcher goes on from every trial scored so far
             seeds = extension_seeds(client, resumed.parent, space)
         data = check_space_for_sweep(space, opts)
@@ -148,8 +155,10 @@ def run_sweep(given: SweepOptions, resume: str | None = None) -> SweepOutcome:
                 start_extension(client, resumed)
             client.update_run(parent_id, status="RUNNING")
         trials = opts.trials - (had or 0)  # an extension adds the rest (a restore ignores it)
-        print(f"sweep {opts.name}: {trials} trials of {space.path}, {opts.concurrency} at a time, "
-              f"{opts.searcher} + {opts.scheduler}; parent run {parent_id}", file=sys.stderr)
+        how = (f"{opts.concurrency} at a time, {opts.searcher} + {opts.scheduler}" if opts.scheduler not in POPULATION
+               else f"a population ({opts.scheduler}, QMC-drawn, perturbed every {opts.perturb_every} epochs; "
+               "as many at a time as the cluster's CPUs/GPUs fit)")
+        print(f"sweep {opts.name}: {trials} trials of {space.path}, {how}; parent run {parent_id}", file=sys.stderr)
         if seeds is not None:
             left_out = f" ({seeds.unscored} failed or unscored left out)" if seeds.unscored else ""
             print(f"  searcher seeded with {len(seeds.trials)} scored trials of sweep {seeds.sweep}{left_out}"
@@ -172,7 +181,10 @@ def _tune(space: SearchSpace, opts: Sweep, data: Any, uri: str, experiment_id: s
     from pipelines.sweep.closing import tune_outcomes
     from pipelines.sweep.report import warm_report_imports
 
-    with sweep_services(opts, uri, space, experiment_id, parent_id, rung_epochs(space, opts), exp_dir) as (ctx, client):
+    population = opts.scheduler in POPULATION
+    perturb = perturbation_epochs(space, opts) if population else ()
+    with sweep_services(opts, uri, space, experiment_id, parent_id, rung_epochs(space, opts), exp_dir,
+                        perturb) as (ctx, client):
         trainable = make_trainable(data, ctx, opts)
         if restore:
             # Tune warns with a FileNotFoundError about each trial the killed driver had
@@ -181,13 +193,23 @@ def _tune(space: SearchSpace, opts: Sweep, data: Any, uri: str, experiment_id: s
             tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable,
                                        resume_unfinished=True, resume_errored=True)
         else:
-            tuner = tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(
+            if population:
+                # The members as a grid (PBT refuses a searcher), all of them created at
+                # once: a concurrency limit would hold members back, and synchronous PBT
+                # would compare the first ones only. The cluster's CPUs/GPUs limit how
+                # many train at a time; Tune takes turns between the rest.
+                searched: dict[str, Any] = dict(param_space=population_space(space, opts), tune_config=tune.TuneConfig(
+                    scheduler=make_population_scheduler(space, opts), num_samples=1,
+                    reuse_actors=True, trial_dirname_creator=trial_dirname))
+            else:
+                searched = dict(tune_config=tune.TuneConfig(
                     search_alg=make_searcher(space, opts, seeds), scheduler=make_scheduler(space, opts),
                     num_samples=trials or opts.trials, max_concurrent_trials=opts.concurrency,
                     reuse_actors=True, trial_dirname_creator=trial_dirname,
-                ),
+                ))
+            tuner = tune.Tuner(
+                trainable,
+                **searched,
                 run_config=tune.RunConfig(
                     name=exp_dir.name, storage_path=str(exp_dir.parent), verbose=0,
                     callbacks=[progress_callback()],
@@ -197,6 +219,11 @@ def _tune(space: SearchSpace, opts: Sweep, data: Any, uri: str, experiment_id: s
         # Runs open before this driver's trials start (a killed driver's) have no process to
         # wait for at the end; closing.py closes those a restarted trial did not.
         orphans = _open_children(client, experiment_id, parent_id) if restore else set()
+        if population:
+            # PBT warns once that a report lacks its time_attr: only perturbation epochs carry
+            # it, by design; and a member restored before it wrote progress.csv is no news.
+            logging.getLogger("ray.tune.schedulers.pbt").setLevel(logging.ERROR)
+            logging.getLogger("ray.tune.logger.logger").setLevel(logging.ERROR)
         warm_report_imports()  # the report's libraries load while the trials run
         grid = tuner.fit()
         # A pruned trial closes its own run as Tune stops it; give it that moment before
@@ -207,7 +234,8 @@ def _tune(space: SearchSpace, opts: Sweep, data: Any, uri: str, experiment_id: s
 
 @contextlib.contextmanager
 def sweep_services(opts: Sweep, uri: str, space: SearchSpace, experiment_id: str, parent_id: str,
-                   rungs: tuple[int, ...], exp_dir: Path | None = None) -> Iterator[tuple[Any, Any]]:
+                   rungs: tuple[int, ...], exp_dir: Path | None = None,
+                   perturb: tuple[int, ...] = ()) -> Iterator[tuple[Any, Any]]:
     """What a sweep's (or its confirmation's) trials run with: Ray (joined, or a local one
     started and ended here), a private `mlflow server` in front of a sqlite store many
     trials write at once, and the TrialContext they share; yields (context, a client of
@@ -232,7 +260,7 @@ def sweep_services(opts: Sweep, uri: str, space: SearchSpace, experiment_id: str
         yield TrialContext(trial_uri, experiment_id, parent_id, opts.name, opts.cpus_per_trial,
                            opts.gpus_per_trial, opts.workers_per_trial,
                            str(Path(opts.storage_path).expanduser().resolve()),
-                           searched=tuple(p.name for p in space.params), rungs=rungs,
+                           searched=tuple(p.name for p in space.params), rungs=rungs, perturb=perturb,
                            dataset=str(space.fixed.get("dataset", RunConfig.dataset))), client_for(trial_uri)
     finally:
         if server:
@@ -262,6 +290,7 @@ def _finish(client: Any, experiment_id: str, parent_id: str, space: SearchSpace,
     from mlflow.entities import Metric
 
     from pipelines.sweep.closing import close_open_trials, record_runless_trials
+    from pipelines.sweep.family import log_family
     from pipelines.sweep.parent import extensions
     from pipelines.sweep.report import best_run, child_runs, log_report
 
@@ -270,6 +299,11 @@ def _finish(client: Any, experiment_id: str, parent_id: str, space: SearchSpace,
                           ended, tuple(p.name for p in space.params))
     runs = child_runs(client, experiment_id, parent_id)
     runs = log_report(client, parent_id, runs, space)  # as renamed and described
+    if opts.scheduler in POPULATION:
+        try:
+            log_family(client, parent_id, runs, space, opts.scheduler)
+        except Exception as e:  # noqa: BLE001 - the family tree must not lose the sweep's end
+            print(f"note: no family tree: {type(e).__name__}: {e}", file=sys.stderr)
     best = best_run(runs)
     # Over all trials; an extended sweep logs them at the extension's number as the step,
     # so each metric's history shows the sweep before and after each extension, and its

@@ -15,7 +15,8 @@ from pipelines.tracking import names
 DEFAULT_SPACE = "quick"
 DEFAULT_EXPERIMENT = "gan-pipelines"
 METRIC, MODE = names.FID, "min"
-SCHEDULERS = ("asha", "none")
+SCHEDULERS = ("asha", "none", "pbt", "pb2")
+POPULATION = ("pbt", "pb2")  # population-based training (population.py)
 SEARCHERS = ("tpe", "random")
 
 
@@ -28,6 +29,7 @@ class SweepOptions:
     concurrency: int | None = None
     scheduler: str = "asha"
     grace_period: int | None = None  # evals a trial runs before ASHA may stop it
+    perturb_every: int | None = None  # pbt/pb2: epochs between perturbations
     searcher: str = "tpe"
     experiment: str = DEFAULT_EXPERIMENT
     seed: int = 0
@@ -48,6 +50,9 @@ class SweepOptions:
             concurrency=d.get("concurrency", 1) if self.concurrency is None else self.concurrency,
             scheduler=self.scheduler,
             grace_period=d.get("grace_period", 1) if self.grace_period is None else self.grace_period,
+            perturb_every=(0 if self.scheduler not in POPULATION
+                           else d.get("perturb_every", max(1, space.max_value("epochs") // 4))
+                           if self.perturb_every is None else self.perturb_every),
             searcher=self.searcher, experiment=self.experiment, seed=self.seed,
             name=self.name or f"sweep-{Path(space.path).stem}-{time.strftime('%Y%m%d-%H%M%S')}",
             workers_per_trial=self.workers_per_trial, cpus_per_trial=self.cpus_per_trial,
@@ -60,7 +65,7 @@ class SweepOptions:
             if v < 1:
                 raise ConfigError(f"{flag} {v} is invalid: must be a positive integer")
         if out.scheduler not in SCHEDULERS:
-            raise ConfigError(f"--scheduler {out.scheduler!r} is invalid: must be asha or none")
+            raise ConfigError(f"--scheduler {out.scheduler!r} is invalid: must be asha, none, pbt or pb2")
         if out.searcher not in SEARCHERS:
             raise ConfigError(f"--searcher {out.searcher!r} is invalid: must be tpe or random")
         if not out.cpus_per_trial > 0:
@@ -77,7 +82,10 @@ class SweepOptions:
         if out.scheduler == "asha" and out.grace_period * every > epochs:
             raise ConfigError(f"--grace-period {out.grace_period} is invalid: {out.grace_period} evals of "
                               f"eval_every {every} pass the last epoch ({epochs}); at most {max(1, epochs // every)}")
-        return out
+        if self.perturb_every is not None and out.scheduler not in POPULATION:
+            raise ConfigError(f"--perturb-every is invalid with --scheduler {out.scheduler}: "
+                              "it times a population's perturbations (--scheduler pbt or pb2)")
+        return out  # a population's own checks: population.check_population (it builds on these)
 
 
 @dataclass(frozen=True)
@@ -104,6 +112,7 @@ class Sweep:
     # finished sweep (--resume NAME --trials N) runs as a new Tune experiment, NAME-more-K,
     # so the finished one's state stays as it was. Defaults keep older sweep.json readable.
     tune_folder: str | None = None
+    perturb_every: int = 0  # pbt/pb2 (0 in an ASHA sweep's, and older, sweep.json)
 
     @property
     def folder(self) -> Path:

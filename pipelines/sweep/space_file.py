@@ -30,7 +30,7 @@ from pipelines.errors import SearchSpaceError
 from pipelines.sweep.space import SPACES_DIR, Param, SearchSpace, resolve_path
 
 KINDS = ("float", "int", "categorical")
-SWEEP_KEYS = {"trials": int, "concurrency": int, "grace_period": int}
+SWEEP_KEYS = {"trials": int, "concurrency": int, "grace_period": int, "perturb_every": int}
 TOP_KEYS = ("description", "sweep", "params")
 
 

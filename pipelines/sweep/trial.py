@@ -17,8 +17,10 @@ a duplicate. How a trial ends is written on its run:
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -35,6 +37,7 @@ from pipelines.sweep.naming import TUNE_NAME_KEY, trial_name
 from pipelines.sweep.report import child_runs
 from pipelines.sweep.tune_stop import TuneStoppableLoop
 from pipelines.tracking import names
+from pipelines.tracking.history import Restored
 from pipelines.tracking.resources import log_resources
 from pipelines.tracking.runs import Loop, TrackedRun
 from pipelines.tracking.store import client_for, environment_tags
@@ -58,6 +61,8 @@ class TrialContext:
     storage_path: str = "./ray_results"
     searched: tuple[str, ...] = ()  # the space's parameter names (a trial samples the active ones)
     rungs: tuple[int, ...] = ()  # epochs where ASHA compares trials: always scored
+    # a population sweep's perturbation epochs (population.py): scored, checkpointed to Tune
+    perturb: tuple[int, ...] = ()
     dataset: str = "mnist-5k"  # one for the whole sweep (driver.DATA_KEYS are never searched)
 
     @property
@@ -73,12 +78,20 @@ class TuneCallbacks(ForwardingCallbacks):
     The last epoch's scores are reported after the run is closed (`closed`): a report is
     where Tune stops a trial, and a trial that has trained its whole budget must keep its
     checkpoint and model even when ASHA ranks it low at that rung. A distributed trial's
-    workers report their evals themselves (TuneReportCallback): `reports_evals` False."""
+    workers report their evals themselves (TuneReportCallback): `reports_evals` False.
 
-    def __init__(self, rungs: tuple[int, ...] = (), reports_evals: bool = True) -> None:
+    A population member (`perturb`: its perturbation epochs) reports those epochs' scores
+    with its checkpoint (after on_checkpoint, which follows on_eval), for PBT to compare
+    and copy; every step it hands on is its run's (training step + `shift`, member.py)."""
+
+    def __init__(self, rungs: tuple[int, ...] = (), reports_evals: bool = True,
+                 perturb: tuple[int, ...] = ()) -> None:
         super().__init__(Callbacks())
         self.name = ""  # the run's name, sent with each report for the driver's progress lines
-        self.rungs, self.reports_evals = set(rungs), reports_evals
+        self.rungs, self.reports_evals = set(rungs) | set(perturb), reports_evals
+        self.perturb = set(perturb)
+        self.shift = 0
+        self.member: dict[str, Any] = {}  # who writes a member's checkpoints (member.write_checkpoint)
         self.epoch, self.final = 0, False
         self.last: dict[str, float] = {}
         self.first_step: float | None = None  # when the first step's losses came
@@ -86,24 +99,54 @@ class TuneCallbacks(ForwardingCallbacks):
     def on_metrics(self, rows: list[tuple[int, dict[str, float]]]) -> None:
         if rows and self.first_step is None:
             self.first_step = time.time()
-        self.inner.on_metrics(rows)
+        self.inner.on_metrics([(s + self.shift, r) for s, r in rows] if self.shift else rows)
 
     def on_scored(self, epoch: int, step: int, generator: Any, improved: bool, final: bool) -> None:
-        self.inner.on_scored(epoch, step, generator, improved, final)
+        self.inner.on_scored(epoch, step + self.shift, generator, improved, final)
         self.final = final
 
     def on_eval(self, epoch: int, step: int, grid: np.ndarray, metrics: dict[str, float]) -> None:
+        step += self.shift
         self.inner.on_eval(epoch, step, grid, metrics)
         self.epoch = epoch
         self.last = {names.FID: math.nan, **{k: float(v) for k, v in metrics.items()},
                      names.EPOCH: epoch, "step": step}
-        if not self.final:
+        if not self.final and epoch not in self.perturb:
             # Tune ends a pruned trial by raising SystemExit out of report(): the run's
             # TrackedRun closes it KILLED as pruned.
             report(self.last, self.name)
 
+    def on_grid(self, epoch: int, step: int, grid: np.ndarray) -> None:
+        self.inner.on_grid(epoch, step + self.shift, grid)
+
+    def on_checkpoint(self, epoch: int, step: int, state: dict[str, Any]) -> None:
+        from pipelines.sweep.member import SHIFT_KEY
+
+        state = {**state, SHIFT_KEY: self.shift} if self.perturb else state
+        self.inner.on_checkpoint(epoch, step + self.shift, state)
+        if epoch in self.perturb and not self.final:
+            self._report_member(epoch, state)
+
+    def _report_member(self, epoch: int, state: dict[str, Any]) -> None:
+        """This perturbation epoch's scores with the member's checkpoint: PBT pauses the
+        member here (SystemExit out of report: TrackedRun.pause) and may hand the
+        checkpoint to a weaker one."""
+        import tempfile
+        from pathlib import Path
+
+        from ray.tune import Checkpoint
+
+        from pipelines.sweep.member import write_checkpoint
+
+        with tempfile.TemporaryDirectory(prefix="gan-member-") as tmp:
+            folder = write_checkpoint(Path(tmp), state, {**self.member, "epoch": epoch})
+            report({**self.last, names.PBT_EPOCH: epoch}, self.name, Checkpoint.from_directory(str(folder)))
+
     def wants_eval(self, epoch: int) -> bool:
         return epoch in self.rungs or self.inner.wants_eval(epoch)
+
+    def wants_checkpoint(self, epoch: int) -> bool:
+        return epoch in self.perturb or self.inner.wants_checkpoint(epoch)
 
     def wrapping(self, inner: Callbacks) -> TuneCallbacks:
         """This hand-off around the run's own callbacks (the in-process loop builds those)."""
@@ -124,12 +167,12 @@ def pruned_reason(epoch: int) -> str:
     return f"tune: stopped by the scheduler after epoch {epoch} (its FID was not competitive)"
 
 
-def report(metrics: dict[str, float], name: str = "") -> None:
+def report(metrics: dict[str, float], name: str = "", checkpoint: Any = None) -> None:
     """Scores to Tune; with the trial's MLflow run name, which the driver's progress lines
     print (tuning.shown_name), so the console and the runs table name a trial alike."""
     from ray import tune
 
-    tune.report({**metrics, TUNE_NAME_KEY: name} if name else metrics)
+    tune.report({**metrics, TUNE_NAME_KEY: name} if name else metrics, checkpoint=checkpoint)
 
 
 def find_child(client: Any, ctx: TrialContext, trial_id: str) -> Any | None:
@@ -183,6 +226,14 @@ def _node_tag() -> dict[str, str]:
 REUSE_WAIT_ENV, REUSE_WAIT_S = "TUNE_FUNCTION_THREAD_TIMEOUT_S", 300
 
 
+# Ray logs every checkpoint a trial reports and every restore at INFO, to the driver's
+# console: a population sweep (members checkpoint and restart at each perturbation epoch)
+# would print two lines per member per perturbation. Set where trials run: this module is
+# imported by the trial process before Tune restores its checkpoint.
+for _chatty in ("ray.tune.trainable.trainable", "ray.train._internal.storage",
+                "ray.train.v2._internal.execution.storage"):
+    logging.getLogger(_chatty).setLevel(logging.WARNING)
+
 # Set while no trial function runs in this process (or the one that ran has closed its run).
 _closed = threading.Event()
 _closed.set()
@@ -225,23 +276,59 @@ def _run_trial(config: dict[str, Any], data: ImageData, ctx: TrialContext,
     os.environ[REUSE_WAIT_ENV] = str(REUSE_WAIT_S)
     started = time.time()
     trial_id = tune.get_context().get_trial_id()
+    if ctx.perturb:  # a population member: its values sit under population.MEMBER
+        from pipelines.sweep.population import member_values
+
+        config = member_values(config)
     # Only the parameters this trial sampled are its params (no mlp_width on a dcgan
     # trial); its name shows them too (the report shortens it to those that differ).
     inactive = tuple(k for k in ctx.searched if k not in config)
     sampled = {k: config[k] for k in ctx.searched if k in config}
-    to_tune = TuneCallbacks(ctx.rungs, reports_evals=ctx.workers_per_trial == 1)
+    to_tune = TuneCallbacks(ctx.rungs, reports_evals=ctx.workers_per_trial == 1, perturb=ctx.perturb)
     client = client_for(ctx.tracking_uri)
     run_id, fresh = open_child(client, ctx, trial_id, sampled, tags, run_name)
     to_tune.name = client.get_run(run_id).info.run_name
     loop = trial_loop(data, ctx, trial_id, to_tune)
+    cfg = make_config(config)
     # The lease keeps `train --resume` off a trial that is training; taken without a check:
     # Tune restarting this trial after its node died must not wait out the dead lease.
-    with TrackedRun(client, run_id, fresh=fresh, prunable=True,
+    with TrackedRun(client, run_id, fresh=fresh, prunable=True, pausable=bool(ctx.perturb),
                     before_close=lambda: trial_resources(client, run_id, ctx, started, to_tune.first_step),
                     on_closed=lambda result, uri: to_tune.closed(result, uri, lambda: logged_scores(client, run_id)),
                     ) as run:
         run.pruned_reason = lambda: pruned_reason(to_tune.epoch)  # Tune stops it in report()
-        run.train_and_close(make_config(config), data, loop, omit=inactive)
+        restored = member_life(run, cfg, data, loop, to_tune, trial_id, inactive) if ctx.perturb else None
+        run.train_and_close(cfg, data, loop, omit=inactive, restored=restored)
+
+
+def member_life(run: TrackedRun, cfg: Any, data: ImageData, loop: Loop, to_tune: TuneCallbacks,
+                trial_id: str, inactive: tuple[str, ...]) -> Restored | None:
+    """A population member's start (member.py): from scratch (None: the usual start), or
+    from the checkpoint Tune handed it, its own or an exploited member's, recorded."""
+    from ray import tune
+
+    from pipelines.sweep.member import SHIFT_KEY, begin_life, record_start
+    from pipelines.tracking.history import logged_grids
+
+    life = begin_life(run.client, run.run_id, trial_id, tune.get_checkpoint())
+    to_tune.member = {"trial_id": trial_id, "run_id": run.run_id, "run_name": to_tune.name}
+    record_start(run.client, run.run_id, cfg, life, run.fresh)
+    if life.state is None:
+        if run.fresh:
+            return None  # the usual start
+        # Tune holds no checkpoint of it yet (a resumed sweep's member killed before its
+        # first perturbation epoch): its run's own newest checkpoint, with that life's shift.
+        restored = run.restore()
+        to_tune.shift = int((restored.state or {}).get(SHIFT_KEY, 0))
+        return restored
+    if run.fresh:  # Tune has a checkpoint but the run is new (its first life's run was lost)
+        run.start(cfg, loop.where, data, inactive)
+    to_tune.shift = life.shift
+    restored = run.restore(checkpoint=False)
+    restored.state = life.state
+    with tempfile.TemporaryDirectory(prefix="gan-grids-") as tmp:
+        restored.frames = logged_grids(run.client, run.run_id, tmp)
+    return restored
 
 
 def trial_loop(data: ImageData, ctx: TrialContext, trial_id: str, to_tune: TuneCallbacks) -> Loop:

@@ -76,7 +76,7 @@ def rung_epochs(space: SearchSpace, opts: Sweep) -> tuple[int, ...]:
     Ray's ASHA places milestones at grace * rf^k up to max_t inclusive; one at max_t
     never judges a trial (max_t is one past the last epoch), so it is left out. The
     tests drive Ray's scheduler to check these are the epochs where it stops a bad trial."""
-    if opts.scheduler == "none":
+    if opts.scheduler != "asha":  # a population's perturbation epochs: TrialContext.perturb
         return ()
     grace, max_t = _asha_bounds(space, opts)
     rungs, epoch = [], grace

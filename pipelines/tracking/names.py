@@ -124,3 +124,12 @@ SWEEP_CONFIRMED = "sweep.confirmed"  # on the parent: "top K x S seeds" of the l
 VERSION_CONFIRM_MEAN = "confirm_mean"  # on a model version promoted by its config's mean over seeds
 VERSION_CONFIRM_STD = "confirm_std"
 VERSION_CONFIRM_N = "confirm_n"
+
+# population-based training (`sweep --scheduler pbt|pb2`, sweep.population / sweep.member)
+PBT_EPOCH = "pbt_epoch"  # Tune result key PBT times perturbations by: only a perturbation epoch's report has it
+PBT_EXPLOITS = "pbt.exploits"  # on a member: how many times it copied another member
+PBT_LAST_EXPLOIT = "pbt.last_exploit"  # ... and the last one in words
+PBT_EVENTS_FILE = "pbt/exploits.json"  # ... every one as a row: epoch, from which run, old -> new values
+PBT_VALUE_PREFIX = "pbt/"  # metric pbt/<param>: the value a member trains with from that step on
+PBT_LINEAGE_FILE = "pbt/lineage.png"  # on the parent: members over epochs with exploit edges
+PBT_SCHEDULES_FILE = "pbt/schedules.html"  # ... and each member's hyperparameter schedule

@@ -95,15 +95,20 @@ class TrackedRun:
     dataset are logged); else it continues (restore). `prunable`: a sweep trial, where a
     SystemExit is Tune stopping it; `pruned_reason()` then says why. `before_close` runs
     on every way out (a trial's resource figures); `on_closed(result, model_uri)` after
-    `train` closed the run (a trial's last report to Tune, which may stop it there)."""
+    `train` closed the run (a trial's last report to Tune, which may stop it there).
+    `pausable`: a population member, where a SystemExit is Tune pausing it at a
+    perturbation epoch (sweep.member): its writes land and the run stays open for its
+    next life."""
 
     def __init__(self, client: Any, run_id: str, *, fresh: bool, contested: bool = False,
-                 prunable: bool = False, before_close: Callable[[], None] | None = None,
+                 prunable: bool = False, pausable: bool = False,
+                 before_close: Callable[[], None] | None = None,
                  on_closed: Callable[[TrainResult, str | None], None] | None = None,
                  warm: dict[str, Any] | None = None) -> None:
         self.client, self.run_id, self.fresh = client, run_id, fresh
         self.warm = warm  # a fresh run's starting weights (Restored.warm)
         self.contested, self.prunable, self.before_close = contested, prunable, before_close
+        self.pausable = pausable
         self.on_closed = on_closed
         self.pruned_reason: Callable[[], str] = lambda: "tune: stopped by the scheduler"
         self.lease = Lease(client, run_id)
@@ -122,6 +127,8 @@ class TrackedRun:
                 return
             if error is None:
                 self._close_failed("the run's block ended without closing it")
+            elif isinstance(error, SystemExit) and self.pausable:
+                self.pause()
             elif isinstance(error, SystemExit) and self.prunable:
                 self.prune(self.pruned_reason())
             elif isinstance(error, KeyboardInterrupt):
@@ -245,6 +252,13 @@ class TrackedRun:
         self._before_close()
         close_early(self.client, self.run_id, self._frames(), reason)
         self.closed = "KILLED"
+
+    def pause(self) -> None:
+        """Paused by Tune (a population's perturbation epoch): what the loop logged lands;
+        the run stays RUNNING, to be continued by the member's next life."""
+        if self._tracking is not None:
+            self._tracking.flush()
+        self.closed = "PAUSED"
 
     # ---- helpers
     def _frames(self) -> Frames:

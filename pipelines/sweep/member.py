@@ -1,0 +1,119 @@
+"""One life of a population member (population.py) in its trial process, and the record
+of each exploit on the member's MLflow run.
+
+Synchronous PBT stops every member at each perturbation epoch; Tune then starts each
+again from a checkpoint: its own, or (exploited) another member's, with new values. A
+member's MLflow run lives through all of it as one run:
+
+    its own checkpoint    the clock, RNG, best scores and step shift go on as they were
+    another member's      G, D, EMA, both optimizers (the new learning rates and betas
+                          applied by gan.checkpoint.load_weights), AMP scalers, RNG, epoch
+                          and the training step are the donor's; the run's logged steps go
+                          on from its own last one (a step shift: the donor may have taken
+                          fewer steps, at another batch size) and its best scores stay its
+                          own (its `best` model is the best this run logged). The exploit
+                          is written on the run: a row in pbt/exploits.json, tags, the new
+                          values as pbt/<param> metrics at that step, config.yaml replaced
+                          by the config it trains now (params keep its first config)
+
+A resumed sweep (driver killed) starts a member from the checkpoint Tune last gave it:
+steps the run already holds are not logged again (the run's floors), and an exploit
+already recorded is not recorded twice.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gan.checkpoint import load_checkpoint, save_checkpoint
+from gan.config import RunConfig
+from pipelines.sweep.population import MUTABLE
+from pipelines.tracking import names
+from pipelines.tracking.exploits import exploits
+from pipelines.tracking.history import last_logged_step, logged_config
+
+STATE_FILE, INFO_FILE = "state.pt", "member.json"
+SHIFT_KEY = "log_step_shift"  # in a member's training state: logged step = training step + shift
+
+
+@dataclass
+class Life:
+    """Where a member's life starts: `state` (None: from scratch), the step shift, and
+    the exploit that started it (None: its own checkpoint, or its first life)."""
+
+    state: dict[str, Any] | None = None
+    shift: int = 0
+    exploit: dict[str, Any] | None = None
+
+
+def write_checkpoint(folder: Path, state: dict[str, Any], info: dict[str, Any]) -> Path:
+    """The checkpoint a member hands to Tune at a perturbation epoch: its full training
+    state and who wrote it (the trial and run a copier records as its donor)."""
+    save_checkpoint(state, folder / STATE_FILE)
+    (folder / INFO_FILE).write_text(json.dumps(info))
+    return folder
+
+
+def begin_life(client: Any, run_id: str, trial_id: str, checkpoint: Any) -> Life:
+    """This life's start from Tune's checkpoint (tune.get_checkpoint(): None on a first life)."""
+    if checkpoint is None:
+        return Life()
+    with checkpoint.as_directory() as folder:
+        # weights_only: a checkpoint on shared storage is data, never code
+        state = load_checkpoint(Path(folder) / STATE_FILE)
+        info = json.loads((Path(folder) / INFO_FILE).read_text())
+    if info["trial_id"] == trial_id:
+        return Life(state, int(state.get(SHIFT_KEY, 0)))
+    floor = last_logged_step(client, run_id)
+    metrics = client.get_run(run_id).data.metrics
+    own_best = {k: metrics[f"best_{k}"] for k in (names.FID, names.KID) if f"best_{k}" in metrics}
+    exploit = {"epoch": int(state["epoch"]), "step": floor, "from_run_id": info["run_id"],
+               "from_run_name": info["run_name"], "from_trial_id": info["trial_id"],
+               "from_step": int(state["step"])}
+    return Life({**state, "best": own_best}, floor - int(state["step"]), exploit)
+
+
+def record_start(client: Any, run_id: str, cfg: RunConfig, life: Life, fresh: bool) -> None:
+    """A first life logs the values it starts with at step 0; an exploit is recorded."""
+    if fresh:
+        _log_values(client, run_id, cfg, 0)
+    if life.exploit is not None:
+        record_exploit(client, run_id, cfg, life.exploit)
+
+
+def record_exploit(client: Any, run_id: str, cfg: RunConfig, exploit: dict[str, Any]) -> None:
+    """The exploit as a row of pbt/exploits.json, the count and the last one as tags, the new
+    values as pbt/<param> metrics from its step, and config.yaml as the run trains now.
+    Idempotent: a resumed sweep restarting the same exploit records it once."""
+    if any(e["epoch"] == exploit["epoch"] for e in exploits(client, run_id)):
+        return
+    before = logged_config(client, run_id) or {}
+    now = cfg.to_dict()
+    changed = {k: (before.get(k), now[k]) for k in now if before.get(k) != now[k] and k != "seed"}
+    change = "; ".join(f"{k} {_fmt(a)} -> {_fmt(b)}" for k, (a, b) in sorted(changed.items())) or "no change"
+    row = {**exploit, "changes": change, "values": json.dumps({k: now[k] for k in MUTABLE})}
+    client.log_table(run_id, data={k: [v] for k, v in row.items()}, artifact_file=names.PBT_EVENTS_FILE)
+    count = len(exploits(client, run_id))
+    client.set_tag(run_id, names.PBT_EXPLOITS, str(count))
+    client.set_tag(run_id, names.PBT_LAST_EXPLOIT,
+                   f"epoch {exploit['epoch']}: copied {exploit['from_run_name']} "
+                   f"(run {exploit['from_run_id']}); {change}"[:5000])
+    client.log_text(run_id, cfg.to_yaml(), names.CONFIG_FILE)
+    _log_values(client, run_id, cfg, int(exploit["step"]))
+
+
+def _log_values(client: Any, run_id: str, cfg: RunConfig, step: int) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    values = cfg.to_dict()
+    client.log_batch(run_id, metrics=[Metric(f"{names.PBT_VALUE_PREFIX}{k}", float(values[k]), now, step)
+                                      for k in MUTABLE])
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)

@@ -1,0 +1,349 @@
+"""Population-based training end to end (`gan-pipeline sweep --scheduler pbt`): one real
+CLI sweep of 4 members (real Ray Tune PBT, real `mlflow server`) and `promote`, then what
+a user checks: every member's run is one run with one step sequence through its exploits,
+each exploit is recorded and really continued the donor's state, the parent shows the
+family tree, the registered version names its lineage, re-evaluating the promoted member
+reproduces its score, and the MLflow UI shows the exploits (headless Chromium). The pure
+parts (which parameters mutate, the drawn population, the ancestry walk, a member's
+restart from a checkpoint) have unit tests below; a killed and resumed PBT driver is the
+slow test at the end."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+import yaml
+from conftest import CHROMEDRIVER, CHROMIUM, sqlite_store, wait_for
+from test_ui_browser import SHOTS_ENV, _shot, _text, _wait_for
+
+from pipelines.tracking import names
+
+REPO = Path(__file__).resolve().parents[1]
+MEMBERS, EPOCHS = 4, 3
+SPACE = {"description": "a tiny population", "sweep": {"trials": MEMBERS, "perturb_every": 1}, "params": {
+    "dataset": "mnist-5k", "arch": "mlp", "mlp_width": 16, "epochs": EPOCHS, "eval_every": 1, "eval_samples": 200,
+    "latent_dim": 16, "device": "cpu", "eval_budget": 0,
+    "lr_g": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
+    "lr_d": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
+    "beta1": {"type": "float", "low": 0.0, "high": 0.9},
+    "batch_size": {"type": "categorical", "choices": [64, 128]},  # structural: copied on exploit
+}}
+
+
+def _cli(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 400) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "pipelines.cli", *args], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout + done.stderr[-4000:]
+    return done
+
+
+# --------------------------------------------------------------------------- unit parts
+
+
+def _shipped(name: str):
+    from pipelines.sweep.space_file import load_space
+
+    return load_space(name)
+
+
+def test_a_population_mutates_the_optimisation_knobs_and_keeps_the_structure():
+    from pipelines.sweep.population import mutable_params
+
+    # default.yaml: ema's choices include 0 (EMA off): switching it is structural, like
+    # arch, widths, loss and batch size; spectral_norm and the widths are conditional.
+    assert [p.name for p in mutable_params(_shipped("default"))] == [
+        "lr_g", "lr_d", "beta1", "beta2", "label_smoothing", "n_dis"]
+    assert [p.name for p in mutable_params(_shipped("quick"))] == ["lr_g", "lr_d", "beta1", "label_smoothing"]
+
+
+def test_the_population_is_drawn_from_the_space_seeded_and_spread():
+    from pipelines.sweep.options import SweepOptions
+    from pipelines.sweep.population import initial_population
+
+    space = _shipped("default")
+    opts = SweepOptions(space="default", trials=8, scheduler="pbt").resolved(space)
+    first, again = initial_population(space, opts), initial_population(space, opts)
+    assert first == again and len(first) == 8  # seeded: the same flags draw the same population
+    other = initial_population(space, SweepOptions(space="default", trials=8, scheduler="pbt", seed=1).resolved(space))
+    assert other != first
+    for member in first:
+        space.config(member)  # every member is a valid config: conditional parameters only where active
+        assert ("mlp_width" in member) == (member["arch"] == "mlp")
+    # Sobol points spread over a range: the 8 learning rates fall in at least 6 of 8 equal log-bins
+    import math
+
+    bins = {int(8 * (math.log(m["lr_g"]) - math.log(2e-5)) / (math.log(2e-3) - math.log(2e-5))) for m in first}
+    assert len(bins) >= 6, sorted(m["lr_g"] for m in first)
+
+
+def test_pbt_scaling_stays_in_the_space_and_pb2_values_train_as_whole_numbers():
+    from pipelines.sweep.population import MEMBER, clamp, member_values
+
+    clamped = clamp({MEMBER: {"beta1": 1.08, "lr_g": 1e-9, "arch": "mlp"}}, {"beta1": (0.0, 0.9), "lr_g": (2e-5, 2e-3)})
+    assert clamped[MEMBER] == {"beta1": 0.9, "lr_g": 2e-5, "arch": "mlp"}
+    assert member_values({MEMBER: {"n_dis": 2.4, "lr_g": 2.4, "epochs": 3}}) == {"n_dis": 2, "lr_g": 2.4, "epochs": 3}
+
+
+def test_the_ancestry_walks_back_through_each_donor_before_the_exploit():
+    from pipelines.tracking.exploits import Stretch, ancestry, describe_ancestry
+
+    events = {  # c copied b at epoch 4, b had copied a at epoch 2 (and a copied d at 6, after)
+        "c": [{"epoch": 4, "from_run_id": "b"}], "b": [{"epoch": 2, "from_run_id": "a"}],
+        "a": [{"epoch": 6, "from_run_id": "d"}], "d": [],
+    }
+    line = ancestry(None, "c", 8, events)
+    assert line == [Stretch("c", 4, 8), Stretch("b", 2, 4), Stretch("a", 0, 2)]
+    assert describe_ancestry(line, str.upper) == "C (epochs 4-8) <- B (2-4) <- A (0-2)"
+    assert ancestry(None, "a", 8, events) == [Stretch("a", 6, 8), Stretch("d", 0, 6)]
+    assert ancestry(None, "a", 6, events) == [Stretch("a", 0, 6)]  # asked at the exploit: its weights before it
+
+
+def test_a_member_restarts_from_its_own_checkpoint_or_records_the_exploit_of_another(tmp_path):
+    from ray.tune import Checkpoint
+
+    from gan.config import make_config
+    from pipelines.sweep.member import SHIFT_KEY, begin_life, record_start, write_checkpoint
+    from pipelines.tracking.exploits import exploits
+    from pipelines.tracking.store import client_for
+
+    client = client_for(sqlite_store(tmp_path))
+    exp = client.create_experiment("members")
+    me, donor = (client.create_run(exp, run_name=n).info.run_id for n in ("t01 x", "t02 y"))
+    cfg = make_config({"lr_g": 1e-4, "batch_size": 128})
+    client.log_text(me, cfg.to_yaml(), names.CONFIG_FILE)
+    from mlflow.entities import Metric
+
+    client.log_batch(me, metrics=[Metric("d_loss", 1.0, 0, s) for s in (1, 39, 78)]
+                     + [Metric("best_fid", 50.0, 0, 78)])
+    state = {"format": 1, "epoch": 2, "step": 156, "best": {"fid": 30.0}, SHIFT_KEY: 0, "G": torch.zeros(1)}
+
+    def checkpoint(trial_id: str, run_id: str, shift: int) -> Checkpoint:
+        folder = tmp_path / f"ck-{trial_id}"
+        folder.mkdir()
+        write_checkpoint(folder, {**state, SHIFT_KEY: shift}, {"trial_id": trial_id, "run_id": run_id,
+                                                                  "run_name": "t02 y", "epoch": 2})
+        return Checkpoint.from_directory(str(folder))
+
+    assert begin_life(client, me, "trial-1", None).state is None  # a first life
+    own = begin_life(client, me, "trial-1", checkpoint("trial-1", me, 5))
+    assert own.exploit is None and own.shift == 5 and own.state["best"] == {"fid": 30.0}
+
+    life = begin_life(client, me, "trial-1", checkpoint("trial-2", donor, 0))
+    # the donor's clock trains on; this run's logged steps go on from its own last one (78),
+    # and its best scores stay its own
+    assert life.shift == 78 - 156 and life.state["step"] == 156 and life.state["best"] == {"fid": 50.0}
+    assert life.exploit == {"epoch": 2, "step": 78, "from_run_id": donor, "from_run_name": "t02 y",
+                            "from_trial_id": "trial-2", "from_step": 156}
+    new = make_config({"lr_g": 1.2e-4, "batch_size": 64})
+    record_start(client, me, new, life, fresh=False)
+    record_start(client, me, new, life, fresh=False)  # a resumed sweep restarting the same exploit
+    rows = exploits(client, me)
+    assert len(rows) == 1 and rows[0]["changes"] == "batch_size 128 -> 64; lr_g 0.0001 -> 0.00012"
+    run = client.get_run(me)
+    assert run.data.tags[names.PBT_EXPLOITS] == "1" and "copied t02 y" in run.data.tags[names.PBT_LAST_EXPLOIT]
+    assert [(m.step, m.value) for m in client.get_metric_history(me, "pbt/lr_g")] == [(78, 1.2e-4)]
+    assert "lr_g: 0.00012" in Path(client.download_artifacts(me, names.CONFIG_FILE, str(tmp_path))).read_text()
+
+
+# --------------------------------------------------------------------------- one real PBT sweep
+
+
+@pytest.fixture(scope="module")
+def pbt_sweep(mlflow_server, tmp_path_factory):
+    """`sweep --scheduler pbt` of 4 members, perturbed after epochs 1 and 2, then `promote`."""
+    folder = tmp_path_factory.mktemp("pbt")
+    (folder / "pbt.yaml").write_text(yaml.safe_dump(SPACE))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "PYTHONPATH": str(REPO)}
+    swept = _cli(["sweep", "--space", "pbt.yaml", "--scheduler", "pbt", "--name", "pbt", "--experiment", "pbt-test",
+                  "--ray-storage", str(folder / "ray")], env, folder)
+    promoted = _cli(["promote", "--sweep", "pbt", "--model-name", "pbt-gen"], env, folder)
+    from pipelines.tracking.store import client_for
+
+    client = client_for(mlflow_server)
+    exp = client.get_experiment_by_name("pbt-test").experiment_id
+    parent = client.search_runs([exp], "tags.sweep_name = 'pbt' and tags.`sweep.role` = 'parent'")[0]
+    members = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    return {"out": swept.stdout, "err": swept.stderr, "promoted": promoted.stdout, "client": client,
+            "parent": parent, "members": members, "env": env, "folder": folder}
+
+
+def _steps(client, run_id: str, key: str) -> list[int]:
+    return [m.step for m in client.get_metric_history(run_id, key)]
+
+
+@pytest.mark.integration
+def test_members_exploit_and_each_run_goes_on_as_one_run_with_one_step_sequence(pbt_sweep):
+    from gan.checkpoint import load_checkpoint
+    from gan.train import steps_per_epoch
+    from pipelines.sweep.member import SHIFT_KEY
+    from pipelines.tracking.exploits import exploits
+
+    client, members = pbt_sweep["client"], pbt_sweep["members"]
+    assert len(members) == MEMBERS and all(m.info.status == "FINISHED" for m in members), pbt_sweep["err"][-3000:]
+    assert "a population (pbt, QMC-drawn, perturbed every 1 epochs" in pbt_sweep["err"]
+    ids = {m.info.run_id for m in members}
+    rows = {m.info.run_id: exploits(client, m.info.run_id) for m in members}
+    # 4 members, a quarter copies a quarter: one exploit at each of the 2 perturbation epochs
+    assert sorted(e["epoch"] for r in rows.values() for e in r) == [1, 2], rows
+    for m in members:
+        run_id = m.info.run_id
+        losses, evals = _steps(client, run_id, "d_loss"), _steps(client, run_id, names.FID)
+        assert losses == sorted(set(losses)) and evals == sorted(set(evals)), "a step logged twice or out of order"
+        assert [int(v.value) for v in client.get_metric_history(run_id, names.EPOCH)] == [1, 2, 3]
+        for e in rows[run_id]:
+            assert e["from_run_id"] in ids - {run_id} and " -> " in e["changes"]
+            # its losses go on from the step it had logged at the exploit, with no gap
+            assert e["step"] in losses and e["step"] + 1 in losses
+            values = json.loads(e["values"])
+            history = {s.step: s.value for s in client.get_metric_history(run_id, "pbt/lr_g")}
+            assert history[e["step"]] == pytest.approx(values["lr_g"])
+        if rows[run_id]:
+            e = rows[run_id][-1]
+            assert m.data.tags[names.PBT_EXPLOITS] == str(len(rows[run_id]))
+            cfg = yaml.safe_load(Path(client.download_artifacts(run_id, names.CONFIG_FILE,
+                                                                str(pbt_sweep["folder"]))).read_text())
+            assert cfg["lr_g"] == pytest.approx(json.loads(e["values"])["lr_g"])  # config.yaml: as it trains now
+            # The donor's clock went on: the member's last checkpoint holds the donor's step at
+            # the exploit plus the steps of the epochs after it (at the copied batch size),
+            # and the shift that maps it onto this run's steps.
+            ckpts = sorted(a.path for a in client.list_artifacts(run_id, names.CHECKPOINT_DIR))
+            state = load_checkpoint(client.download_artifacts(run_id, ckpts[-1], str(pbt_sweep["folder"])))
+            after = steps_per_epoch(make_cfg(cfg), 5000) * (EPOCHS - e["epoch"])
+            assert state["epoch"] == EPOCHS and state["step"] == e["from_step"] + after
+            assert state[SHIFT_KEY] == e["step"] - e["from_step"] and max(losses) == state["step"] + state[SHIFT_KEY]
+
+
+def make_cfg(values: dict):
+    from gan.config import make_config
+
+    return make_config(values)
+
+
+@pytest.mark.integration
+def test_the_parent_shows_the_family_tree_and_promote_names_the_lineage(pbt_sweep):
+    client, parent = pbt_sweep["client"], pbt_sweep["client"].get_run(pbt_sweep["parent"].info.run_id)
+    arts = {a.path for a in client.list_artifacts(parent.info.run_id, "pbt")}
+    assert arts == {names.PBT_LINEAGE_FILE, names.PBT_SCHEDULES_FILE, "pbt/schedules.csv"}
+    note = parent.data.tags[names.NOTE]
+    assert "**Population (pbt)**: 4 members, 2 exploits at epochs 1, 2." in note and "best member's weights" in note
+    table = Path(client.download_artifacts(parent.info.run_id, "pbt/schedules.csv", str(pbt_sweep["folder"])))
+    assert len(table.read_text().splitlines()) == 1 + MEMBERS + 2  # a row per stretch between exploits
+    assert "at the end: lr_g=" in pbt_sweep["out"]
+
+    version = client.get_model_version_by_alias("pbt-gen", "champion")
+    assert version.description.startswith("Population-based training: the weights of this generator (epoch 3 of run")
+    best = client.get_run(version.run_id)
+    assert best.info.run_name.split(" ")[0] in version.description
+    # one line per exploit on the weights' line of descent
+    assert version.description.count(" copied ") == version.description.count(" <- ")
+
+
+@pytest.mark.integration
+def test_the_promoted_member_reevaluates_to_its_logged_score(pbt_sweep):
+    client = pbt_sweep["client"]
+    champion = client.get_model_version_by_alias("pbt-gen", "champion")
+    done = _cli(["evaluate", "--model", "models:/pbt-gen@champion", "--log"], pbt_sweep["env"], pbt_sweep["folder"])
+    assert f"logged to run {champion.run_id}" in done.stdout
+    again = client.get_run(champion.run_id).data.metrics["eval_classifier_fid"]
+    assert again == pytest.approx(float(champion.tags["metric_value"]), rel=1e-6)
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+                    reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")
+def test_the_mlflow_ui_shows_a_members_exploits_and_the_family_tree(pbt_sweep, browser, tmp_path):
+    members = pbt_sweep["members"]
+    copier = next(m for m in members if names.PBT_LAST_EXPLOIT in m.data.tags)
+    base = pbt_sweep["env"]["MLFLOW_TRACKING_URI"] + f"/#/experiments/{copier.info.experiment_id}/runs"
+    driver = browser
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    # the copier's page: its description lists the exploit, its tags say the last one
+    driver.get(f"{base}/{copier.info.run_id}?workflowType=machine_learning")
+    driver.execute_script("localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false')")  # room for the page
+    driver.get(f"{base}/{copier.info.run_id}?workflowType=machine_learning")
+    _wait_for(driver, lambda d: "Exploits" in _text(d) and "copied" in _text(d), "the member's exploits")
+    _shot(driver, shots, "6_pbt_member_exploits")
+    # its schedule: pbt/lr_g steps at the exploit on the model metrics charts
+    driver.get(f"{base}/{copier.info.run_id}/model-metrics?workflowType=machine_learning")
+    _wait_for(driver, lambda d: "pbt/lr_g" in _text(d), "the pbt/lr_g chart")
+    # the parent's family tree
+    parent = pbt_sweep["parent"].info.run_id
+    driver.get(f"{base}/{parent}/artifactPath/{names.PBT_LINEAGE_FILE}?workflowType=machine_learning")
+    _wait_for(driver, lambda d: any(d.execute_script("return arguments[0].naturalWidth", i) > 500
+                                    for i in d.find_elements("tag name", "img")), "the lineage plot")
+    _shot(driver, shots, "7_pbt_family_tree",
+          target="return [...document.images].find(i => i.complete && i.naturalWidth > 500) || null;")
+    if os.environ.get(SHOTS_ENV):
+        dest = REPO / "benchmarks" / "ui_screenshots"
+        dest.mkdir(parents=True, exist_ok=True)
+        for png in shots.glob("*.png"):
+            (dest / png.name).write_bytes(png.read_bytes())
+
+
+# --------------------------------------------------------------------------- killed and resumed
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.mark.slow  # a PBT sweep killed after its first exploit and resumed: two minutes
+@pytest.mark.integration
+def test_a_killed_pbt_driver_resumes_with_nothing_logged_twice(tmp_path):
+    from pipelines.tracking.exploits import exploits
+    from pipelines.tracking.store import client_for
+
+    sqlite_store(tmp_path)
+    (tmp_path / "pbt.yaml").write_text(yaml.safe_dump({**SPACE, "params": {**SPACE["params"], "epochs": 4}}))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    log = open(tmp_path / "first.log", "wb")  # noqa: SIM115 - closed below
+    driver = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "sweep", "--space", "pbt.yaml", "--scheduler",
+                               "pbt", "--name", "cut"], cwd=tmp_path, env=env, stdout=log, stderr=log,
+                              start_new_session=True)
+    client = None
+
+    def exploited() -> bool:
+        nonlocal client
+        assert driver.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        if b"parent run" not in (tmp_path / "first.log").read_bytes():
+            return False
+        client = client or client_for(sqlite_store(tmp_path))
+        exp = client.get_experiment_by_name("gan-pipelines")
+        runs = client.search_runs([exp.experiment_id], f"tags.`{names.PBT_EXPLOITS}` = '1'") if exp else []
+        return bool(runs)
+
+    try:
+        wait_for(exploited, timeout=300, every=0.5)
+        started = psutil.Process(driver.pid).children(recursive=True)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+        log.close()
+    wait_for(lambda: not any(_alive(p) for p in started), timeout=120)
+    resumed = _cli(["sweep", "--resume", "cut"], env, tmp_path, timeout=600)
+    assert "best trial" in resumed.stdout
+    exp = client.get_experiment_by_name("gan-pipelines").experiment_id
+    parent = client.search_runs([exp], "tags.`sweep.role` = 'parent'")[0]
+    members = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert parent.info.status == "FINISHED" and len(members) == MEMBERS
+    for m in members:
+        assert m.info.status == "FINISHED", m.data.tags
+        for key in ("d_loss", names.FID, "pbt/lr_g"):
+            steps = _steps(client, m.info.run_id, key)
+            assert len(steps) == len(set(steps)), f"{m.info.run_name}: {key} logged twice at a step"
+        assert [int(v.value) for v in client.get_metric_history(m.info.run_id, names.EPOCH)] == [1, 2, 3, 4]
+        epochs = [e["epoch"] for e in exploits(client, m.info.run_id)]
+        assert len(epochs) == len(set(epochs)), f"{m.info.run_name}: an exploit recorded twice"
