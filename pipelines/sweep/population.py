@@ -89,7 +89,8 @@ def initial_population(space: SearchSpace, opts: Sweep) -> list[dict[str, Any]]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # QMCSampler is experimental; categoricals fall back to independent draws
-        study = optuna.create_study(sampler=optuna.samplers.QMCSampler(seed=opts.seed, scramble=True))
+        study = optuna.create_study(sampler=optuna.samplers.QMCSampler(seed=opts.seed, scramble=True,
+                                                                       warn_independent_sampling=False))
         members = []
         for _ in range(opts.trials):
             trial = study.ask()
