@@ -172,3 +172,26 @@ def test_workers_per_trial_2_makes_one_ddp_group_across_both_nodes(cluster):
     workers = json.loads(listed.stdout)  # only this sweep had Ray Train workers
     nodes = cluster.ray.alive_nodes()
     assert {nodes.get(a["node_id"]) for a in workers} == {"node_a", "node_b"}, workers
+
+
+def test_a_population_on_two_nodes_exploits_checkpoints_written_on_the_other_node(cluster):
+    """`sweep --scheduler pbt` as a Ray job: 8 members spread over both nodes hand their
+    checkpoints to each other through Tune's storage; each exploit names the node that
+    wrote the checkpoint it copied and the node that continued from it."""
+    from pipelines.tracking.exploits import exploits
+
+    job = _job_dir(cluster, "job-pbt", epochs=4)
+    done = cluster.ray.cli(*_submit(job, "pbt-nodes", "--scheduler", "pbt", "--trials", "8"), check=False)
+    assert done.returncode == 0 and "succeeded" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
+    client = _client(cluster)
+    runs = _children(client, "pbt-nodes")
+    assert len(runs) == 8 and all(r.info.status == "FINISHED" for r in runs)
+    rows = [e for r in runs for e in exploits(client, r.info.run_id)]
+    assert sorted(e["epoch"] for e in rows) == [1, 1, 2, 2, 3, 3]  # a quarter of 8 copies at each perturbation
+    nodes = cluster.ray.alive_nodes()
+    assert {nodes[e["node"]] for e in rows} | {nodes[e["from_node"]] for e in rows} <= {"node_a", "node_b"}
+    crossed = [e for e in rows if e["node"] != e["from_node"]]
+    assert crossed, f"every exploit copied a checkpoint of its own node: {rows}"
+    for r in runs:
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "d_loss")]
+        assert steps == sorted(set(steps))

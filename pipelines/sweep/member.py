@@ -24,6 +24,7 @@ already recorded is not recorded twice.
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,10 +32,12 @@ from typing import Any
 
 from gan.checkpoint import load_checkpoint, save_checkpoint
 from gan.config import RunConfig
+from gan.data import ImageData
 from pipelines.sweep.population import MUTABLE
 from pipelines.tracking import names
 from pipelines.tracking.exploits import exploits
-from pipelines.tracking.history import last_logged_step, logged_config
+from pipelines.tracking.history import Restored, last_logged_step, logged_config, logged_grids
+from pipelines.tracking.runs import Loop, TrackedRun
 
 STATE_FILE, INFO_FILE = "state.pt", "member.json"
 SHIFT_KEY = "log_step_shift"  # in a member's training state: logged step = training step + shift
@@ -52,9 +55,9 @@ class Life:
 
 def write_checkpoint(folder: Path, state: dict[str, Any], info: dict[str, Any]) -> Path:
     """The checkpoint a member hands to Tune at a perturbation epoch: its full training
-    state and who wrote it (the trial and run a copier records as its donor)."""
+    state and who wrote it (the trial, run and node a copier records as its donor)."""
     save_checkpoint(state, folder / STATE_FILE)
-    (folder / INFO_FILE).write_text(json.dumps(info))
+    (folder / INFO_FILE).write_text(json.dumps({**info, "node": _node()}))
     return folder
 
 
@@ -73,8 +76,15 @@ def begin_life(client: Any, run_id: str, trial_id: str, checkpoint: Any) -> Life
     own_best = {k: metrics[f"best_{k}"] for k in (names.FID, names.KID) if f"best_{k}" in metrics}
     exploit = {"epoch": int(state["epoch"]), "step": floor, "from_run_id": info["run_id"],
                "from_run_name": info["run_name"], "from_trial_id": info["trial_id"],
-               "from_step": int(state["step"])}
+               "from_step": int(state["step"]), "from_node": info.get("node", ""), "node": _node()}
     return Life({**state, "best": own_best}, floor - int(state["step"]), exploit)
+
+
+def _node() -> str:
+    """The Ray node this life runs on (an exploit may copy a checkpoint written on another)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
 
 def record_start(client: Any, run_id: str, cfg: RunConfig, life: Life, fresh: bool) -> None:
@@ -117,3 +127,31 @@ def _log_values(client: Any, run_id: str, cfg: RunConfig, step: int) -> None:
 
 def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def member_life(run: TrackedRun, cfg: RunConfig, data: ImageData, loop: Loop, to_tune: Any,
+                trial_id: str, inactive: tuple[str, ...]) -> Restored | None:
+    """A member's start in its trial (trial.run_trial; `to_tune` its TuneCallbacks): from
+    scratch (None: the usual start), or from the checkpoint Tune handed it, its own or an
+    exploited member's, recorded. Returns what TrackedRun.train_and_close continues from."""
+    from ray import tune
+
+    life = begin_life(run.client, run.run_id, trial_id, tune.get_checkpoint())
+    to_tune.member = {"trial_id": trial_id, "run_id": run.run_id, "run_name": to_tune.name}
+    record_start(run.client, run.run_id, cfg, life, run.fresh)
+    if life.state is None:
+        if run.fresh:
+            return None  # the usual start
+        # Tune holds no checkpoint of it yet (a resumed sweep's member killed before its
+        # first perturbation epoch): its run's own newest checkpoint, with that life's shift.
+        restored = run.restore()
+        to_tune.shift = int((restored.state or {}).get(SHIFT_KEY, 0))
+        return restored
+    if run.fresh:  # Tune has a checkpoint but the run is new (its first life's run was lost)
+        run.start(cfg, loop.where, data, inactive)
+    to_tune.shift = life.shift
+    restored = run.restore(checkpoint=False)
+    restored.state = life.state
+    with tempfile.TemporaryDirectory(prefix="gan-grids-") as tmp:
+        restored.frames = logged_grids(run.client, run.run_id, tmp)
+    return restored

@@ -13,6 +13,10 @@ a duplicate. How a trial ends is written on its run:
               its process dies before it closes the run, the driver does (closing.py)
     FAILED    diverged (tag stopped_reason = "health: ...", the loop's health guard) or
               crashed (tag error); what it logged is kept, promote never picks it
+
+A population member (`--scheduler pbt|pb2`) runs this function once per life: PBT pauses
+it at each perturbation epoch (its run stays RUNNING) and starts it again from its own
+checkpoint or from a better member's (member.py: the exploit recorded on its run).
 """
 
 from __future__ import annotations
@@ -37,7 +41,6 @@ from pipelines.sweep.naming import TUNE_NAME_KEY, trial_name
 from pipelines.sweep.report import child_runs
 from pipelines.sweep.tune_stop import TuneStoppableLoop
 from pipelines.tracking import names
-from pipelines.tracking.history import Restored
 from pipelines.tracking.resources import log_resources
 from pipelines.tracking.runs import Loop, TrackedRun
 from pipelines.tracking.store import client_for, environment_tags
@@ -131,7 +134,6 @@ class TuneCallbacks(ForwardingCallbacks):
         """This perturbation epoch's scores with the member's checkpoint: PBT pauses the
         member here (SystemExit out of report: TrackedRun.pause) and may hand the
         checkpoint to a weaker one."""
-        import tempfile
         from pathlib import Path
 
         from ray.tune import Checkpoint
@@ -273,6 +275,8 @@ def _run_trial(config: dict[str, Any], data: ImageData, ctx: TrialContext,
                tags: dict[str, str] | None, run_name: str | None) -> None:
     from ray import tune
 
+    from pipelines.sweep.member import member_life
+
     os.environ[REUSE_WAIT_ENV] = str(REUSE_WAIT_S)
     started = time.time()
     trial_id = tune.get_context().get_trial_id()
@@ -299,36 +303,6 @@ def _run_trial(config: dict[str, Any], data: ImageData, ctx: TrialContext,
         run.pruned_reason = lambda: pruned_reason(to_tune.epoch)  # Tune stops it in report()
         restored = member_life(run, cfg, data, loop, to_tune, trial_id, inactive) if ctx.perturb else None
         run.train_and_close(cfg, data, loop, omit=inactive, restored=restored)
-
-
-def member_life(run: TrackedRun, cfg: Any, data: ImageData, loop: Loop, to_tune: TuneCallbacks,
-                trial_id: str, inactive: tuple[str, ...]) -> Restored | None:
-    """A population member's start (member.py): from scratch (None: the usual start), or
-    from the checkpoint Tune handed it, its own or an exploited member's, recorded."""
-    from ray import tune
-
-    from pipelines.sweep.member import SHIFT_KEY, begin_life, record_start
-    from pipelines.tracking.history import logged_grids
-
-    life = begin_life(run.client, run.run_id, trial_id, tune.get_checkpoint())
-    to_tune.member = {"trial_id": trial_id, "run_id": run.run_id, "run_name": to_tune.name}
-    record_start(run.client, run.run_id, cfg, life, run.fresh)
-    if life.state is None:
-        if run.fresh:
-            return None  # the usual start
-        # Tune holds no checkpoint of it yet (a resumed sweep's member killed before its
-        # first perturbation epoch): its run's own newest checkpoint, with that life's shift.
-        restored = run.restore()
-        to_tune.shift = int((restored.state or {}).get(SHIFT_KEY, 0))
-        return restored
-    if run.fresh:  # Tune has a checkpoint but the run is new (its first life's run was lost)
-        run.start(cfg, loop.where, data, inactive)
-    to_tune.shift = life.shift
-    restored = run.restore(checkpoint=False)
-    restored.state = life.state
-    with tempfile.TemporaryDirectory(prefix="gan-grids-") as tmp:
-        restored.frames = logged_grids(run.client, run.run_id, tmp)
-    return restored
 
 
 def trial_loop(data: ImageData, ctx: TrialContext, trial_id: str, to_tune: TuneCallbacks) -> Loop:
