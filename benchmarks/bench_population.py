@@ -21,7 +21,7 @@ are printed next to each score):
 Spaces: `quick` (the shipped space, mnist-5k, 4 epochs; 8 members against 20 ASHA trials)
 and `rgb32`, a 32x32 RGB folder written here (1000 smooth random images, no download),
 DCGAN, 4 epochs, scored with the Inception backbone of the fid-helper wheel on 100
-samples (0.13 s an image on this CPU: a population of 4 against 8 ASHA trials).
+samples (0.13 s an image on this CPU: a population of 4 against 7 ASHA trials).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ params:
 
 
 # (population members, ASHA trials): about the same epochs trained (printed per cell)
-BUDGET = {"quick": (8, 20), "rgb32": (4, 8)}
+BUDGET = {"quick": (8, 14), "rgb32": (4, 7)}
 
 
 def write_rgb_folder(folder: Path, n: int = 1000, size: int = 32, seed: int = 0) -> Path:
