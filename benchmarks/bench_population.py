@@ -18,7 +18,7 @@ are printed next to each score):
   pbt        --scheduler pbt, P members, perturbed every E/4 epochs (the default)
   pb2        --scheduler pb2, the same population and schedule
 
-Spaces: `quick` (the shipped space, mnist-5k, 4 epochs; 8 members against 20 ASHA trials)
+Spaces: `quick` (the shipped space, mnist-5k, 4 epochs; 8 members against 14 ASHA trials)
 and `rgb32`, a 32x32 RGB folder written here (1000 smooth random images, no download),
 DCGAN, 4 epochs, scored with the Inception backbone of the fid-helper wheel on 100
 samples (0.13 s an image on this CPU: a population of 4 against 7 ASHA trials).
