@@ -71,7 +71,12 @@ def begin_life(client: Any, run_id: str, trial_id: str, checkpoint: Any) -> Life
         info = json.loads((Path(folder) / INFO_FILE).read_text())
     if info["trial_id"] == trial_id:
         return Life(state, int(state.get(SHIFT_KEY, 0)))
-    floor = last_logged_step(client, run_id)
+    done = [e for e in exploits(client, run_id)
+            if e["epoch"] == int(state["epoch"]) and e["from_run_id"] == info["run_id"]]
+    # The same exploit again (a resumed sweep restarts a member Tune had handed the donor's
+    # checkpoint): its steps go where they went the first time (the run's floors skip
+    # what that life already logged), not after them.
+    floor = int(done[0]["step"]) if done else last_logged_step(client, run_id)
     metrics = client.get_run(run_id).data.metrics
     own_best = {k: metrics[f"best_{k}"] for k in (names.FID, names.KID) if f"best_{k}" in metrics}
     exploit = {"epoch": int(state["epoch"]), "step": floor, "from_run_id": info["run_id"],

@@ -134,6 +134,45 @@ def clamp(config: dict[str, Any], bounds: dict[str, tuple[float, float]]) -> dic
     return {**config, MEMBER: values}
 
 
+class _ResyncsOnResume:
+    """Mixed into PBT/PB2 for `sweep --resume`: Tune saves no scheduler state, so a
+    resumed sweep's PBT starts afresh while its members restart from checkpoints of
+    different epochs (the killed driver's round half done). Seeded from each member's last
+    perturbation report, it holds the members that are ahead until the others reach their
+    epoch: the first round after a resume compares every member at one epoch, as the
+    others do, and no member jumps an epoch by copying one ahead of it."""
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        super().on_trial_add(tune_controller, trial)  # type: ignore[misc]
+        result = trial.run_metadata.last_result or {}
+        epoch = result.get(names.PBT_EPOCH)
+        if epoch is None or result.get(METRIC) is None:
+            return  # a new member, or one that never reached a perturbation epoch
+        state = self._trial_state[trial]  # type: ignore[attr-defined]
+        state.last_train_time = state.last_perturbation_time = epoch
+        state.last_score = self._metric_op * result[METRIC]  # type: ignore[attr-defined]
+        state.last_result = result
+        self._next_perturbation_sync = max(self._next_perturbation_sync, epoch)  # type: ignore[has-type]
+        if trial.status == "PENDING":
+            # Tune starts every PENDING trial as resources allow; a PAUSED one only when
+            # choose_trial_to_run picks it: the members behind first.
+            trial.set_status("PAUSED")
+
+    def choose_trial_to_run(self, tune_controller: Any) -> Any:
+        trial = super().choose_trial_to_run(tune_controller)  # type: ignore[misc]
+        if trial is not None:
+            return trial
+        trials = tune_controller.get_trials()
+        waiting = [t for t in trials if t.status in ("PENDING", "PAUSED")]
+        if waiting and not any(t.status == "RUNNING" for t in trials):
+            # Every member waits at or past the next perturbation epoch and none trains: the
+            # round there was done before the driver died; go on to the next one.
+            ahead = min(self._trial_state[t].last_train_time for t in waiting)  # type: ignore[attr-defined]
+            self._next_perturbation_sync = ahead + self._perturbation_interval  # type: ignore[attr-defined]
+            return super().choose_trial_to_run(tune_controller)  # type: ignore[misc]
+        return None
+
+
 def make_population_scheduler(space: SearchSpace, opts: Sweep) -> Any:
     """Synchronous PBT or PB2 on the FID-style score, timed by the perturbation epochs
     members report (PBT_EPOCH: only those reports carry it, so a member's other evals and
@@ -141,8 +180,6 @@ def make_population_scheduler(space: SearchSpace, opts: Sweep) -> Any:
     import random
 
     import numpy as np
-    from ray.tune.schedulers import PopulationBasedTraining
-    from ray.tune.schedulers.pb2 import PB2
 
     random.seed(opts.seed)  # PBT's choices (which donor, which factor) come from here ...
     np.random.seed(opts.seed)  # ... and PB2's from numpy
@@ -151,11 +188,12 @@ def make_population_scheduler(space: SearchSpace, opts: Sweep) -> Any:
     common: dict[str, Any] = dict(time_attr=names.PBT_EPOCH, metric=METRIC, mode=MODE,
                                   perturbation_interval=opts.perturb_every, quantile_fraction=QUANTILE,
                                   synch=True, require_attrs=False, log_config=False)
+    resumable = __getattr__("ResumablePB2" if opts.scheduler == "pb2" else "ResumablePBT")
     if opts.scheduler == "pb2":
-        return PB2(hyperparam_bounds={MEMBER: {k: list(v) for k, v in bounds.items()}}, **common)
-    return PopulationBasedTraining(hyperparam_mutations={MEMBER: {p.name: _mutation(p) for p in params}},
-                                   resample_probability=RESAMPLE,
-                                   custom_explore_fn=functools.partial(clamp, bounds=bounds), **common)
+        return resumable(hyperparam_bounds={MEMBER: {k: list(v) for k, v in bounds.items()}}, **common)
+    return resumable(hyperparam_mutations={MEMBER: {p.name: _mutation(p) for p in params}},
+                        resample_probability=RESAMPLE,
+                        custom_explore_fn=functools.partial(clamp, bounds=bounds), **common)
 
 
 def member_values(config: dict[str, Any]) -> dict[str, Any]:
@@ -167,3 +205,20 @@ def member_values(config: dict[str, Any]) -> dict[str, Any]:
         if isinstance(default, int) and not isinstance(default, bool) and isinstance(v, float):
             values[key] = round(v)
     return values
+
+
+
+
+def __getattr__(name: str) -> Any:
+    """ResumablePBT / ResumablePB2, built on first use: Ray's schedulers load only in a
+    sweep (importing this module must not import Ray). Module-level names, so Tune's
+    pickled tuner finds them again on `sweep --resume`."""
+    if name in ("ResumablePBT", "ResumablePB2"):
+        from ray.tune.schedulers import PopulationBasedTraining
+        from ray.tune.schedulers.pb2 import PB2
+
+        base = PopulationBasedTraining if name == "ResumablePBT" else PB2
+        cls = type(name, (_ResyncsOnResume, base), {"__module__": __name__, "__qualname__": name})
+        globals()[name] = cls
+        return cls
+    raise AttributeError(name)
