@@ -8,6 +8,9 @@ checks, Ray, the private MLflow server, the Tuner), the parent run (parent.py), 
 trial runs (trial.py, with its name in naming.py and description in notes.py; how a
 distributed trial hears Tune's stop: tune_stop.py), closing
 the runs a trial could not close itself (closing.py) and the closing report (report.py).
+Population-based training (`--scheduler pbt|pb2`): the population and its scheduler
+(population.py), a member's lives and exploits (member.py), the family tree on the parent
+(family.py).
 
 Must not import: pipelines.registry, .cli. Uses .distributed for Ray and multi-worker
 trials, .training and .tracking for the run itself.
