@@ -23,6 +23,7 @@ from typing import Any
 from pipelines.errors import TrackingError
 from pipelines.registry.lookup import champion_version, is_not_found
 from pipelines.tracking import names
+from pipelines.tracking.exploits import version_lineage
 from pipelines.tracking.models import COMPARABLE
 from pipelines.tracking.names import CHAMPION
 from pipelines.tracking.sweeps import PARENT_ROLE, find_sweep
@@ -208,7 +209,7 @@ def promote(client: Any, *, sweep: str | None = None, experiment: str | None = N
     for k, v in tags.items():
         client.set_model_version_tag(model_name, version.version, k, v)
 
-    description = lineage_description(client, best)
+    description = version_lineage(client, best.run, best.model)
     if description:
         client.update_model_version(model_name, version.version, description=description)
     moved, reason = _decide(client, model_name, version, best, metric, force, spread)
@@ -217,33 +218,6 @@ def promote(client: Any, *, sweep: str | None = None, experiment: str | None = N
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     client.set_model_version_tag(model_name, version.version, names.VERSION_PROMOTION, f"{stamp} {reason}")
     return Promotion(model_name, version.version, best, moved, reason, spread)
-
-
-def lineage_description(client: Any, best: Candidate) -> str | None:
-    """For a population member's model (population-based training): who trained its
-    weights, newest first, and each exploit on that line (from which member, at which
-    epoch, what changed). None for any other model."""
-    if not any(k.startswith(names.PBT_VALUE_PREFIX) for k in best.run.data.metrics):
-        return None  # not a population member
-    from pipelines.tracking.exploits import ancestry, describe_ancestry
-
-    names_of: dict[str, str] = {}
-
-    def name_of(run_id: str) -> str:
-        if run_id not in names_of:
-            names_of[run_id] = str(client.get_run(run_id).info.run_name).split(" ")[0]  # t04: its number
-        return names_of[run_id]
-
-    events: dict[str, list[dict[str, Any]]] = {}
-    epoch = int(best.model.tags.get(names.MODEL_EPOCH, 0))
-    line = ancestry(client, best.run_id, epoch, events)
-    lines = [f"Population-based training: the weights of this generator (epoch {epoch} of run "
-             f"{name_of(best.run_id)}) were trained by {describe_ancestry(line, name_of)}.", ""]
-    for newer, older in zip(line, line[1:], strict=False):
-        exploit = next(e for e in events[newer.run_id] if int(e["epoch"]) == newer.start)
-        lines.append(f"- epoch {newer.start}: {name_of(newer.run_id)} copied {name_of(older.run_id)}'s checkpoint; "
-                     f"{exploit['changes']}")
-    return "\n".join(lines)
 
 
 def confirmed_best(found: list[Candidate], metric: str) -> tuple[Candidate, Spread] | None:

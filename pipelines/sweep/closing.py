@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.sweep.trial import pruned_reason
+from pipelines.sweep.tune_report import pruned_reason
 from pipelines.tracking import names
 from pipelines.tracking.ending import close_early
 from pipelines.tracking.history import logged_grids

@@ -24,17 +24,14 @@ from typing import TYPE_CHECKING, Any
 
 from gan.config import ConfigError, RunConfig, make_config
 from pipelines.sweep.options import POPULATION, Sweep, SweepOptions
-from pipelines.sweep.population import check_population, make_population_scheduler, perturbation_epochs
-from pipelines.sweep.population import param_space as population_space
+from pipelines.sweep.population import check_population, perturbation_epochs, quiet_tune_logs
 from pipelines.sweep.space import SearchSpace
 from pipelines.sweep.space_file import load_space
 from pipelines.sweep.tuning import (
-    make_scheduler,
-    make_searcher,
     make_trainable,
     progress_callback,
     rung_epochs,
-    trial_dirname,
+    searched_trials,
 )
 from pipelines.tracking import names
 
@@ -118,8 +115,7 @@ def run_sweep(given: SweepOptions, resume: str | None = None) -> SweepOutcome:
     if not resume:  # a bad space or flag fails before the store is even opened
         space = load_space(given.space)
         opts = given.resolved(space)
-        if opts.scheduler in POPULATION:
-            check_population(space, opts)
+        check_population(space, opts)
         if opts.warm_start:  # reads only; before the data is loaded
             seeds = warm_start_seeds(client_for(uri), opts.experiment, opts.warm_start, space)
         data = check_space_for_sweep(space, opts)
@@ -129,9 +125,8 @@ def run_sweep(given: SweepOptions, resume: str | None = None) -> SweepOutcome:
         experiment_id = str(exp.experiment_id) if exp is not None else ""
         resumed = restore_settings(client, experiment_id or None, resume, given)
         parent_id, opts, space = resumed.parent.info.run_id, resumed.opts, resumed.space
-        if resumed.had is not None and opts.scheduler in POPULATION:
-            raise ConfigError(f"--trials {given.trials} is invalid with --resume {resume}: a finished population "
-                              f"({opts.scheduler}) is not extended; start a new sweep")
+        if resumed.had is not None and opts.scheduler in POPULATION:  # a finished population's members are done
+            raise ConfigError(f"--resume {resume} --trials is invalid: a {opts.scheduler} population is not extended")
         if resumed.had is not None:  # an extension: its searcher goes on from every trial scored so far
             seeds = extension_seeds(client, resumed.parent, space)
         data = check_space_for_sweep(space, opts)
@@ -155,10 +150,8 @@ def run_sweep(given: SweepOptions, resume: str | None = None) -> SweepOutcome:
                 start_extension(client, resumed)
             client.update_run(parent_id, status="RUNNING")
         trials = opts.trials - (had or 0)  # an extension adds the rest (a restore ignores it)
-        how = (f"{opts.concurrency} at a time, {opts.searcher} + {opts.scheduler}" if opts.scheduler not in POPULATION
-               else f"a population ({opts.scheduler}, QMC-drawn, perturbed every {opts.perturb_every} epochs; "
-               "as many at a time as the cluster's CPUs/GPUs fit)")
-        print(f"sweep {opts.name}: {trials} trials of {space.path}, {how}; parent run {parent_id}", file=sys.stderr)
+        print(f"sweep {opts.name}: {trials} trials of {space.path}, {opts.how}; parent run {parent_id}",
+              file=sys.stderr)
         if seeds is not None:
             left_out = f" ({seeds.unscored} failed or unscored left out)" if seeds.unscored else ""
             print(f"  searcher seeded with {len(seeds.trials)} scored trials of sweep {seeds.sweep}{left_out}"
@@ -181,8 +174,7 @@ def _tune(space: SearchSpace, opts: Sweep, data: Any, uri: str, experiment_id: s
     from pipelines.sweep.closing import tune_outcomes
     from pipelines.sweep.report import warm_report_imports
 
-    population = opts.scheduler in POPULATION
-    perturb = perturbation_epochs(space, opts) if population else ()
+    perturb = perturbation_epochs(space, opts) if opts.scheduler in POPULATION else ()
     with sweep_services(opts, uri, space, experiment_id, parent_id, rung_epochs(space, opts), exp_dir,
                         perturb) as (ctx, client):
         trainable = make_trainable(data, ctx, opts)
@@ -193,20 +185,7 @@ def _tune(space: SearchSpace, opts: Sweep, data: Any, uri: str, experiment_id: s
             tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable,
                                        resume_unfinished=True, resume_errored=True)
         else:
-            if population:
-                # The members as a grid (PBT refuses a searcher), all of them created at
-                # once: a concurrency limit would hold members back, and synchronous PBT
-                # would compare the first ones only. The cluster's CPUs/GPUs limit how
-                # many train at a time; Tune takes turns between the rest.
-                searched: dict[str, Any] = dict(param_space=population_space(space, opts), tune_config=tune.TuneConfig(
-                    scheduler=make_population_scheduler(space, opts), num_samples=1,
-                    reuse_actors=True, trial_dirname_creator=trial_dirname))
-            else:
-                searched = dict(tune_config=tune.TuneConfig(
-                    search_alg=make_searcher(space, opts, seeds), scheduler=make_scheduler(space, opts),
-                    num_samples=trials or opts.trials, max_concurrent_trials=opts.concurrency,
-                    reuse_actors=True, trial_dirname_creator=trial_dirname,
-                ))
+            searched = searched_trials(space, opts, seeds, trials)
             tuner = tune.Tuner(
                 trainable,
                 **searched,
@@ -219,11 +198,8 @@ def _tune(space: SearchSpace, opts: Sweep, data: Any, uri: str, experiment_id: s
         # Runs open before this driver's trials start (a killed driver's) have no process to
         # wait for at the end; closing.py closes those a restarted trial did not.
         orphans = _open_children(client, experiment_id, parent_id) if restore else set()
-        if population:
-            # PBT warns once that a report lacks its time_attr: only perturbation epochs carry
-            # it, by design; and a member restored before it wrote progress.csv is no news.
-            logging.getLogger("ray.tune.schedulers.pbt").setLevel(logging.ERROR)
-            logging.getLogger("ray.tune.logger.logger").setLevel(logging.ERROR)
+        if perturb:  # a population
+            quiet_tune_logs()
         warm_report_imports()  # the report's libraries load while the trials run
         grid = tuner.fit()
         # A pruned trial closes its own run as Tune stops it; give it that moment before

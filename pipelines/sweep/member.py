@@ -104,7 +104,8 @@ def record_exploit(client: Any, run_id: str, cfg: RunConfig, exploit: dict[str, 
     """The exploit as a row of pbt/exploits.json, the count and the last one as tags, the new
     values as pbt/<param> metrics from its step, and config.yaml as the run trains now.
     Idempotent: a resumed sweep restarting the same exploit records it once."""
-    if any(e["epoch"] == exploit["epoch"] for e in exploits(client, run_id)):
+    recorded = exploits(client, run_id)
+    if any(e["epoch"] == exploit["epoch"] for e in recorded):
         return
     before = logged_config(client, run_id) or {}
     now = cfg.to_dict()
@@ -112,8 +113,7 @@ def record_exploit(client: Any, run_id: str, cfg: RunConfig, exploit: dict[str, 
     change = "; ".join(f"{k} {_fmt(a)} -> {_fmt(b)}" for k, (a, b) in sorted(changed.items())) or "no change"
     row = {**exploit, "changes": change, "values": json.dumps({k: now[k] for k in MUTABLE})}
     client.log_table(run_id, data={k: [v] for k, v in row.items()}, artifact_file=names.PBT_EVENTS_FILE)
-    count = len(exploits(client, run_id))
-    client.set_tag(run_id, names.PBT_EXPLOITS, str(count))
+    client.set_tag(run_id, names.PBT_EXPLOITS, str(len(recorded) + 1))
     client.set_tag(run_id, names.PBT_LAST_EXPLOIT,
                    f"epoch {exploit['epoch']}: copied {exploit['from_run_name']} "
                    f"(run {exploit['from_run_id']}); {change}"[:5000])

@@ -115,6 +115,14 @@ class Sweep:
     perturb_every: int = 0  # pbt/pb2 (0 in an ASHA sweep's, and older, sweep.json)
 
     @property
+    def how(self) -> str:
+        """How the trials are chosen and run, as the sweep's first line says."""
+        if self.scheduler not in POPULATION:
+            return f"{self.concurrency} at a time, {self.searcher} + {self.scheduler}"
+        return (f"a population ({self.scheduler}, QMC-drawn, perturbed every {self.perturb_every} epochs; "
+                "as many at a time as the cluster's CPUs/GPUs fit)")
+
+    @property
     def folder(self) -> Path:
         """The Tune experiment folder of this sweep (state, space copy, server log)."""
         return Path(self.storage_path).expanduser().resolve() / (self.tune_folder or self.name)

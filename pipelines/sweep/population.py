@@ -26,7 +26,7 @@ import warnings
 from typing import Any
 
 from gan.config import ConfigError, RunConfig
-from pipelines.sweep.options import METRIC, MODE, Sweep
+from pipelines.sweep.options import METRIC, MODE, POPULATION, Sweep
 from pipelines.sweep.space import Param, SearchSpace
 from pipelines.tracking import names
 
@@ -54,7 +54,10 @@ def mutable_params(space: SearchSpace) -> tuple[Param, ...]:
 
 
 def check_population(space: SearchSpace, opts: Sweep) -> None:
-    """ConfigError (one line) when the space or flags cannot make a population sweep."""
+    """ConfigError (one line) when the space or flags cannot make a population sweep
+    (nothing to check for another scheduler)."""
+    if opts.scheduler not in POPULATION:
+        return
     if not mutable_params(space):
         raise ConfigError(f"--scheduler {opts.scheduler} is invalid with {space.path}: it searches none of "
                           f"{', '.join(MUTABLE)} unconditionally with numeric values, so there is nothing to mutate")
@@ -194,6 +197,15 @@ def make_population_scheduler(space: SearchSpace, opts: Sweep) -> Any:
     return resumable(hyperparam_mutations={MEMBER: {p.name: _mutation(p) for p in params}},
                         resample_probability=RESAMPLE,
                         custom_explore_fn=functools.partial(clamp, bounds=bounds), **common)
+
+
+def quiet_tune_logs() -> None:
+    """PBT warns once that a report lacks its time_attr (only perturbation epochs carry it,
+    by design), and Tune that a member restored before it wrote progress.csv has none."""
+    import logging
+
+    logging.getLogger("ray.tune.schedulers.pbt").setLevel(logging.ERROR)
+    logging.getLogger("ray.tune.logger.logger").setLevel(logging.ERROR)
 
 
 def member_values(config: dict[str, Any]) -> dict[str, Any]:

@@ -24,21 +24,18 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
-from gan.callbacks import Callbacks, ForwardingCallbacks
 from gan.config import make_config
 from gan.data import ImageData
-from pipelines.sweep.naming import TUNE_NAME_KEY, trial_name
+from pipelines.sweep.naming import trial_name
 from pipelines.sweep.report import child_runs
+from pipelines.sweep.tune_report import TuneCallbacks, pruned_reason
 from pipelines.sweep.tune_stop import TuneStoppableLoop
 from pipelines.tracking import names
 from pipelines.tracking.resources import log_resources
@@ -47,7 +44,7 @@ from pipelines.tracking.store import client_for, environment_tags
 from pipelines.training.in_process import InProcessLoop
 
 if TYPE_CHECKING:
-    from gan.train import TrainResult
+    pass
 
 
 @dataclass(frozen=True)
@@ -73,108 +70,6 @@ class TrialContext:
         """What a trial trains on, as the run's device tag (a GPU per worker when it has one)."""
         kind = "cuda" if self.gpus_per_trial > 0 else "cpu"
         return kind if self.workers_per_trial == 1 else f"{self.workers_per_trial}x{kind}"
-
-
-class TuneCallbacks(ForwardingCallbacks):
-    """MLflow first, then each eval's scores to Tune (ASHA and Optuna read `fid`).
-
-    The last epoch's scores are reported after the run is closed (`closed`): a report is
-    where Tune stops a trial, and a trial that has trained its whole budget must keep its
-    checkpoint and model even when ASHA ranks it low at that rung. A distributed trial's
-    workers report their evals themselves (TuneReportCallback): `reports_evals` False.
-
-    A population member (`perturb`: its perturbation epochs) reports those epochs' scores
-    with its checkpoint (after on_checkpoint, which follows on_eval), for PBT to compare
-    and copy; every step it hands on is its run's (training step + `shift`, member.py)."""
-
-    def __init__(self, rungs: tuple[int, ...] = (), reports_evals: bool = True,
-                 perturb: tuple[int, ...] = ()) -> None:
-        super().__init__(Callbacks())
-        self.name = ""  # the run's name, sent with each report for the driver's progress lines
-        self.rungs, self.reports_evals = set(rungs) | set(perturb), reports_evals
-        self.perturb = set(perturb)
-        self.shift = 0
-        self.member: dict[str, Any] = {}  # who writes a member's checkpoints (member.write_checkpoint)
-        self.epoch, self.final = 0, False
-        self.last: dict[str, float] = {}
-        self.first_step: float | None = None  # when the first step's losses came
-
-    def on_metrics(self, rows: list[tuple[int, dict[str, float]]]) -> None:
-        if rows and self.first_step is None:
-            self.first_step = time.time()
-        self.inner.on_metrics([(s + self.shift, r) for s, r in rows] if self.shift else rows)
-
-    def on_scored(self, epoch: int, step: int, generator: Any, improved: bool, final: bool) -> None:
-        self.inner.on_scored(epoch, step + self.shift, generator, improved, final)
-        self.final = final
-
-    def on_eval(self, epoch: int, step: int, grid: np.ndarray, metrics: dict[str, float]) -> None:
-        step += self.shift
-        self.inner.on_eval(epoch, step, grid, metrics)
-        self.epoch = epoch
-        self.last = {names.FID: math.nan, **{k: float(v) for k, v in metrics.items()},
-                     names.EPOCH: epoch, "step": step}
-        if not self.final and epoch not in self.perturb:
-            # Tune ends a pruned trial by raising SystemExit out of report(): the run's
-            # TrackedRun closes it KILLED as pruned.
-            report(self.last, self.name)
-
-    def on_grid(self, epoch: int, step: int, grid: np.ndarray) -> None:
-        self.inner.on_grid(epoch, step + self.shift, grid)
-
-    def on_checkpoint(self, epoch: int, step: int, state: dict[str, Any]) -> None:
-        from pipelines.sweep.member import SHIFT_KEY
-
-        state = {**state, SHIFT_KEY: self.shift} if self.perturb else state
-        self.inner.on_checkpoint(epoch, step + self.shift, state)
-        if epoch in self.perturb and not self.final:
-            self._report_member(epoch, state)
-
-    def _report_member(self, epoch: int, state: dict[str, Any]) -> None:
-        """This perturbation epoch's scores with the member's checkpoint: PBT pauses the
-        member here (SystemExit out of report: TrackedRun.pause) and may hand the
-        checkpoint to a weaker one."""
-        from pathlib import Path
-
-        from ray.tune import Checkpoint
-
-        from pipelines.sweep.member import write_checkpoint
-
-        with tempfile.TemporaryDirectory(prefix="gan-member-") as tmp:
-            folder = write_checkpoint(Path(tmp), state, {**self.member, "epoch": epoch})
-            report({**self.last, names.PBT_EPOCH: epoch}, self.name, Checkpoint.from_directory(str(folder)))
-
-    def wants_eval(self, epoch: int) -> bool:
-        return epoch in self.rungs or self.inner.wants_eval(epoch)
-
-    def wants_checkpoint(self, epoch: int) -> bool:
-        return epoch in self.perturb or self.inner.wants_checkpoint(epoch)
-
-    def wrapping(self, inner: Callbacks) -> TuneCallbacks:
-        """This hand-off around the run's own callbacks (the in-process loop builds those)."""
-        self.inner = inner
-        return self
-
-    def closed(self, result: TrainResult, model_uri: str | None, logged: Callable[[], dict[str, float]]) -> None:
-        """After the run closed: a diverged run says so (the sweep goes on); a finished one
-        reports its last scores (`logged()`: a trial resumed after its last eval)."""
-        if model_uri is None:
-            report({names.FID: math.nan, names.BEST_FID: self.last.get(names.BEST_FID, math.nan),
-                    names.EPOCH: result.epochs_done, "step": result.step, "stopped": 1}, self.name)
-        elif self.reports_evals:
-            report({**(self.last or logged()), names.EPOCH: result.epochs_done, "step": result.step}, self.name)
-
-
-def pruned_reason(epoch: int) -> str:
-    return f"tune: stopped by the scheduler after epoch {epoch} (its FID was not competitive)"
-
-
-def report(metrics: dict[str, float], name: str = "", checkpoint: Any = None) -> None:
-    """Scores to Tune; with the trial's MLflow run name, which the driver's progress lines
-    print (tuning.shown_name), so the console and the runs table name a trial alike."""
-    from ray import tune
-
-    tune.report({**metrics, TUNE_NAME_KEY: name} if name else metrics, checkpoint=checkpoint)
 
 
 def find_child(client: Any, ctx: TrialContext, trial_id: str) -> Any | None:

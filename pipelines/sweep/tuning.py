@@ -9,7 +9,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from pipelines.sweep.naming import TUNE_NAME_KEY
-from pipelines.sweep.options import METRIC, MODE, Sweep
+from pipelines.sweep.options import METRIC, MODE, POPULATION, Sweep
 from pipelines.sweep.space import SearchSpace
 from pipelines.tracking import names
 
@@ -84,6 +84,25 @@ def rung_epochs(space: SearchSpace, opts: Sweep) -> tuple[int, ...]:
         rungs.append(epoch)
         epoch *= REDUCTION_FACTOR
     return tuple(rungs)
+
+
+def searched_trials(space: SearchSpace, opts: Sweep, seeds: Seeds | None, trials: int | None) -> dict[str, Any]:
+    """The Tuner's arguments that decide which trials run and how they are judged."""
+    from ray import tune
+
+    if opts.scheduler not in POPULATION:
+        return {"tune_config": tune.TuneConfig(
+            search_alg=make_searcher(space, opts, seeds), scheduler=make_scheduler(space, opts),
+            num_samples=trials or opts.trials, max_concurrent_trials=opts.concurrency,
+            reuse_actors=True, trial_dirname_creator=trial_dirname)}
+    from pipelines.sweep.population import make_population_scheduler, param_space
+
+    # The members as a grid (PBT refuses a searcher), all of them created at once: a
+    # concurrency limit would hold members back, and synchronous PBT would compare the
+    # first ones only. The cluster's CPUs/GPUs limit how many train at a time.
+    return {"param_space": param_space(space, opts), "tune_config": tune.TuneConfig(
+        scheduler=make_population_scheduler(space, opts), num_samples=1, reuse_actors=True,
+        trial_dirname_creator=trial_dirname)}
 
 
 def make_trainable(data: Any, ctx: Any, opts: Sweep, function: Any = None) -> Any:

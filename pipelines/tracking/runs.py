@@ -254,8 +254,7 @@ class TrackedRun:
         self.closed = "KILLED"
 
     def pause(self) -> None:
-        """Paused by Tune (a population's perturbation epoch): what the loop logged lands;
-        the run stays RUNNING, to be continued by the member's next life."""
+        """Paused by Tune at a population's perturbation epoch: writes land, the run stays RUNNING."""
         if self._tracking is not None:
             self._tracking.flush()
         self.closed = "PAUSED"
