@@ -96,4 +96,34 @@ class ForwardingCallbacks(Callbacks):
         return self.inner.stop_requested()
 
 
-__all__ = ["Callbacks", "Diverged", "ForwardingCallbacks", "StopTraining"]
+# In a training state: the run that trains from it logs step (the state's own) + shift.
+SHIFT_KEY = "log_step_shift"
+
+
+class ShiftedSteps(ForwardingCallbacks):
+    """Hands every call on with its step moved by `shift`: a run going on from another
+    run's training state (a population member that copied a better one, whose step count
+    differs) logs after its own last step. Its checkpoints carry the shift (SHIFT_KEY), so
+    a restart from one logs where this left off."""
+
+    def __init__(self, inner: Callbacks | None = None, shift: int = 0) -> None:
+        super().__init__(inner)
+        self.shift = shift
+
+    def on_metrics(self, rows: list[tuple[int, dict[str, float]]]) -> None:
+        self.inner.on_metrics([(s + self.shift, r) for s, r in rows] if self.shift else rows)
+
+    def on_scored(self, epoch: int, step: int, generator: nn.Module, improved: bool, final: bool) -> None:
+        self.inner.on_scored(epoch, step + self.shift, generator, improved, final)
+
+    def on_eval(self, epoch: int, step: int, grid: np.ndarray, metrics: dict[str, float]) -> None:
+        self.inner.on_eval(epoch, step + self.shift, grid, metrics)
+
+    def on_grid(self, epoch: int, step: int, grid: np.ndarray) -> None:
+        self.inner.on_grid(epoch, step + self.shift, grid)
+
+    def on_checkpoint(self, epoch: int, step: int, state: dict[str, Any]) -> None:
+        self.inner.on_checkpoint(epoch, step + self.shift, {**state, SHIFT_KEY: self.shift} if self.shift else state)
+
+
+__all__ = ["SHIFT_KEY", "Callbacks", "Diverged", "ForwardingCallbacks", "ShiftedSteps", "StopTraining"]

@@ -237,8 +237,6 @@ DOOR = {
     "perturbation without a population": (["sweep", "--perturb-every", "2"], {},
                                           "--perturb-every is invalid with --scheduler asha"),
     "a population of one": (["sweep", "--scheduler", "pb2", "--trials", "1"], {}, "at least 2 members"),
-    "a population of distributed trials": (["sweep", "--scheduler", "pbt", "--workers-per-trial", "2"], {},
-                                           "--scheduler pbt is invalid with --workers-per-trial 2"),
     "a population with nothing to mutate": (lambda t: _space(t, {"arch": {"type": "categorical",
                                                                           "choices": ["mlp", "dcgan"]}}),
                                             {}, "there is nothing to mutate"),

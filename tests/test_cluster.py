@@ -159,14 +159,27 @@ def test_a_lost_worker_node_s_trial_resumes_from_its_checkpoint_on_the_head(clus
         cluster.ray.add_node("node_b")  # the next test needs two nodes again
 
 
-def test_workers_per_trial_2_makes_one_ddp_group_across_both_nodes(cluster):
+def test_population_members_of_2_workers_are_ddp_groups_across_both_nodes(cluster):
+    """`sweep --scheduler pbt --workers-per-trial 2` as a Ray job: each member's every
+    life is a DDP group over both nodes; the weaker member goes on from the stronger
+    one's checkpoint, as one run."""
     import json
 
-    job = _job_dir(cluster, "job-ddp", epochs=1)
-    done = cluster.ray.cli(*_submit(job, "ddp", "--trials", "1", "--workers-per-trial", "2"), check=False)
+    from pipelines.tracking.exploits import exploits
+
+    job = _job_dir(cluster, "job-ddp", epochs=2)
+    done = cluster.ray.cli(*_submit(job, "ddp", "--scheduler", "pbt", "--trials", "2", "--perturb-every", "1",
+                                    "--workers-per-trial", "2"), check=False)
     assert done.returncode == 0 and "succeeded" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
-    (run,) = _children(_client(cluster), "ddp")
-    assert run.info.status == "FINISHED" and run.data.params["world_size"] == "2"
+    client = _client(cluster)
+    runs = _children(client, "ddp")
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" and r.data.params["world_size"] == "2" for r in runs)
+    rows = [e for r in runs for e in exploits(client, r.info.run_id)]
+    assert [e["epoch"] for e in rows] == [1]  # 2 members: the weaker copies the stronger at the one perturbation
+    for r in runs:
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "d_loss")]
+        assert steps == sorted(set(steps))
+        assert [int(m.value) for m in client.get_metric_history(r.info.run_id, names.EPOCH)] == [1, 2]
     listed = cluster.ray.cli("list", "actors", "--filter", "class_name=RayTrainWorker", "--detail",
                          "--format", "json", "--limit", "100", "--address", cluster.ray.dashboard)
     workers = json.loads(listed.stdout)  # only this sweep had Ray Train workers

@@ -109,8 +109,9 @@ def test_the_ancestry_walks_back_through_each_donor_before_the_exploit():
 def test_a_member_restarts_from_its_own_checkpoint_or_records_the_exploit_of_another(tmp_path):
     from ray.tune import Checkpoint
 
+    from gan.callbacks import SHIFT_KEY
     from gan.config import make_config
-    from pipelines.sweep.member import SHIFT_KEY, begin_life, record_start, write_checkpoint
+    from pipelines.sweep.member import begin_life, record_start, write_checkpoint
     from pipelines.tracking.exploits import exploits
     from pipelines.tracking.store import client_for
 
@@ -140,6 +141,7 @@ def test_a_member_restarts_from_its_own_checkpoint_or_records_the_exploit_of_ano
     # the donor's clock trains on; this run's logged steps go on from its own last one (78),
     # and its best scores stay its own
     assert life.shift == 78 - 156 and life.state["step"] == 156 and life.state["best"] == {"fid": 50.0}
+    assert life.state[SHIFT_KEY] == life.shift  # Ray Train workers read it from the state they are handed
     assert {k: v for k, v in life.exploit.items() if not k.endswith("node")} == {
         "epoch": 2, "step": 78, "from_run_id": donor, "from_run_name": "t02 y", "from_trial_id": "trial-2",
         "from_step": 156}
@@ -182,9 +184,9 @@ def _steps(client, run_id: str, key: str) -> list[int]:
 
 @pytest.mark.integration
 def test_members_exploit_and_each_run_goes_on_as_one_run_with_one_step_sequence(pbt_sweep):
+    from gan.callbacks import SHIFT_KEY
     from gan.checkpoint import load_checkpoint
     from gan.train import steps_per_epoch
-    from pipelines.sweep.member import SHIFT_KEY
     from pipelines.tracking.exploits import exploits
 
     client, members = pbt_sweep["client"], pbt_sweep["members"]
@@ -219,7 +221,8 @@ def test_members_exploit_and_each_run_goes_on_as_one_run_with_one_step_sequence(
             state = load_checkpoint(client.download_artifacts(run_id, ckpts[-1], str(pbt_sweep["folder"])))
             after = steps_per_epoch(make_cfg(cfg), 5000) * (EPOCHS - e["epoch"])
             assert state["epoch"] == EPOCHS and state["step"] == e["from_step"] + after
-            assert state[SHIFT_KEY] == e["step"] - e["from_step"] and max(losses) == state["step"] + state[SHIFT_KEY]
+            shift = state.get(SHIFT_KEY, 0)  # absent: 0 (the donor had taken as many steps)
+            assert shift == e["step"] - e["from_step"] and max(losses) == state["step"] + shift
 
 
 def make_cfg(values: dict):
@@ -297,20 +300,28 @@ def _alive(process: psutil.Process) -> bool:
         return False
 
 
-@pytest.mark.slow  # a PBT sweep killed after its first exploit and resumed: two minutes
+# One worker per member (4 members, 4 epochs), and members on 2 Ray Train workers each (2
+# members, 3 epochs: each life of a member is a Ray Train run of its own, stopped at the
+# next perturbation epoch; the 2 workers fill this machine, so members train one at a time).
+KILLED = {"one worker": (MEMBERS, 4, 1), "two workers": (2, 3, 2)}
+
+
+@pytest.mark.slow  # a PBT sweep killed after its first exploit and resumed: 2 and 5 minutes
 @pytest.mark.integration
-def test_a_killed_pbt_driver_resumes_with_nothing_logged_twice(tmp_path):
+@pytest.mark.parametrize("members, epochs, workers", list(KILLED.values()), ids=list(KILLED))
+def test_a_killed_pbt_driver_resumes_with_nothing_logged_twice(tmp_path, members, epochs, workers):
     from pipelines.tracking.exploits import exploits
     from pipelines.tracking.store import client_for
 
     sqlite_store(tmp_path)
-    (tmp_path / "pbt.yaml").write_text(yaml.safe_dump({**SPACE, "params": {**SPACE["params"], "epochs": 4}}))
+    space = {**SPACE, "sweep": {"trials": members, "perturb_every": 1}, "params": {**SPACE["params"], "epochs": epochs}}
+    (tmp_path / "pbt.yaml").write_text(yaml.safe_dump(space))
     env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
     env.pop("MLFLOW_TRACKING_URI", None)
     log = open(tmp_path / "first.log", "wb")  # noqa: SIM115 - closed below
     driver = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "sweep", "--space", "pbt.yaml", "--scheduler",
-                               "pbt", "--name", "cut"], cwd=tmp_path, env=env, stdout=log, stderr=log,
-                              start_new_session=True)
+                               "pbt", "--name", "cut", "--workers-per-trial", str(workers)], cwd=tmp_path, env=env,
+                              stdout=log, stderr=log, start_new_session=True)
     client = None
 
     def exploited() -> bool:
@@ -335,13 +346,18 @@ def test_a_killed_pbt_driver_resumes_with_nothing_logged_twice(tmp_path):
     assert "best trial" in resumed.stdout
     exp = client.get_experiment_by_name("gan-pipelines").experiment_id
     parent = client.search_runs([exp], "tags.`sweep.role` = 'parent'")[0]
-    members = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-    assert parent.info.status == "FINISHED" and len(members) == MEMBERS
-    for m in members:
+    runs = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert parent.info.status == "FINISHED" and len(runs) == members
+    for m in runs:
         assert m.info.status == "FINISHED", m.data.tags
         for key in ("d_loss", names.FID, "pbt/lr_g"):
             steps = _steps(client, m.info.run_id, key)
             assert len(steps) == len(set(steps)), f"{m.info.run_name}: {key} logged twice at a step"
-        assert [int(v.value) for v in client.get_metric_history(m.info.run_id, names.EPOCH)] == [1, 2, 3, 4]
-        epochs = [e["epoch"] for e in exploits(client, m.info.run_id)]
-        assert len(epochs) == len(set(epochs)), f"{m.info.run_name}: an exploit recorded twice"
+        assert [int(v.value) for v in client.get_metric_history(m.info.run_id, names.EPOCH)] == [
+            *range(1, epochs + 1)]
+        done = [e["epoch"] for e in exploits(client, m.info.run_id)]
+        assert len(done) == len(set(done)), f"{m.info.run_name}: an exploit recorded twice"
+        if workers > 1:  # every life after the first trained on Ray Train workers from the state it was handed
+            lives = sorted(p.name for p in (tmp_path / "ray_results").glob(f"gan-{m.info.run_id}*"))
+            assert lives == [f"gan-{m.info.run_id}", *(f"gan-{m.info.run_id}-from-epoch-{e}" for e in range(1, epochs))]
+            assert m.data.tags[names.DEVICE] == f"{workers}xcpu"

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from gan.callbacks import Callbacks, StopTraining
+from gan.callbacks import SHIFT_KEY, Callbacks, ShiftedSteps, StopTraining
 from gan.checkpoint import load_checkpoint, save_checkpoint
 from gan.config import ConfigError, make_config
 from gan.step_metrics import STEP_METRICS
@@ -72,6 +72,21 @@ def test_resume_from_a_checkpoint_continues_exactly(mnist_small, tmp_path):
     assert second.rows[0][0] == first.rows[-1][0] + 1
     for p, q in zip(whole.generator.parameters(), resumed.generator.parameters(), strict=True):
         assert torch.equal(p, q)
+
+
+def test_a_shifted_run_logs_every_step_after_its_own_and_its_checkpoints_keep_the_shift(mnist_small):
+    # A population member that copied another's state (its step count) goes on after the
+    # last step its own run logged: 100 here; its checkpoints say so for a restart.
+    cfg = make_config({**TINY, "epochs": 2, "arch": "mlp"})
+    plain, shifted = Recorder(), Recorder()
+    train(cfg, mnist_small, plain)
+    train(cfg, mnist_small, ShiftedSteps(shifted, 100))
+    assert [s for s, _ in shifted.rows] == [s + 100 for s, _ in plain.rows]
+    assert [r for _, r in shifted.rows] == [r for _, r in plain.rows]  # the training itself is the same
+    assert [(e, s) for e, s, _, _ in shifted.evals] == [(1, 108), (2, 116)]
+    epoch, step, state = shifted.checkpoints[-1]
+    assert (epoch, step, state["step"], state[SHIFT_KEY]) == (2, 116, 16, 100)
+    assert SHIFT_KEY not in plain.checkpoints[-1][2]  # an unshifted run's state is as it was
 
 
 def test_checkpoint_holds_the_full_state(mnist_small):

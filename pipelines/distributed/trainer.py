@@ -136,14 +136,18 @@ def run_distributed(cfg: RunConfig, opts: RayOptions, experiment: str | None = N
 class RayTrainLoop:
     """The one loop on opts.workers Ray Train workers (tracking.runs.Loop): the run's
     owner stays here, its rank 0 writes into the run through the owner's handle.
-    `callbacks`: Ray Train callbacks (a sweep trial's TuneReportCallback)."""
+    `callbacks`: Ray Train callbacks (a sweep trial's TuneReportCallback). `pause_at`:
+    epochs where the workers stop (a population member's perturbation epochs); a fit
+    given a training state (Restored.state: a member's next life) starts from it."""
 
     opts: RayOptions
     tracking_uri: str
     image_shape: tuple[int, int, int]
     callbacks: list[Any] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)  # more params (a trial's id)
+    pause_at: tuple[int, ...] = ()
     restores_itself = True  # a restarted worker group resumes from Ray Train's own storage
+    last_state: dict[str, Any] | None = None  # the newest checkpoint's, after fit
 
     @property
     def where(self) -> dict[str, Any]:
@@ -153,16 +157,21 @@ class RayTrainLoop:
         return worker_config(cfg, self.opts)
 
     def fit(self, run: TrackedRun, cfg: RunConfig, restored: Restored) -> TrainResult:
-        return fit_run(run.handle(self.tracking_uri), cfg, self.opts, self.image_shape, self.callbacks,
-                       warm=restored.warm)
+        result, self.last_state = fit_run(run.handle(self.tracking_uri), cfg, self.opts, self.image_shape,
+                                          self.callbacks, warm=restored.warm, resume=restored.state,
+                                          pause_at=self.pause_at)
+        return result
 
 
 def fit_run(handle: RunHandle, cfg: RunConfig, opts: RayOptions, image_shape: tuple[int, int, int],
-            callbacks: list[Any] | None = None, warm: dict[str, Any] | None = None) -> TrainResult:
+            callbacks: list[Any] | None = None, warm: dict[str, Any] | None = None,
+            resume: dict[str, Any] | None = None, pause_at: tuple[int, ...] = (),
+            ) -> tuple[TrainResult, dict[str, Any] | None]:
     """The one loop on opts.workers Ray Train workers, rank 0 writing into the run
-    `handle` names (its owner holds the lease and closes it). Returns what a local
-    loop returns: the final generator (from the last checkpoint), the eval history, and
-    whether the health guard stopped it."""
+    `handle` names (its owner holds the lease and closes it), from `resume` (a training
+    state) if given, stopping at the first of `pause_at` it reaches. Returns what a local
+    loop returns (the final generator from the last checkpoint, the eval history, whether
+    the health guard stopped it) and that checkpoint's whole state."""
     from gan.checkpoint import load_checkpoint
     from gan.models import build_models
     from gan.train import TrainResult
@@ -172,11 +181,15 @@ def fit_run(handle: RunHandle, cfg: RunConfig, opts: RayOptions, image_shape: tu
     from pipelines.tracking.store import client_for
 
     client = client_for(handle.tracking_uri)
-    name = f"gan-{handle.run_id}"  # Ray's folder of this run, named after the MLflow run
+    # Ray's folder of this run, named after the MLflow run: Ray Train restarts a run from
+    # the newest checkpoint in its folder, so a life started from a given state (a member's,
+    # at the epoch it was handed) has a folder of its own.
+    name = f"gan-{handle.run_id}" + (f"-from-epoch-{resume['epoch']}" if resume is not None else "")
     client.set_tag(handle.run_id, names.RAY_STORAGE, f"{opts.storage.rstrip('/')}/{name}")
     # `warm` (a fine-tune's starting checkpoint) travels with the config: Ray puts large
     # arguments in its object store, so every worker, on any node, gets the same weights.
-    loop_config = {"cfg": cfg.to_dict(), "handle": handle, "threads": opts.cpus_per_worker, "warm": warm}
+    loop_config = {"cfg": cfg.to_dict(), "handle": handle, "threads": opts.cpus_per_worker, "warm": warm,
+                   "resume": resume, "pause_at": pause_at}
     try:
         fitted = make_trainer(opts, loop_config, name, callbacks=callbacks).fit()
     except Exception as e:  # noqa: BLE001 - Ray's errors wrap the workers'; say which
@@ -188,15 +201,16 @@ def fit_run(handle: RunHandle, cfg: RunConfig, opts: RayOptions, image_shape: tu
     reason = diverged_reason(client, handle.run_id)  # rank 0 wrote it when the guard stopped the loop
     if fitted.checkpoint is None and reason is None:
         raise DistributedTrainingError("the workers finished without reporting a checkpoint")
-    state: dict[str, Any] = {"epoch": 0, "step": 0, "G": None, "G_ema": None}
+    state: dict[str, Any] | None = None
     if fitted.checkpoint is not None:
         with fitted.checkpoint.as_directory() as folder:
             state = load_checkpoint(checkpoint_file(folder))
-    generator = final_generator(cfg, image_shape, state) if state["G"] is not None \
+    generator = final_generator(cfg, image_shape, state) if state is not None \
         else build_models(cfg, image_shape)[0].eval()
-    return TrainResult(epochs_done=int(state["epoch"]), step=int(state["step"]), generator=generator,
-                       eval_history=logged_eval_history(client, handle.run_id), stopped=reason,
-                       diverged=reason is not None)
+    result = TrainResult(epochs_done=int(state["epoch"]) if state else 0, step=int(state["step"]) if state else 0,
+                         generator=generator, eval_history=logged_eval_history(client, handle.run_id),
+                         stopped=reason, diverged=reason is not None)
+    return result, state
 
 
 class DistributedTrainingError(RuntimeError):

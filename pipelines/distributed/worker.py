@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gan.callbacks import ForwardingCallbacks
+from gan.callbacks import SHIFT_KEY, ForwardingCallbacks, ShiftedSteps
 from gan.checkpoint import checkpoint_name, load_checkpoint, save_checkpoint
 from gan.config import make_config
 from gan.data import load_dataset
@@ -29,14 +29,28 @@ from pipelines.tracking.resources import system_metrics
 from pipelines.tracking.runs import RunHandle
 from pipelines.training.prepare import build_evaluator
 
+# In a Ray Train report: the workers stop here; their trial hands this epoch to Tune
+# itself, with its checkpoint (sweep.member.PausingLoop), so Tune is not told twice.
+PAUSED_KEY = "paused_here"
+
 
 class RayTrainCallbacks(ForwardingCallbacks):
-    """Per-step and eval numbers to MLflow (rank 0); checkpoints to Ray Train (all ranks)."""
+    """Per-step and eval numbers to MLflow (rank 0); checkpoints to Ray Train (all ranks).
+    `pause_at`: epochs where the workers score, checkpoint and stop (a population member's
+    perturbation epochs: each life of it is one Ray Train run)."""
 
-    def __init__(self, rank: int, tracking: MlflowCallbacks | None = None) -> None:
+    def __init__(self, rank: int, tracking: MlflowCallbacks | None = None, pause_at: tuple[int, ...] = ()) -> None:
         super().__init__(tracking)  # only rank 0 has one; the others forward to a no-op
         self.rank, self.tracking = rank, tracking
+        self.pause_at = set(pause_at)
         self.last_eval: dict[str, float] = {}
+        self.checkpointed = -1  # the epoch of the last checkpoint
+
+    def wants_eval(self, epoch: int) -> bool:
+        return epoch in self.pause_at or super().wants_eval(epoch)
+
+    def wants_checkpoint(self, epoch: int) -> bool:
+        return epoch in self.pause_at or super().wants_checkpoint(epoch)
 
     def on_eval(self, epoch: int, step: int, grid: np.ndarray, metrics: dict[str, float]) -> None:
         self.last_eval = {k: float(v) for k, v in metrics.items()}
@@ -45,6 +59,8 @@ class RayTrainCallbacks(ForwardingCallbacks):
     def stop_requested(self) -> str | None:
         """Rank 0 reads whether the run's owner asked the workers to stop (a sweep trial
         Tune stopped: sweep.trial.TuneStopWatch); the loop makes every rank agree."""
+        if self.checkpointed in self.pause_at:
+            return f"paused at epoch {self.checkpointed}"  # every rank asks: one agreement
         if self.tracking is None:
             return None
         reason = self.tracking.client.get_run(self.tracking.run_id).data.tags.get(names.STOP_REQUESTED)
@@ -53,6 +69,7 @@ class RayTrainCallbacks(ForwardingCallbacks):
     def on_checkpoint(self, epoch: int, step: int, state: dict[str, Any]) -> None:
         import ray.train
 
+        self.checkpointed = epoch
         # Every rank must call report (it is a barrier); only rank 0 has a file to give.
         with tempfile.TemporaryDirectory(prefix="gan-ray-ckpt-") as folder:
             checkpoint = None
@@ -63,6 +80,8 @@ class RayTrainCallbacks(ForwardingCallbacks):
                 checkpoint = ray.train.Checkpoint.from_directory(folder)
             # SYNC upload (the default): the folder is copied to storage before report returns.
             metrics = {"epoch": epoch, "step": step, **self.last_eval}
+            if epoch in self.pause_at:
+                metrics[PAUSED_KEY] = 1
             ray.train.report(metrics, checkpoint=checkpoint)
 
 
@@ -87,7 +106,8 @@ def restored_state() -> dict[str, Any] | None:
 
 def train_worker(config: dict[str, Any]) -> None:
     """The TorchTrainer's per-worker function. `config`: cfg (a RunConfig dict), handle
-    (the RunHandle of the run its driver owns), threads."""
+    (the RunHandle of the run its driver owns), threads; warm (a fine-tune's start);
+    resume (the training state a population member's life starts from) and pause_at."""
     import ray.train
     import ray.train.torch
 
@@ -99,25 +119,29 @@ def train_worker(config: dict[str, Any]) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     data = load_dataset(cfg.dataset, cfg.data_dir, cfg.image_size)
-    state = restored_state()
-    # A fine-tune (train --from --warm) starts from its source's checkpoint until the group
-    # has one of its own: a restarted group resumes from that instead.
+    # A fine-tune (train --from --warm) and a member's life start from the state they were
+    # given until the group has a checkpoint of its own: a restarted group resumes from that.
+    own = restored_state()
+    state = own or config.get("resume")
     warm = config.get("warm") if state is None else None
+    shift = int((state or {}).get(SHIFT_KEY, 0))  # a member's: its run's steps go on from its own
+    pause_at = tuple(config.get("pause_at", ()))
     evaluator = build_evaluator(cfg, data, device)
     if rank != 0:
-        train(cfg, data, RayTrainCallbacks(rank), evaluator=evaluator, resume=state, device=device, progress=False,
-              warm=warm)
+        train(cfg, data, ShiftedSteps(RayTrainCallbacks(rank, pause_at=pause_at), shift), evaluator=evaluator,
+              resume=state, device=device, progress=False, warm=warm)
         return
     # Rank 0 writes the run: restored like every mode's (a restarted group sends what its
     # last life kept offline first), as the driver's lease's holder.
     with AttachedRun(handle) as run:
         tracking = run.tracking(cfg, data.shape, dataclasses.replace(run.restore(), warm=warm))
-        if state is not None:
-            run.client.set_tag(run.run_id, names.RAY_RESTORED_FROM_STEP, str(state["step"]))
+        if own is not None:
+            run.client.set_tag(run.run_id, names.RAY_RESTORED_FROM_STEP, str(own["step"]))
+        callbacks = ShiftedSteps(RayTrainCallbacks(rank, tracking, pause_at), shift)
         # rank 0's machine in the run's system metrics (the other ranks' nodes are not sampled)
         with system_metrics(run.run_id, handle.tracking_uri, resumed=True):
-            result = train(cfg, data, RayTrainCallbacks(rank, tracking), evaluator=evaluator, resume=state,
-                           device=device, progress=False, warm=warm)
+            result = train(cfg, data, callbacks, evaluator=evaluator, resume=state, device=device, progress=False,
+                           warm=warm)
         run.settle(result.seconds)
         if result.diverged:  # every rank stopped at the same step; the driver fails the run
             run.mark_diverged(str(result.stopped))

@@ -23,6 +23,7 @@ already recorded is not recorded twice.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 import time
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gan.callbacks import SHIFT_KEY
 from gan.checkpoint import load_checkpoint, save_checkpoint
 from gan.config import RunConfig
 from gan.data import ImageData
@@ -40,7 +42,6 @@ from pipelines.tracking.history import Restored, last_logged_step, logged_config
 from pipelines.tracking.runs import Loop, TrackedRun
 
 STATE_FILE, INFO_FILE = "state.pt", "member.json"
-SHIFT_KEY = "log_step_shift"  # in a member's training state: logged step = training step + shift
 
 
 @dataclass
@@ -82,7 +83,9 @@ def begin_life(client: Any, run_id: str, trial_id: str, checkpoint: Any) -> Life
     exploit = {"epoch": int(state["epoch"]), "step": floor, "from_run_id": info["run_id"],
                "from_run_name": info["run_name"], "from_trial_id": info["trial_id"],
                "from_step": int(state["step"]), "from_node": info.get("node", ""), "node": _node()}
-    return Life({**state, "best": own_best}, floor - int(state["step"]), exploit)
+    shift = floor - int(state["step"])
+    # The state carries the shift it trains with: Ray Train workers read it there
+    return Life({**state, "best": own_best, SHIFT_KEY: shift}, shift, exploit)
 
 
 def _node() -> str:
@@ -143,7 +146,9 @@ def member_life(run: TrackedRun, cfg: RunConfig, data: ImageData, loop: Loop, to
 
     life = begin_life(run.client, run.run_id, trial_id, tune.get_checkpoint())
     to_tune.member = {"trial_id": trial_id, "run_id": run.run_id, "run_name": to_tune.name}
-    record_start(run.client, run.run_id, cfg, life, run.fresh)
+    # as the loop trains it (Ray Train workers read the data from an absolute data_dir): an
+    # exploit's changes are the values that changed, not where the config was resolved
+    record_start(run.client, run.run_id, loop.prepare(cfg), life, run.fresh)
     if life.state is None:
         if run.fresh:
             return None  # the usual start
@@ -160,3 +165,37 @@ def member_life(run: TrackedRun, cfg: RunConfig, data: ImageData, loop: Loop, to
     with tempfile.TemporaryDirectory(prefix="gan-grids-") as tmp:
         restored.frames = logged_grids(run.client, run.run_id, tmp)
     return restored
+
+
+class PausingLoop:
+    """A distributed member's loop (tracking.runs.Loop around TuneStoppableLoop and
+    RayTrainLoop): Tune's reports from Ray Train workers carry no checkpoint of the
+    trial's own, so each life is one Ray Train run that stops at the next perturbation
+    epoch (RayTrainLoop.pause_at), and this trial hands that epoch's scores and state to
+    Tune itself (TuneCallbacks.hand_over): PBT pauses it there, as it does a one-worker
+    member in its report."""
+
+    def __init__(self, inner: Any, workers: Any, to_tune: Any, perturb: tuple[int, ...]) -> None:
+        self.inner, self.workers, self.to_tune, self.perturb = inner, workers, to_tune, perturb
+        self.restores_itself = inner.restores_itself
+
+    @property
+    def where(self) -> dict[str, Any]:
+        return self.inner.where
+
+    def prepare(self, cfg: RunConfig) -> RunConfig:
+        return self.inner.prepare(cfg)
+
+    def fit(self, run: TrackedRun, cfg: RunConfig, restored: Restored) -> Any:
+        while True:
+            result = self.inner.fit(run, cfg, restored)
+            state = self.workers.last_state
+            epoch = result.epochs_done
+            if result.diverged or state is None or epoch >= cfg.epochs or epoch not in self.perturb:
+                return result
+            step, scores = result.eval_history[-1] if result.eval_history else (int(state["step"]), {})
+            self.to_tune.scored(epoch, step, {k: v for k, v in scores.items()
+                                              if not k.startswith(names.PBT_VALUE_PREFIX)})
+            self.to_tune.hand_over(epoch, state)  # PBT pauses it here: SystemExit
+            # PBT let it go on (a round it had no say in): the next life starts from here
+            restored = dataclasses.replace(restored, state=state)

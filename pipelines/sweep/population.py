@@ -71,9 +71,6 @@ def check_population(space: SearchSpace, opts: Sweep) -> None:
     if space.fixed.get("epochs") is None:
         raise ConfigError(f"--scheduler {opts.scheduler} is invalid with {space.path}: epochs is searched; "
                           "a population's members must stop at the same epochs (give epochs a fixed value)")
-    if opts.workers_per_trial > 1:
-        raise ConfigError(f"--scheduler {opts.scheduler} is invalid with --workers-per-trial "
-                          f"{opts.workers_per_trial}: population members train in one process each for now")
     if opts.warm_start:
         raise ConfigError(f"--warm-start is invalid with --scheduler {opts.scheduler}: "
                           "a population is drawn before any score exists")
@@ -185,7 +182,10 @@ def make_population_scheduler(space: SearchSpace, opts: Sweep) -> Any:
     import numpy as np
 
     random.seed(opts.seed)  # PBT's choices (which donor, which factor) come from here ...
-    np.random.seed(opts.seed)  # ... and PB2's from numpy
+    # ... and PB2's and PBT's redraws from numpy's. Not from the seed itself: Optuna drew the
+    # population's first member with a RandomState(seed), and a redraw of a value would
+    # repeat that member's, draw for draw.
+    np.random.seed(opts.seed + 1)
     params = mutable_params(space)
     bounds = {p.name: _bounds(p) for p in params}
     common: dict[str, Any] = dict(time_attr=names.PBT_EPOCH, metric=METRIC, mode=MODE,

@@ -35,7 +35,7 @@ from gan.config import make_config
 from gan.data import ImageData
 from pipelines.sweep.naming import trial_name
 from pipelines.sweep.report import child_runs
-from pipelines.sweep.tune_report import TuneCallbacks, pruned_reason
+from pipelines.sweep.tune_report import TuneCallbacks, pruned_reason, train_to_tune
 from pipelines.sweep.tune_stop import TuneStoppableLoop
 from pipelines.tracking import names
 from pipelines.tracking.resources import log_resources
@@ -209,15 +209,18 @@ def trial_loop(data: ImageData, ctx: TrialContext, trial_id: str, to_tune: TuneC
     if ctx.workers_per_trial == 1:
         torch.set_num_threads(max(1, int(ctx.cpus_per_trial)))
         return InProcessLoop(data, wrap=to_tune.wrapping, extra=where, gpu=ctx.gpus_per_trial > 0)
-    from ray.tune.integration.ray_train import TuneReportCallback
-
     from pipelines.distributed.options import RayOptions
     from pipelines.distributed.trainer import RayTrainLoop
 
     opts = RayOptions(workers=ctx.workers_per_trial, gpu=ctx.gpus_per_trial > 0,
                       cpus_per_worker=max(1, int(ctx.cpus_per_trial)), storage_path=ctx.storage_path)
-    workers = RayTrainLoop(opts, ctx.tracking_uri, data.shape, [TuneReportCallback()], where)
-    return TuneStoppableLoop(workers, pruned_reason)
+    workers = RayTrainLoop(opts, ctx.tracking_uri, data.shape, [train_to_tune()], where, pause_at=ctx.perturb)
+    stoppable = TuneStoppableLoop(workers, pruned_reason)
+    if not ctx.perturb:
+        return stoppable
+    from pipelines.sweep.member import PausingLoop
+
+    return PausingLoop(stoppable, workers, to_tune, ctx.perturb)
 
 
 def trial_resources(client: Any, run_id: str, ctx: TrialContext, started: float, first_step: float | None) -> None:

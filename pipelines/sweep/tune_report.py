@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gan.callbacks import Callbacks, ForwardingCallbacks
+from gan.callbacks import SHIFT_KEY, Callbacks, ShiftedSteps
 from pipelines.sweep.naming import TUNE_NAME_KEY
 from pipelines.tracking import names
 
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from gan.train import TrainResult
 
 
-class TuneCallbacks(ForwardingCallbacks):
+class TuneCallbacks(ShiftedSteps):
     """MLflow first, then each eval's scores to Tune (ASHA and Optuna read `fid`).
 
     The last epoch's scores are reported after the run is closed (`closed`): a report is
@@ -29,8 +29,8 @@ class TuneCallbacks(ForwardingCallbacks):
     workers report their evals themselves (TuneReportCallback): `reports_evals` False.
 
     A population member (`perturb`: its perturbation epochs) reports those epochs' scores
-    with its checkpoint (after on_checkpoint, which follows on_eval), for PBT to compare
-    and copy; every step it hands on is its run's (training step + `shift`, member.py)."""
+    with its checkpoint (hand_over, after on_checkpoint, which follows on_eval), for PBT to
+    compare and copy; every step it hands on is its run's (training step + `shift`, member.py)."""
 
     def __init__(self, rungs: tuple[int, ...] = (), reports_evals: bool = True,
                  perturb: tuple[int, ...] = ()) -> None:
@@ -38,7 +38,6 @@ class TuneCallbacks(ForwardingCallbacks):
         self.name = ""  # the run's name, sent with each report for the driver's progress lines
         self.rungs, self.reports_evals = set(rungs) | set(perturb), reports_evals
         self.perturb = set(perturb)
-        self.shift = 0
         self.member: dict[str, Any] = {}  # who writes a member's checkpoints (member.write_checkpoint)
         self.epoch, self.final = 0, False
         self.last: dict[str, float] = {}
@@ -47,35 +46,32 @@ class TuneCallbacks(ForwardingCallbacks):
     def on_metrics(self, rows: list[tuple[int, dict[str, float]]]) -> None:
         if rows and self.first_step is None:
             self.first_step = time.time()
-        self.inner.on_metrics([(s + self.shift, r) for s, r in rows] if self.shift else rows)
+        super().on_metrics(rows)
 
     def on_scored(self, epoch: int, step: int, generator: Any, improved: bool, final: bool) -> None:
-        self.inner.on_scored(epoch, step + self.shift, generator, improved, final)
+        super().on_scored(epoch, step, generator, improved, final)
         self.final = final
 
     def on_eval(self, epoch: int, step: int, grid: np.ndarray, metrics: dict[str, float]) -> None:
-        step += self.shift
-        self.inner.on_eval(epoch, step, grid, metrics)
-        self.epoch = epoch
-        self.last = {names.FID: math.nan, **{k: float(v) for k, v in metrics.items()},
-                     names.EPOCH: epoch, "step": step}
+        super().on_eval(epoch, step, grid, metrics)
+        self.scored(epoch, step + self.shift, metrics)
         if not self.final and epoch not in self.perturb:
             # Tune ends a pruned trial by raising SystemExit out of report(): the run's
             # TrackedRun closes it KILLED as pruned.
             report(self.last, self.name)
 
-    def on_grid(self, epoch: int, step: int, grid: np.ndarray) -> None:
-        self.inner.on_grid(epoch, step + self.shift, grid)
+    def scored(self, epoch: int, step: int, metrics: dict[str, float]) -> None:
+        """The scores the next report carries (`step`: the run's)."""
+        self.epoch = epoch
+        self.last = {names.FID: math.nan, **{k: float(v) for k, v in metrics.items()},
+                     names.EPOCH: epoch, "step": step}
 
     def on_checkpoint(self, epoch: int, step: int, state: dict[str, Any]) -> None:
-        from pipelines.sweep.member import SHIFT_KEY
-
-        state = {**state, SHIFT_KEY: self.shift} if self.perturb else state
-        self.inner.on_checkpoint(epoch, step + self.shift, state)
+        super().on_checkpoint(epoch, step, state)
         if epoch in self.perturb and not self.final:
-            self._report_member(epoch, state)
+            self.hand_over(epoch, {**state, SHIFT_KEY: self.shift})
 
-    def _report_member(self, epoch: int, state: dict[str, Any]) -> None:
+    def hand_over(self, epoch: int, state: dict[str, Any]) -> None:
         """This perturbation epoch's scores with the member's checkpoint: PBT pauses the
         member here (SystemExit out of report: TrackedRun.pause) and may hand the
         checkpoint to a weaker one."""
@@ -108,6 +104,23 @@ class TuneCallbacks(ForwardingCallbacks):
                     names.EPOCH: result.epochs_done, "step": result.step, "stopped": 1}, self.name)
         elif self.reports_evals:
             report({**(self.last or logged()), names.EPOCH: result.epochs_done, "step": result.step}, self.name)
+
+
+def train_to_tune() -> Any:
+    """Ray Train's TuneReportCallback (its workers' reports to the trial's Tune session),
+    less those at the epochs where a population member's workers stop: the trial hands
+    those to Tune itself, with its checkpoint (sweep.member.PausingLoop). Made in the
+    trial (the callback finds its Tune session when made)."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from pipelines.distributed.worker import PAUSED_KEY
+
+    class ForwardsToTune(TuneReportCallback):
+        def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+            if not metrics[0].get(PAUSED_KEY):
+                super().after_report(run_context, metrics, checkpoint)
+
+    return ForwardsToTune()
 
 
 def pruned_reason(epoch: int) -> str:

@@ -179,9 +179,9 @@ class TrackedRun:
     def restore(self, *, require_checkpoint: bool = False, checkpoint: bool = True) -> Restored:
         """Continue where the run's last life stopped: what it kept offline is sent first,
         then its newest intact checkpoint (a torn newest one falls back to the one before;
-        none intact: FAILED), its grids, each metric kind's floor; its last life's error
-        and stop reason are history. checkpoint=False: the loop restores its own (Ray
-        Train's storage)."""
+        none intact: FAILED), its grids, each metric kind's floor; its last life's error,
+        stop reason and stop request are history. checkpoint=False: the loop restores its
+        own (Ray Train's storage)."""
         if self.fresh:
             return Restored(warm=self.warm)
         send_offline_writes(self.client, self.run_id)
@@ -195,7 +195,7 @@ class TrackedRun:
                 raise TrackingError(f"--resume: run {self.run_id} has no checkpoint to continue from")
             frames = logged_grids(self.client, self.run_id, tmp) if state is not None else []
         run = self.client.get_run(self.run_id)
-        for key in (names.ERROR, names.STOPPED_REASON):
+        for key in (names.ERROR, names.STOPPED_REASON, names.STOP_REQUESTED):
             if key in run.data.tags:
                 self.client.delete_tag(self.run_id, key)
         if run.info.status != "RUNNING":
