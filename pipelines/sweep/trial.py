@@ -16,7 +16,9 @@ a duplicate. How a trial ends is written on its run:
 
 A population member (`--scheduler pbt|pb2`) runs this function once per life: PBT pauses
 it at each perturbation epoch (its run stays RUNNING) and starts it again from its own
-checkpoint or from a better member's (member.py: the exploit recorded on its run).
+checkpoint or from a better member's (member.py: the exploit recorded on its run). On
+Ray Train workers each life is one Ray Train run, stopped at the next perturbation epoch
+(member.PausingLoop).
 """
 
 from __future__ import annotations
