@@ -201,6 +201,13 @@ def test_members_exploit_and_each_run_goes_on_as_one_run_with_one_step_sequence(
         losses, evals = _steps(client, run_id, "d_loss"), _steps(client, run_id, names.FID)
         assert losses == sorted(set(losses)) and evals == sorted(set(evals)), "a step logged twice or out of order"
         assert [int(v.value) for v in client.get_metric_history(run_id, names.EPOCH)] == [1, 2, 3]
+        # what it cost: each of its 3 lives wrote its wall time so far when it ended (paused twice)
+        walls = [v.value for v in sorted(client.get_metric_history(run_id, names.WALL_S), key=lambda v: v.timestamp)]
+        assert len(walls) == EPOCHS and walls[0] > 0, walls
+        assert all(a < b for a, b in zip(walls, walls[1:], strict=False)), walls
+        # its last life started at epoch 2, at its own run's step there (not a donor's)
+        at_2 = next(v.step for v in client.get_metric_history(run_id, names.EPOCH) if v.value == 2)
+        assert m.data.tags[names.RESUMED_FROM_STEP] == str(at_2)
         for e in rows[run_id]:
             assert e["from_run_id"] in ids - {run_id} and " -> " in e["changes"]
             # its losses go on from the step it had logged at the exploit, with no gap

@@ -188,13 +188,16 @@ def _run_trial(config: dict[str, Any], data: ImageData, ctx: TrialContext,
     to_tune = TuneCallbacks(ctx.rungs, reports_evals=ctx.workers_per_trial == 1, perturb=ctx.perturb)
     client = client_for(ctx.tracking_uri)
     run_id, fresh = open_child(client, ctx, trial_id, sampled, tags, run_name)
+    # a population member's earlier lives (each wrote its wall time so far when paused)
+    earlier = 0.0 if fresh else client.get_run(run_id).data.metrics.get(names.WALL_S, 0.0)
     to_tune.name = client.get_run(run_id).info.run_name
     loop = trial_loop(data, ctx, trial_id, to_tune)
     cfg = make_config(config)
     # The lease keeps `train --resume` off a trial that is training; taken without a check:
     # Tune restarting this trial after its node died must not wait out the dead lease.
     with TrackedRun(client, run_id, fresh=fresh, prunable=True, pausable=bool(ctx.perturb),
-                    before_close=lambda: trial_resources(client, run_id, ctx, started, to_tune.first_step),
+                    before_close=lambda: trial_resources(client, run_id, ctx, started, to_tune.first_step,
+                                                         earlier),
                     on_closed=lambda result, uri: to_tune.closed(result, uri, lambda: logged_scores(client, run_id)),
                     ) as run:
         run.pruned_reason = lambda: pruned_reason(to_tune.epoch)  # Tune stops it in report()
@@ -225,11 +228,13 @@ def trial_loop(data: ImageData, ctx: TrialContext, trial_id: str, to_tune: TuneC
     return PausingLoop(stoppable, workers, to_tune, ctx.perturb)
 
 
-def trial_resources(client: Any, run_id: str, ctx: TrialContext, started: float, first_step: float | None) -> None:
-    """What the trial used (its slot's CPUs and GPUs, times its workers) and how long it
-    took from its function's entry to its first step."""
+def trial_resources(client: Any, run_id: str, ctx: TrialContext, started: float, first_step: float | None,
+                    earlier: float = 0.0) -> None:
+    """What the trial used (its slot's CPUs and GPUs, times its workers) over its lives
+    (`earlier`: the seconds of those before this one), and how long this one took from its
+    function's entry to its first step."""
     workers = ctx.workers_per_trial
-    log_resources(client, run_id, started, ctx.cpus_per_trial * workers, ctx.gpus_per_trial * workers)
+    log_resources(client, run_id, started - earlier, ctx.cpus_per_trial * workers, ctx.gpus_per_trial * workers)
     if first_step is not None:
         client.set_tag(run_id, names.TRIAL_SECONDS_TO_FIRST_STEP, f"{first_step - started:.2f}")
 

@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from gan.callbacks import SHIFT_KEY
 from gan.config import RunConfig
 from gan.data import ImageData
 from pipelines.errors import TrackingError, TrackingLost
@@ -94,7 +95,7 @@ class TrackedRun:
     """The owner's side of one run. `fresh`: the run was just created (its config and
     dataset are logged); else it continues (restore). `prunable`: a sweep trial, where a
     SystemExit is Tune stopping it; `pruned_reason()` then says why. `before_close` runs
-    on every way out (a trial's resource figures); `on_closed(result, model_uri)` after
+    on every way out, a pause included (a trial's resource figures); `on_closed(result, model_uri)` after
     `train` closed the run (a trial's last report to Tune, which may stop it there).
     `pausable`: a population member, where a SystemExit is Tune pausing it at a
     perturbation epoch (sweep.member): its writes land and the run stays open for its
@@ -156,7 +157,9 @@ class TrackedRun:
             restored = self.restore(checkpoint=not loop.restores_itself)
             cfg = restored.config(cfg)
         if restored.state is not None:
-            self.client.set_tag(self.run_id, names.RESUMED_FROM_STEP, str(restored.state["step"]))
+            # the run's step (a population member's state may be another member's: its shift)
+            step = int(restored.state["step"]) + int(restored.state.get(SHIFT_KEY, 0))
+            self.client.set_tag(self.run_id, names.RESUMED_FROM_STEP, str(step))
         result = loop.fit(self, cfg, restored)
         model_uri = self.close(result, cfg, data.shape)
         if self.on_closed is not None:
@@ -254,9 +257,11 @@ class TrackedRun:
         self.closed = "KILLED"
 
     def pause(self) -> None:
-        """Paused by Tune at a population's perturbation epoch: writes land, the run stays RUNNING."""
+        """Paused by Tune at a population's perturbation epoch: writes land, what this life
+        cost is written, the run stays RUNNING."""
         if self._tracking is not None:
             self._tracking.flush()
+        self._before_close()
         self.closed = "PAUSED"
 
     # ---- helpers
