@@ -35,6 +35,17 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
+def share_buffers(model: nn.Module, src: int = 0) -> None:
+    """Every rank takes rank `src`'s buffers (BatchNorm's running statistics, in place).
+    Per-worker BatchNorm updates them from each rank's own slice of the batch (DDP sends
+    rank 0's before each forward, not after), and the EMA averages each rank's own: the
+    ranks' copies differ. A collective: every rank calls it."""
+    if not is_distributed():
+        return
+    for buffer in model.buffers():
+        dist.broadcast(buffer.data, src)
+
+
 def wrap_ddp(model: nn.Module, device: torch.device, sync_bn: bool = False) -> nn.Module:
     """DDP-wrap for the current process group; SyncBatchNorm first if asked."""
     if not is_distributed():

@@ -202,6 +202,9 @@ def train(
             done = epochs_done = epoch + 1
             sampler = G_ema if G_ema is not None else dist.unwrap(G)
             if budget.score_now(cfg, done, cb, evaluator, sampler, world, device):
+                # Each rank scores its share of the samples: all with the generator rank 0
+                # checkpoints and the run ships, BatchNorm statistics included.
+                dist.share_buffers(sampler)
                 scoring_started = time.perf_counter()
                 grid = image_grid(generate(sampler, z_fixed))
                 scores = _score(evaluator, sampler, cfg, done)

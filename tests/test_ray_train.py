@@ -207,6 +207,15 @@ def test_two_worker_run_logs_one_mlflow_run_whose_checkpoint_resumes_in_process(
     from pipelines.tracking.models import model_roles
 
     assert model_roles(client, rid) == {"best", "final"}  # logged by rank 0 at its eval
+    # Scored is shipped on 2 workers too: each rank scored its half of the samples with rank
+    # 0's generator, BatchNorm statistics included (per-worker BatchNorm: the ranks' own
+    # differ), so re-scoring the shipped model in one process gives the logged value.
+    from pipelines.registry.evaluate import EvalRequest, evaluate
+    from pipelines.tracking.models import FINAL, model_with_role
+
+    final = model_with_role(client, rid, FINAL)
+    again = evaluate(client, EvalRequest(f"models:/{final.model_id}", None, None, None, None, None, None))
+    assert again.logged and again.scores["fid"] == pytest.approx(again.logged["fid"], rel=1e-6)
 
     # the distributed checkpoint continues in-process (world size 1) where it stopped
     state = latest_checkpoint(client, rid, tmp_path / "dl")
