@@ -30,12 +30,10 @@ other's workers to finish: wall_s is the cost (trial_s counts the waits).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
+
+from sweep_cell import run_sweep
 
 SPACE = """\
 description: bench_member_lives
@@ -60,22 +58,8 @@ TRIALS, EPOCHS = 2, 3
 def sweep(folder: Path, scheduler: str, workers: int) -> dict:
     folder.mkdir(parents=True)
     (folder / "space.yaml").write_text(SPACE)
-    env = {**os.environ, "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}"}
-    env.pop("RAY_ADDRESS", None)
-    args = [sys.executable, "-m", "pipelines.cli", "sweep", "--space", "space.yaml", "--scheduler", scheduler,
-            "--workers-per-trial", str(workers), "--name", "bench", "--ray-storage", str(folder / "ray_results")]
-    t = time.perf_counter()
-    done = subprocess.run(args, cwd=folder, env=env, capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - t
-    (folder / "sweep.log").write_text(done.stdout + done.stderr)
-    if done.returncode != 0:
-        raise SystemExit(f"{scheduler} x{workers} failed: {done.stderr[-2000:]}")
-    from mlflow import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("gan-pipelines")
-    runs = client.search_runs([exp.experiment_id], "tags.sweep_name = 'bench' and tags.tune_trial_id LIKE '%'")
+    wall, runs = run_sweep(folder, ["--space", "space.yaml", "--scheduler", scheduler, "--workers-per-trial",
+                                    str(workers)], f"{scheduler} x{workers}")
     assert len(runs) == TRIALS and all(r.info.status == "FINISHED" for r in runs), [r.info.status for r in runs]
     return {"scheduler": scheduler, "workers": workers, "wall_s": round(wall, 1),
             "trial_s": round(sum(r.data.metrics["system/wall_s"] for r in runs), 1),

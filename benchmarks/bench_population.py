@@ -30,15 +30,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+from sweep_cell import run_sweep
 
 RGB_SPACE = """\
 description: bench_population 32x32 RGB folder
@@ -81,25 +78,9 @@ def write_rgb_folder(folder: Path, n: int = 1000, size: int = 32, seed: int = 0)
 
 
 def run(folder: Path, space: str, method: str, seed: int, members: int, asha_trials: int) -> dict:
-    folder.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}"}
-    env.pop("RAY_ADDRESS", None)
     how = (["--scheduler", method, "--trials", str(members)] if method in ("pbt", "pb2")
            else ["--scheduler", "asha", "--trials", str(asha_trials), "--concurrency", "2"])
-    args = [sys.executable, "-m", "pipelines.cli", "sweep", "--space", space, *how, "--seed", str(seed),
-            "--name", "bench", "--ray-storage", str(folder / "ray_results")]
-    t = time.perf_counter()
-    done = subprocess.run(args, cwd=folder, env=env, capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - t
-    (folder / "sweep.log").write_text(done.stdout + done.stderr)
-    if done.returncode != 0:
-        raise SystemExit(f"{method} seed {seed} failed: {done.stderr[-2000:]}")
-    from mlflow import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("gan-pipelines")
-    runs = client.search_runs([exp.experiment_id], "tags.sweep_name = 'bench' and tags.tune_trial_id LIKE '%'")
+    wall, runs = run_sweep(folder, ["--space", space, *how, "--seed", str(seed)], f"{method} seed {seed}")
     best = min((r.data.metrics.get("best_fid", math.inf) for r in runs), default=math.inf)
     epochs = sum(int(r.data.metrics.get("epoch", 0)) for r in runs)  # the last eval's epoch: what it trained
     exploits = sum(int(r.data.tags.get("pbt.exploits", 0)) for r in runs)

@@ -9,11 +9,11 @@ from typing import Any
 from gan.config import RunConfig
 from pipelines.errors import TrackingLost
 from pipelines.tracking import names
-from pipelines.tracking.callbacks import MlflowCallbacks, send_offline_writes
+from pipelines.tracking.callbacks import MlflowCallbacks, run_callbacks, send_offline_writes
 from pipelines.tracking.history import Restored, last_eval_step, last_logged_step
 from pipelines.tracking.lease import watch_lease
 from pipelines.tracking.resources import log_eval_share
-from pipelines.tracking.runs import RunHandle, run_callbacks
+from pipelines.tracking.runs import RunHandle
 from pipelines.tracking.store import client_for
 
 

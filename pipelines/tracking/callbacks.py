@@ -34,6 +34,7 @@ from gan.sampling import fixed_latents, generate, image_grid
 from pipelines.errors import TrackingLost
 from pipelines.tracking import names
 from pipelines.tracking.delivery import Delivery
+from pipelines.tracking.history import Restored
 from pipelines.tracking.models import BEST, FINAL, drop_role, log_model, model_with_role
 from pipelines.tracking.outbox import Outbox
 from pipelines.tracking.pictures import upscale
@@ -279,3 +280,11 @@ def prune_checkpoints(client: Any, run_id: str, keep: int, also_keep: str | None
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def run_callbacks(client: Any, run_id: str, cfg: RunConfig, image_shape: tuple[int, ...], restored: Restored,
+                  owner: str, lease: Any) -> MlflowCallbacks:
+    """The loop's MLflow callbacks for a run continuing from `restored`, writing as `owner`."""
+    return MlflowCallbacks(client, run_id, floor=restored.floor, eval_floor=restored.eval_floor,
+                           frames=restored.frames, cfg=cfg, image_shape=image_shape, owner=owner, lease=lease,
+                           warm=restored.warm)

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from gan.callbacks import SHIFT_KEY
 from gan.checkpoint import load_checkpoint
 from gan.config import RunConfig, make_config
 from gan.step_metrics import STEP_METRICS
@@ -117,6 +118,14 @@ class Restored:
     eval_floor: int = 0
     frames: list[tuple[int, np.ndarray]] = field(default_factory=list)
     warm: dict[str, Any] | None = None
+
+    @property
+    def run_step(self) -> int | None:
+        """The run's step the state continues from: its training step, plus its step shift
+        (a population member's state may be another member's, which took other steps)."""
+        if self.state is None:
+            return None
+        return int(self.state["step"]) + int(self.state.get(SHIFT_KEY, 0))
 
     def config(self, cfg: RunConfig) -> RunConfig:
         """The config the run continues with: its checkpoint's own (it reproduces the run)."""

@@ -20,7 +20,8 @@ runs: training.in_process.InProcessLoop, distributed.trainer.RayTrainLoop):
 Leaving the block any other way closes the run exactly one way: a Tune stop (SystemExit
 in a sweep trial) KILLED as pruned with its reason and GIF; Ctrl-C KILLED; any other
 error FAILED with the error; TrackingLost (the server away, or the run taken over)
-leaves the run as it is. The lease is released at the end, and only its own tags.
+leaves the run as it is, and so does a PBT pause (a SystemExit in a population
+member). The lease is released at the end, and only its own tags.
 
 A process that writes into a run another process owns (a Ray Train rank 0) gets a
 RunHandle from the owner and enters an AttachedRun (tracking.attached): the same restore
@@ -37,12 +38,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from gan.callbacks import SHIFT_KEY
 from gan.config import RunConfig
 from gan.data import ImageData
 from pipelines.errors import TrackingError, TrackingLost
 from pipelines.tracking import names
-from pipelines.tracking.callbacks import MlflowCallbacks, send_offline_writes
+from pipelines.tracking.callbacks import MlflowCallbacks, run_callbacks, send_offline_writes
 from pipelines.tracking.ending import Frames, close_early, mark_ended
 from pipelines.tracking.history import (
     NoIntactCheckpoint,
@@ -156,10 +156,8 @@ class TrackedRun:
             self.start(cfg, loop.where, data, omit)
             restored = self.restore(checkpoint=not loop.restores_itself)
             cfg = restored.config(cfg)
-        if restored.state is not None:
-            # the run's step (a population member's state may be another member's: its shift)
-            step = int(restored.state["step"]) + int(restored.state.get(SHIFT_KEY, 0))
-            self.client.set_tag(self.run_id, names.RESUMED_FROM_STEP, str(step))
+        if restored.run_step is not None:
+            self.client.set_tag(self.run_id, names.RESUMED_FROM_STEP, str(restored.run_step))
         result = loop.fit(self, cfg, restored)
         model_uri = self.close(result, cfg, data.shape)
         if self.on_closed is not None:
@@ -295,11 +293,4 @@ class TrackedRun:
         self.closed = status
 
 
-def run_callbacks(client: Any, run_id: str, cfg: RunConfig, image_shape: tuple[int, ...], restored: Restored,
-               owner: str, lease: Any) -> MlflowCallbacks:
-    return MlflowCallbacks(client, run_id, floor=restored.floor, eval_floor=restored.eval_floor,
-                           frames=restored.frames, cfg=cfg, image_shape=image_shape, owner=owner, lease=lease,
-                           warm=restored.warm)
-
-
-__all__ = ["Loop", "RunHandle", "TrackedRun", "run_callbacks"]
+__all__ = ["Loop", "RunHandle", "TrackedRun"]
