@@ -74,6 +74,20 @@ def check_store_for_cluster(uri: str, alive_nodes: int) -> None:
         )
 
 
+def check_local_fit(address: str | None, cpus: float, what: str) -> None:
+    """A local Ray (address None) has this machine's CPUs and cannot grow: what needs more
+    (`cpus`; `what` names it by its flags) would wait forever for them. Refuse it before
+    anything is created; a cluster may grow, so it is not judged here."""
+    if address is not None:
+        return
+    from ray._private.utils import get_num_cpus  # what ray.init gives a local node: cgroup-aware
+
+    have = get_num_cpus()
+    if cpus > have:
+        raise ClusterError(f"{what} needs {cpus:g} CPUs but the local Ray this command starts has {have} "
+                           "(lower them, or join a cluster with --ray-address)")
+
+
 def check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
     """ray.init retries an unreachable HOST:PORT for minutes; a TCP probe fails in seconds."""
     if not address or address in ("auto", "local"):

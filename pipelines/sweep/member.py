@@ -175,8 +175,9 @@ class PausingLoop:
     Tune itself (TuneCallbacks.hand_over): PBT pauses it there, as it does a one-worker
     member in its report."""
 
-    def __init__(self, inner: Any, workers: Any, to_tune: Any, perturb: tuple[int, ...]) -> None:
-        self.inner, self.workers, self.to_tune, self.perturb = inner, workers, to_tune, perturb
+    def __init__(self, inner: Any, workers: Any, to_tune: Any) -> None:
+        # `workers`: the RayTrainLoop inside `inner`, which keeps its last checkpoint's state
+        self.inner, self.workers, self.to_tune = inner, workers, to_tune
         self.restores_itself = inner.restores_itself
 
     @property
@@ -191,8 +192,8 @@ class PausingLoop:
             result = self.inner.fit(run, cfg, restored)
             state = self.workers.last_state
             epoch = result.epochs_done
-            if result.diverged or state is None or epoch >= cfg.epochs or epoch not in self.perturb:
-                return result
+            if result.diverged or state is None or epoch not in self.to_tune.perturb:
+                return result  # its last epoch (never a perturbation epoch), or it failed
             step, scores = result.eval_history[-1] if result.eval_history else (int(state["step"]), {})
             self.to_tune.scored(epoch, step, {k: v for k, v in scores.items()
                                               if not k.startswith(names.PBT_VALUE_PREFIX)})

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gan.config import ConfigError
+from pipelines.distributed.connect import check_local_fit, ray_address
 from pipelines.distributed.options import DEFAULT_STORAGE
 from pipelines.sweep.space import SearchSpace, resolve_path
 from pipelines.tracking import names
@@ -73,6 +74,9 @@ class SweepOptions:
         if not out.gpus_per_trial >= 0:
             raise ConfigError(f"--gpus-per-trial {out.gpus_per_trial} is invalid: must be >= 0 "
                               "(fractions share a GPU, e.g. 0.5)")
+        check_local_fit(ray_address(out.ray_address), out.cpus_per_trial * out.workers_per_trial,
+                        f"a trial of --workers-per-trial {out.workers_per_trial} x --cpus-per-trial "
+                        f"{out.cpus_per_trial:g}")
         if out.workers_per_trial > 1 and 0 < out.gpus_per_trial < 1:
             raise ConfigError("--gpus-per-trial below 1 is invalid with --workers-per-trial > 1: "
                               "each Ray Train worker takes a whole GPU")

@@ -188,9 +188,10 @@ def _run_trial(config: dict[str, Any], data: ImageData, ctx: TrialContext,
     to_tune = TuneCallbacks(ctx.rungs, reports_evals=ctx.workers_per_trial == 1, perturb=ctx.perturb)
     client = client_for(ctx.tracking_uri)
     run_id, fresh = open_child(client, ctx, trial_id, sampled, tags, run_name)
+    opened = client.get_run(run_id)
+    to_tune.name = opened.info.run_name
     # a population member's earlier lives (each wrote its wall time so far when paused)
-    earlier = 0.0 if fresh else client.get_run(run_id).data.metrics.get(names.WALL_S, 0.0)
-    to_tune.name = client.get_run(run_id).info.run_name
+    earlier = 0.0 if fresh else opened.data.metrics.get(names.WALL_S, 0.0)
     loop = trial_loop(data, ctx, trial_id, to_tune)
     cfg = make_config(config)
     # The lease keeps `train --resume` off a trial that is training; taken without a check:
@@ -225,7 +226,7 @@ def trial_loop(data: ImageData, ctx: TrialContext, trial_id: str, to_tune: TuneC
         return stoppable
     from pipelines.sweep.member import PausingLoop
 
-    return PausingLoop(stoppable, workers, to_tune, ctx.perturb)
+    return PausingLoop(stoppable, workers, to_tune)
 
 
 def trial_resources(client: Any, run_id: str, ctx: TrialContext, started: float, first_step: float | None,

@@ -95,8 +95,9 @@ class TrackedRun:
     """The owner's side of one run. `fresh`: the run was just created (its config and
     dataset are logged); else it continues (restore). `prunable`: a sweep trial, where a
     SystemExit is Tune stopping it; `pruned_reason()` then says why. `before_close` runs
-    on every way out, a pause included (a trial's resource figures); `on_closed(result, model_uri)` after
-    `train` closed the run (a trial's last report to Tune, which may stop it there).
+    on every way out, a pause included (a trial's resource figures); `on_closed(result,
+    model_uri)` after `train` closed the run (a trial's last report to Tune, which may
+    stop it there).
     `pausable`: a population member, where a SystemExit is Tune pausing it at a
     perturbation epoch (sweep.member): its writes land and the run stays open for its
     next life."""
