@@ -250,9 +250,11 @@ def test_the_parent_shows_the_family_tree_and_promote_names_the_lineage(pbt_swee
     assert "at the end: lr_g=" in pbt_sweep["out"]
 
     version = client.get_model_version_by_alias("pbt-gen", "champion")
-    assert version.description.startswith("Population-based training: the weights of this generator (epoch 3 of run")
-    best = client.get_run(version.run_id)
-    assert best.info.run_name.split(" ")[0] in version.description
+    # the member's best model: it may be from any of its evals, not only its last
+    best, model = client.get_run(version.run_id), client.get_logged_model(version.tags[names.VERSION_MODEL_ID])
+    assert version.description.startswith(
+        "Population-based training: the weights of this generator "
+        f"(epoch {model.tags[names.MODEL_EPOCH]} of run {best.info.run_name.split(' ')[0]})")
     # one line per exploit on the weights' line of descent
     assert version.description.count(" copied ") == version.description.count(" <- ")
 
