@@ -130,9 +130,12 @@ def main() -> None:
 
     import ray
 
+    from pipelines.distributed.connect import loopback_only
+
     t0 = time.time()
     # CPU: exactly one core per worker; GPU: Ray finds the machine's cores and GPUs
-    ray.init(num_cpus=None if args.gpu else args.workers, logging_level="WARNING")
+    with loopback_only():
+        ray.init(num_cpus=None if args.gpu else args.workers, logging_level="WARNING", _node_ip_address="127.0.0.1")
     ray_init_s = round(time.time() - t0, 2)
     with tempfile.TemporaryDirectory() as storage:
         times, t0 = run_ray(one, 1, stop_at, storage)

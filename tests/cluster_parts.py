@@ -224,7 +224,12 @@ class RayCluster:
         manager, objects, agent_grpc, agent_http, metrics, runtime_env = free_ports(6)
         # A temp dir per node, as on separate machines: a node's runtime-env agent deletes
         # the job working dirs it unpacked, which must not be the other node's.
-        cmd = [str(BIN / "ray"), "start", "--block", *args, "--num-cpus", "1", "--temp-dir", str(self.temp / name),
+        # --node-ip-address 127.0.0.1: Ray 2.60's `ray start` still turns it into this
+        # machine's IP and listens on every interface (a worker node refuses to start with
+        # the switch pipelines.distributed.connect.loopback_only uses), so the token is
+        # what guards these nodes; the local Ray a command starts is loopback only.
+        cmd = [str(BIN / "ray"), "start", "--block", *args, "--node-ip-address", "127.0.0.1",
+               "--num-cpus", "1", "--temp-dir", str(self.temp / name),
                "--resources", json.dumps({name: 1}), "--node-manager-port", str(manager),
                "--object-manager-port", str(objects), "--dashboard-agent-grpc-port", str(agent_grpc),
                "--dashboard-agent-listen-port", str(agent_http), "--metrics-export-port", str(metrics),

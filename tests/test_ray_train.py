@@ -7,10 +7,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+import time
 
 import pytest
 import torch
-from conftest import sqlite_store
+from conftest import sqlite_store, wait_for
 
 from gan.callbacks import Callbacks
 from gan.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
@@ -185,7 +186,7 @@ def _only_run(client, experiment: str):
 
 
 def test_two_worker_run_logs_one_mlflow_run_whose_checkpoint_resumes_in_process(
-        ray_session, tmp_path, monkeypatch, mnist5k):
+        ray_session, tmp_path, monkeypatch, mnist5k, capfd):
     from gan.train import train
     from pipelines.cli import main
     from pipelines.tracking.history import latest_checkpoint
@@ -194,6 +195,14 @@ def test_two_worker_run_logs_one_mlflow_run_whose_checkpoint_resumes_in_process(
     rc = main(["train", "--workers", "2", "--epochs", "1", "--experiment", "ray2",
                "--ray-storage", str(tmp_path / "ray"), *TINY])
     assert rc == 0
+    # The console: rank 0's line per epoch (Ray forwards the workers' output a moment
+    # later), not Ray Train's INFO dump of each worker's every report and checkpoint.
+    console = []
+    wait_for(lambda: console.append(capfd.readouterr().err) or "epoch 1/1 (step 78), FID" in "".join(console),
+             timeout=30)
+    time.sleep(2)  # rank 0 reported after that line: time to forward it too
+    console.append(capfd.readouterr().err)
+    assert "Reporting training result" not in "".join(console) and "Checkpoint successfully" not in "".join(console)
 
     run = _only_run(client, "ray2")
     rid = run.info.run_id

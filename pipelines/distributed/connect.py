@@ -8,16 +8,23 @@ of its processes outlives the command, even a killed one; disconnect() ends both
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import subprocess
+from collections.abc import Iterator
 from typing import Any
 
 from pipelines.distributed.reaper import child_pids, start_watcher, stop_watcher
 from pipelines.errors import ClusterError, TrackingError
 
 _watcher: subprocess.Popen | None = None  # of the local Ray this process started, if any
+
+# Ray turns a node address of 127.0.0.1 into the machine's own IP (so other machines could
+# join) and its servers then listen on every interface, unless it believes multi-node
+# clusters are off, as on macOS: then the node is 127.0.0.1 and every server binds loopback.
+CLUSTERS_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def ray_address(given: str | None) -> str | None:
@@ -38,7 +45,8 @@ def connect(address: str | None, tracking_uri: str) -> bool:
     try:
         # A Ray this command starts listens on loopback only, never on the machine's own IP.
         local: dict[str, Any] = {"_node_ip_address": "127.0.0.1"} if address is None else {}
-        ray.init(address=address, logging_level=logging.WARNING, **local)
+        with loopback_only() if address is None else contextlib.nullcontext():
+            ray.init(address=address, logging_level=logging.WARNING, **local)
     except (ConnectionError, ValueError, RuntimeError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ClusterError(f"ray_address={address!r} is invalid: cannot connect ({first})") from None
@@ -50,6 +58,27 @@ def connect(address: str | None, tracking_uri: str) -> bool:
         disconnect()
         raise
     return True
+
+
+@contextlib.contextmanager
+def loopback_only() -> Iterator[None]:
+    """While a local Ray starts in this block, its node is 127.0.0.1 and its servers (GCS,
+    raylet, workers, agents) listen on loopback only. Its processes read CLUSTERS_ENV when
+    they start; this one read it when it imported ray, so Ray's copy is set too. Both are
+    restored after: joining a real cluster later must resolve this machine's own IP."""
+    from ray._private import ray_constants
+
+    saved_env, saved_flag = os.environ.get(CLUSTERS_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[CLUSTERS_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(CLUSTERS_ENV, None)
+        else:
+            os.environ[CLUSTERS_ENV] = saved_env
 
 
 def disconnect() -> None:

@@ -54,7 +54,7 @@ def make_trainer(opts: RayOptions, loop_config: dict[str, Any], name: str,
     """The TorchTrainer of one run: N workers, each running `worker(loop_config)`
     (default pipelines.distributed.worker.train_worker; the benchmark passes its own);
     `callbacks`: Ray Train callbacks (a sweep trial's TuneReportCallback)."""
-    from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, ScalingConfig
     from ray.train import RunConfig as RayRunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -74,6 +74,11 @@ def make_trainer(opts: RayOptions, loop_config: dict[str, Any], name: str,
             # MLflow keeps every checkpoint; Ray only needs the newest to restart from.
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=callbacks or None,
+            # Ray Train's INFO lines (each worker's every report and checkpoint, with the
+            # whole metrics dict) drowned the run's own progress lines; its warnings (a
+            # worker group waiting for resources, a restart) still reach the console.
+            # (mypy reads Train V1's RunConfig; V2, the one Ray runs, has logging_config)
+            logging_config=LoggingConfig(log_level="WARNING"),  # type: ignore[call-arg]
         ),
     )
 
@@ -123,7 +128,7 @@ def run_distributed(cfg: RunConfig, opts: RayOptions, experiment: str | None = N
         where = environment_tags(cfg.dataset, f"{opts.workers}x{'cuda' if opts.gpu else 'cpu'}")
         run_id, experiment_id = open_run(client, experiment_id, run_name, {**where, **(tags or {})})
         with TrackedRun(client, run_id, fresh=True, warm=warm) as run:
-            result, model_uri = run.train_and_close(cfg, data, RayTrainLoop(opts, uri, data.shape))
+            result, model_uri = run.train_and_close(cfg, data, RayTrainLoop(opts, uri, data.shape, progress=True))
             if model_uri is None:
                 raise RunDiverged(f"run {run_id} is FAILED: {result.stopped}")
             return RunOutcome(run_id, experiment_id, result, model_uri)
@@ -146,6 +151,7 @@ class RayTrainLoop:
     callbacks: list[Any] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)  # more params (a trial's id)
     pause_at: tuple[int, ...] = ()
+    progress: bool = False  # rank 0 prints a line per epoch (train --workers; a sweep prints its own)
     restores_itself = True  # a restarted worker group resumes from Ray Train's own storage
     last_state: dict[str, Any] | None = None  # the newest checkpoint's, after fit
 
@@ -159,13 +165,13 @@ class RayTrainLoop:
     def fit(self, run: TrackedRun, cfg: RunConfig, restored: Restored) -> TrainResult:
         result, self.last_state = fit_run(run.handle(self.tracking_uri), cfg, self.opts, self.image_shape,
                                           self.callbacks, warm=restored.warm, resume=restored.state,
-                                          pause_at=self.pause_at)
+                                          pause_at=self.pause_at, progress=self.progress)
         return result
 
 
 def fit_run(handle: RunHandle, cfg: RunConfig, opts: RayOptions, image_shape: tuple[int, int, int],
             callbacks: list[Any] | None = None, warm: dict[str, Any] | None = None,
-            resume: dict[str, Any] | None = None, pause_at: tuple[int, ...] = (),
+            resume: dict[str, Any] | None = None, pause_at: tuple[int, ...] = (), progress: bool = False,
             ) -> tuple[TrainResult, dict[str, Any] | None]:
     """The one loop on opts.workers Ray Train workers, rank 0 writing into the run
     `handle` names (its owner holds the lease and closes it), from `resume` (a training
@@ -189,7 +195,7 @@ def fit_run(handle: RunHandle, cfg: RunConfig, opts: RayOptions, image_shape: tu
     # `warm` (a fine-tune's starting checkpoint) travels with the config: Ray puts large
     # arguments in its object store, so every worker, on any node, gets the same weights.
     loop_config = {"cfg": cfg.to_dict(), "handle": handle, "threads": opts.cpus_per_worker, "warm": warm,
-                   "resume": resume, "pause_at": pause_at}
+                   "resume": resume, "pause_at": pause_at, "progress": progress}
     try:
         fitted = make_trainer(opts, loop_config, name, callbacks=callbacks).fit()
     except Exception as e:  # noqa: BLE001 - Ray's errors wrap the workers'; say which

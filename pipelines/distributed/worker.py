@@ -10,6 +10,8 @@ newest one.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -37,14 +39,25 @@ PAUSED_KEY = "paused_here"
 class RayTrainCallbacks(ForwardingCallbacks):
     """Per-step and eval numbers to MLflow (rank 0); checkpoints to Ray Train (all ranks).
     `pause_at`: epochs where the workers score, checkpoint and stop (a population member's
-    perturbation epochs: each life of it is one Ray Train run)."""
+    perturbation epochs: each life of it is one Ray Train run). `epochs`: the run's, when
+    it prints a progress line per epoch it scores, draws or checkpoints (None: silent)."""
 
-    def __init__(self, rank: int, tracking: MlflowCallbacks | None = None, pause_at: tuple[int, ...] = ()) -> None:
+    def __init__(self, rank: int, tracking: MlflowCallbacks | None = None, pause_at: tuple[int, ...] = (),
+                 epochs: int | None = None) -> None:
         super().__init__(tracking)  # only rank 0 has one; the others forward to a no-op
         self.rank, self.tracking = rank, tracking
         self.pause_at = set(pause_at)
         self.last_eval: dict[str, float] = {}
         self.checkpointed = -1  # the epoch of the last checkpoint
+        self.epochs, self.printed = epochs, 0
+
+    def _progress(self, epoch: int, step: int, scores: dict[str, float] | None = None) -> None:
+        """One line per epoch to the driver's console (Ray forwards a worker's stdout)."""
+        if self.epochs is None or epoch <= self.printed:
+            return
+        self.printed = epoch
+        fid = f", FID {scores['fid']:.2f}" if scores and "fid" in scores else ""
+        print(f"epoch {epoch}/{self.epochs} (step {step}){fid}", file=sys.stderr, flush=True)
 
     def wants_eval(self, epoch: int) -> bool:
         return epoch in self.pause_at or super().wants_eval(epoch)
@@ -55,6 +68,11 @@ class RayTrainCallbacks(ForwardingCallbacks):
     def on_eval(self, epoch: int, step: int, grid: np.ndarray, metrics: dict[str, float]) -> None:
         self.last_eval = {k: float(v) for k, v in metrics.items()}
         super().on_eval(epoch, step, grid, metrics)
+        self._progress(epoch, step, self.last_eval)
+
+    def on_grid(self, epoch: int, step: int, grid: np.ndarray) -> None:
+        super().on_grid(epoch, step, grid)
+        self._progress(epoch, step)
 
     def stop_requested(self) -> str | None:
         """Rank 0 reads whether the run's owner asked the workers to stop (a sweep trial
@@ -70,6 +88,7 @@ class RayTrainCallbacks(ForwardingCallbacks):
         import ray.train
 
         self.checkpointed = epoch
+        self._progress(epoch, step)
         # Every rank must call report (it is a barrier); only rank 0 has a file to give.
         with tempfile.TemporaryDirectory(prefix="gan-ray-ckpt-") as folder:
             checkpoint = None
@@ -104,6 +123,16 @@ def restored_state() -> dict[str, Any] | None:
         return load_checkpoint(checkpoint_file(folder))
 
 
+def quiet_reports() -> None:
+    """Ray 2.60 logs each report of each worker at INFO, with its whole metrics dict, from a
+    logger named by its file's path (logging.getLogger(__file__)), which Ray Train's own
+    log level (make_trainer) does not reach: one line per worker per epoch drowned the
+    run's progress lines."""
+    from ray.train.v2._internal.execution import context
+
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def train_worker(config: dict[str, Any]) -> None:
     """The TorchTrainer's per-worker function. `config`: cfg (a RunConfig dict), handle
     (the RunHandle of the run its driver owns), threads; warm (a fine-tune's start);
@@ -111,6 +140,7 @@ def train_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    quiet_reports()
     cfg = make_config(config["cfg"])
     handle: RunHandle = config["handle"]
     rank = ray.train.get_context().get_world_rank()
@@ -137,7 +167,8 @@ def train_worker(config: dict[str, Any]) -> None:
         tracking = run.tracking(cfg, data.shape, dataclasses.replace(run.restore(), warm=warm))
         if own is not None:
             run.client.set_tag(run.run_id, names.RAY_RESTORED_FROM_STEP, str(own["step"]))
-        callbacks = ShiftedSteps(RayTrainCallbacks(rank, tracking, pause_at), shift)
+        epochs = cfg.epochs if config.get("progress") else None
+        callbacks = ShiftedSteps(RayTrainCallbacks(rank, tracking, pause_at, epochs), shift)
         # rank 0's machine in the run's system metrics (the other ranks' nodes are not sampled)
         with system_metrics(run.run_id, handle.tracking_uri, resumed=True):
             result = train(cfg, data, callbacks, evaluator=evaluator, resume=state, device=device, progress=False,
