@@ -180,6 +180,12 @@ def test_population_members_of_2_workers_are_ddp_groups_across_both_nodes(cluste
         steps = [m.step for m in client.get_metric_history(r.info.run_id, "d_loss")]
         assert steps == sorted(set(steps))
         assert [int(m.value) for m in client.get_metric_history(r.info.run_id, names.EPOCH)] == [1, 2]
+    # The members took turns (2 CPUs in all): a life's workers waited for the other
+    # member's, and that wait is left out of what the member used.
+    for r in runs:
+        m, span = r.data.metrics, (r.info.end_time - r.info.start_time) / 1000
+        assert m[names.QUEUED_S] >= 0 and m[names.WALL_S] + m[names.QUEUED_S] <= span + 1, (m, span)
+    assert max(r.data.metrics[names.QUEUED_S] for r in runs) > 5
     listed = cluster.ray.cli("list", "actors", "--filter", "class_name=RayTrainWorker", "--detail",
                          "--format", "json", "--limit", "100", "--address", cluster.ray.dashboard)
     workers = json.loads(listed.stdout)  # only this sweep had Ray Train workers

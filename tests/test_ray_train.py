@@ -17,6 +17,7 @@ from gan.callbacks import Callbacks
 from gan.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from gan.config import ConfigError, make_config
 from gan.precision import Precision, amp_dtype
+from pipelines.tracking import names
 
 pytestmark = pytest.mark.integration
 
@@ -209,6 +210,7 @@ def test_two_worker_run_logs_one_mlflow_run_whose_checkpoint_resumes_in_process(
     assert run.info.status == "FINISHED"
     assert run.data.params["world_size"] == "2" and run.data.params["backend"] == "gloo"
     assert run.data.params["cpus_per_worker"] == "1" and run.data.params["device"] == "cpu"
+    assert 0 <= run.data.metrics[names.QUEUED_S] < 60  # its group's wait for CPUs: none to wait for here
     steps = [m.step for m in client.get_metric_history(rid, "d_loss")]
     assert steps == list(range(1, STEPS_PER_EPOCH + 1))
     top = {a.path for a in client.list_artifacts(rid)}

@@ -197,6 +197,28 @@ def _children(client, experiment_id: str, parent_id: str):
     return client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
 
 
+def test_a_distributed_trials_hours_leave_out_what_its_workers_waited_for(tmp_path):
+    """A trial on Ray Train workers starts at once (its function holds no CPU); the time its
+    workers then wait for theirs (system/queued_s, which its rank 0 adds up) used nothing."""
+    import time
+
+    from pipelines.sweep.trial import TrialContext, trial_resources
+    from pipelines.tracking.store import client_for
+
+    uri = sqlite_store(tmp_path)
+    client = client_for(uri)
+    exp = client.create_experiment("costs")
+    run_id = client.create_run(exp).info.run_id
+    ctx = TrialContext(uri, exp, "parent", "s", cpus_per_trial=1, workers_per_trial=2)
+    client.log_metric(run_id, names.QUEUED_S, 30.0)  # its earlier life's workers waited 30 s...
+    client.log_metric(run_id, names.QUEUED_S, 50.0)  # ...and this life's 20 s
+    # this life began 100 s ago; the earlier one used 40 s (its wall_s), before it 30 s were queued
+    trial_resources(client, run_id, ctx, time.time() - 100, None, earlier=40.0, queued=30.0)
+    m = client.get_run(run_id).data.metrics
+    assert m[names.WALL_S] == pytest.approx(40 + 100 - 20, abs=5)
+    assert m[names.CPU_HOURS] == pytest.approx(m[names.WALL_S] * 2 / 3600)
+
+
 @pytest.mark.slow  # a CLI sweep killed and resumed: over a minute
 def test_resume_after_killing_the_driver_finishes_the_trials_without_duplicate_runs(workdir):
     space = _write_space(workdir, "resume", {

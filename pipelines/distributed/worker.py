@@ -27,7 +27,7 @@ from gan.train import train
 from pipelines.tracking import names
 from pipelines.tracking.attached import AttachedRun
 from pipelines.tracking.callbacks import MlflowCallbacks
-from pipelines.tracking.resources import system_metrics
+from pipelines.tracking.resources import log_queued, system_metrics
 from pipelines.tracking.runs import RunHandle
 from pipelines.training.prepare import build_evaluator
 
@@ -167,6 +167,7 @@ def train_worker(config: dict[str, Any]) -> None:
         tracking = run.tracking(cfg, data.shape, dataclasses.replace(run.restore(), warm=warm))
         if own is not None:
             run.client.set_tag(run.run_id, names.RAY_RESTORED_FROM_STEP, str(own["step"]))
+        log_queued(run.client, run.run_id)  # each group of the run: a restarted one waits again
         epochs = cfg.epochs if config.get("progress") else None
         callbacks = ShiftedSteps(RayTrainCallbacks(rank, tracking, pause_at, epochs), shift)
         # rank 0's machine in the run's system metrics (the other ranks' nodes are not sampled)

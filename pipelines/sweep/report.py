@@ -73,8 +73,8 @@ def sampled_params(run: Any, space: SearchSpace) -> dict[str, Any]:
     return values
 
 
-RESOURCES = {names.WALL_S: "wall_s", names.CPU_HOURS: "cpu_h", names.GPU_HOURS: "gpu_h",
-             names.PEAK_MEMORY_MB: "peak_mem_mb"}
+RESOURCES = {names.WALL_S: "wall_s", names.QUEUED_S: "queued_s", names.CPU_HOURS: "cpu_h",
+             names.GPU_HOURS: "gpu_h", names.PEAK_MEMORY_MB: "peak_mem_mb"}
 
 
 def summary_frame(runs: list[Any], space: SearchSpace) -> Any:
@@ -94,7 +94,8 @@ def summary_frame(runs: list[Any], space: SearchSpace) -> Any:
             names.BEST_FID: m.get(names.BEST_FID),
             "epochs_run": int(m[names.EPOCH]) if names.EPOCH in m else 0,
             **sampled_params(r, space),
-            **{col: m.get(key) for key, col in RESOURCES.items()},
+            # queued_s only where a trial has it (distributed ones): no empty column otherwise
+            **{col: m.get(key) for key, col in RESOURCES.items() if key != names.QUEUED_S or key in m},
             "node": r.data.tags.get(names.NODE_ID, "")[:12],
         })
     frame = pd.DataFrame(rows)

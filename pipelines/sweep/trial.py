@@ -192,13 +192,14 @@ def _run_trial(config: dict[str, Any], data: ImageData, ctx: TrialContext,
     to_tune.name = opened.info.run_name
     # a population member's earlier lives (each wrote its wall time so far when paused)
     earlier = 0.0 if fresh else opened.data.metrics.get(names.WALL_S, 0.0)
+    queued = 0.0 if fresh else opened.data.metrics.get(names.QUEUED_S, 0.0)  # their workers' waits
     loop = trial_loop(data, ctx, trial_id, to_tune)
     cfg = make_config(config)
     # The lease keeps `train --resume` off a trial that is training; taken without a check:
     # Tune restarting this trial after its node died must not wait out the dead lease.
     with TrackedRun(client, run_id, fresh=fresh, prunable=True, pausable=bool(ctx.perturb),
                     before_close=lambda: trial_resources(client, run_id, ctx, started, to_tune.first_step,
-                                                         earlier),
+                                                         earlier, queued),
                     on_closed=lambda result, uri: to_tune.closed(result, uri, lambda: logged_scores(client, run_id)),
                     ) as run:
         run.pruned_reason = lambda: pruned_reason(to_tune.epoch)  # Tune stops it in report()
@@ -230,12 +231,16 @@ def trial_loop(data: ImageData, ctx: TrialContext, trial_id: str, to_tune: TuneC
 
 
 def trial_resources(client: Any, run_id: str, ctx: TrialContext, started: float, first_step: float | None,
-                    earlier: float = 0.0) -> None:
+                    earlier: float = 0.0, queued: float = 0.0) -> None:
     """What the trial used (its slot's CPUs and GPUs, times its workers) over its lives
     (`earlier`: the seconds of those before this one), and how long this one took from its
-    function's entry to its first step."""
+    function's entry to its first step. A distributed trial's function holds no CPU, so it
+    starts at once and its workers may then wait for theirs: what they waited in this life
+    (the run's QUEUED_S beyond `queued`, what it was before) held nothing, and is left out."""
     workers = ctx.workers_per_trial
-    log_resources(client, run_id, started - earlier, ctx.cpus_per_trial * workers, ctx.gpus_per_trial * workers)
+    waited = client.get_run(run_id).data.metrics.get(names.QUEUED_S, 0.0) - queued
+    log_resources(client, run_id, started - earlier + waited, ctx.cpus_per_trial * workers,
+                  ctx.gpus_per_trial * workers)
     if first_step is not None:
         client.set_tag(run_id, names.TRIAL_SECONDS_TO_FIRST_STEP, f"{first_step - started:.2f}")
 

@@ -66,6 +66,10 @@ WALL_S = "system/wall_s"
 CPU_HOURS = "system/cpu_hours"
 GPU_HOURS = "system/gpu_hours"
 PEAK_MEMORY_MB = "system/peak_memory_mb"
+# Seconds a run's Ray Train worker groups waited for their CPUs/GPUs (their placement
+# groups' creation), summed over its groups. A sweep trial's wall_s and CPU/GPU-hours leave
+# it out: its function holds no CPU while its workers wait, so nothing was used.
+QUEUED_S = "system/queued_s"
 TRAIN_S = "system/train_s"  # seconds in training steps (this life of the run)
 EVAL_S = "system/eval_s"  # seconds scoring (gan.eval_budget keeps it near 5% of train_s)
 EVAL_SHARE = "system/eval_share"

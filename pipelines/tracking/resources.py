@@ -110,6 +110,22 @@ def log_resources(client: Any, run_id: str, started: float, cpus: float, gpus: f
     return usage
 
 
+def log_queued(client: Any, run_id: str) -> float | None:
+    """Called in a Ray Train worker when its group starts: adds the time the group's
+    placement group waited for its resources to the run's QUEUED_S and returns it (None
+    outside a placement group)."""
+    import ray.util
+
+    group = ray.util.get_current_placement_group()
+    if group is None:
+        return None
+    stats = ray.util.placement_group_table(group).get("stats", {})
+    waited = float(stats.get("end_to_end_creation_latency_ms", 0.0)) / 1000
+    so_far = client.get_run(run_id).data.metrics.get(names.QUEUED_S, 0.0)
+    client.log_metric(run_id, names.QUEUED_S, so_far + waited)
+    return waited
+
+
 def log_eval_share(client: Any, run_id: str, seconds: dict[str, Any]) -> None:
     """Training vs scoring seconds of the loop (TrainResult.seconds) and their ratio: what
     periodic evaluation cost this run (the eval budget's share; the final eval included)."""
