@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -67,7 +68,11 @@ def _artifacts(client, run_id: str, path: str = "") -> set[str]:
     return {a.path for a in client.list_artifacts(run_id, path)}
 
 
-def test_three_trial_sweep_makes_a_parent_with_nested_children_and_a_report(ray_session, workdir):
+def test_three_trial_sweep_makes_a_parent_with_nested_children_and_a_report(ray_session, workdir, monkeypatch,
+                                                                             capsys):
+    from pipelines.sweep import tuning
+
+    monkeypatch.setattr(tuning, "HEARTBEAT_S", 5.0)  # a line every 5 s: this sweep takes about 30
     space = _write_space(workdir, "tiny", {
         "lr_g": {"type": "float", "low": 1e-4, "high": 2e-3, "log": True},
         "arch": {"type": "categorical", "choices": ["mlp", "dcgan"]},
@@ -81,6 +86,13 @@ def test_three_trial_sweep_makes_a_parent_with_nested_children_and_a_report(ray_
     assert {"summary", "plots", "comparison", "search_space"} <= _artifacts(client, out.parent_run_id)
     assert _artifacts(client, out.parent_run_id, "summary") == {"summary/summary.csv", "summary/summary.html"}
     assert "plots/parallel_coordinate.png" in _artifacts(client, out.parent_run_id, "plots")
+
+    # while trials ran, the console said where they were, by their runs' names
+    console = capsys.readouterr().err
+    said = re.findall(r"^  \d+ s: (.*) \((\d) running\), (\d) done, (\d) waiting$", console, re.M)
+    assert said and all(int(r) + int(d) + int(w) == 3 for _, r, d, w in said), said
+    assert any(re.match(r"t0\d at epoch \d", where) for where, *_ in said), said
+    assert re.findall(r"^  t0\d .*: epoch 2, FID [\d.]+ \((\d) done\)$", console, re.M) == ["1", "2", "3"], console
 
     children = out.runs
     assert len(children) == 3
@@ -195,6 +207,22 @@ def _alive(process: psutil.Process) -> bool:
 
 def _children(client, experiment_id: str, parent_id: str):
     return client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
+
+
+def test_the_heartbeat_says_where_the_running_trials_are_by_their_run_names():
+    from types import SimpleNamespace as Trial  # what the line reads of Tune's Trial
+
+    from pipelines.sweep.naming import TUNE_NAME_KEY
+    from pipelines.sweep.tuning import heartbeat
+
+    trials = [Trial(status="RUNNING", trial_id="a1", last_result={TUNE_NAME_KEY: "t03 dcgan lr_g=3e-4", "epoch": 6}),
+              Trial(status="RUNNING", trial_id="b2", last_result={}),
+              Trial(status="TERMINATED", trial_id="c3", last_result={"epoch": 8}),
+              Trial(status="ERROR", trial_id="d4", last_result=None),
+              Trial(status="PENDING", trial_id="e5", last_result=None)]
+    assert heartbeat(trials, 250, total=40) == ("4 min: t03 at epoch 6, trial b2 starting (2 running), 1 done, "
+                                                "1 failed, 36 waiting")
+    assert heartbeat(trials[2:], 30) == "30 s: (0 running), 1 done, 1 failed, 1 waiting"
 
 
 def test_a_distributed_trials_hours_leave_out_what_its_workers_waited_for(tmp_path):

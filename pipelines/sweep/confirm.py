@@ -192,7 +192,7 @@ def _train(units: list[str], data: Any, opts: Any, space: Any, uri: str, parent:
             tune_config=tune.TuneConfig(max_concurrent_trials=opts.concurrency, reuse_actors=True,
                                         trial_dirname_creator=trial_dirname),
             run_config=tune.RunConfig(name=FOLDER.format(name=opts.name, k=k), storage_path=str(root), verbose=0,
-                                      callbacks=[progress_callback()],
+                                      callbacks=[progress_callback(len(units))],
                                       failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES)),
         )
         ended = tune_outcomes(tuner.fit())

@@ -191,7 +191,7 @@ def _tune(space: SearchSpace, opts: Sweep, data: Any, uri: str, experiment_id: s
                 **searched,
                 run_config=tune.RunConfig(
                     name=exp_dir.name, storage_path=str(exp_dir.parent), verbose=0,
-                    callbacks=[progress_callback()],
+                    callbacks=[progress_callback(trials or opts.trials)],
                     failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
                 ),
             )

@@ -221,7 +221,8 @@ def trial_loop(data: ImageData, ctx: TrialContext, trial_id: str, to_tune: TuneC
 
     opts = RayOptions(workers=ctx.workers_per_trial, gpu=ctx.gpus_per_trial > 0,
                       cpus_per_worker=max(1, int(ctx.cpus_per_trial)), storage_path=ctx.storage_path)
-    workers = RayTrainLoop(opts, ctx.tracking_uri, data.shape, [train_to_tune()], where, pause_at=ctx.perturb)
+    workers = RayTrainLoop(opts, ctx.tracking_uri, data.shape, [train_to_tune(to_tune.name)], where,
+                           pause_at=ctx.perturb)
     stoppable = TuneStoppableLoop(workers, pruned_reason)
     if not ctx.perturb:
         return stoppable

@@ -106,11 +106,12 @@ class TuneCallbacks(ShiftedSteps):
             report({**(self.last or logged()), names.EPOCH: result.epochs_done, "step": result.step}, self.name)
 
 
-def train_to_tune() -> Any:
+def train_to_tune(name: str = "") -> Any:
     """Ray Train's TuneReportCallback (its workers' reports to the trial's Tune session),
     less those at the epochs where a population member's workers stop: the trial hands
-    those to Tune itself, with its checkpoint (sweep.member.PausingLoop). Made in the
-    trial (the callback finds its Tune session when made)."""
+    those to Tune itself, with its checkpoint (sweep.member.PausingLoop). Each carries the
+    trial's run `name`, as a one-worker trial's reports do (report()). Made in the trial
+    (the callback finds its Tune session when made)."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from pipelines.distributed.worker import PAUSED_KEY
@@ -118,7 +119,8 @@ def train_to_tune() -> Any:
     class ForwardsToTune(TuneReportCallback):
         def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
             if not metrics[0].get(PAUSED_KEY):
-                super().after_report(run_context, metrics, checkpoint)
+                named = [{**metrics[0], TUNE_NAME_KEY: name}, *metrics[1:]] if name else metrics
+                super().after_report(run_context, named, checkpoint)
 
     return ForwardsToTune()
 

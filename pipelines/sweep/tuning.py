@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from typing import TYPE_CHECKING, Any
 
 from pipelines.sweep.naming import TUNE_NAME_KEY
@@ -122,21 +123,55 @@ def make_trainable(data: Any, ctx: Any, opts: Sweep, function: Any = None) -> An
     return tune.with_resources(trainable, resources)
 
 
-def progress_callback() -> Any:
-    """One line per finished trial on the driver's stderr, naming the trial as MLflow does."""
+HEARTBEAT_S = 60.0  # between the lines that say where the running trials are
+
+
+def progress_callback(total: int | None = None) -> Any:
+    """One line per finished trial on the driver's stderr, naming the trial as MLflow does,
+    and every HEARTBEAT_S a line saying where the running trials are: a sweep of long
+    trials is not silent until its first one ends. `total`: the trials the sweep will run
+    (Tune makes a searcher's trials one by one, so its list does not know)."""
     from ray.tune import Callback
 
     class Progress(Callback):
+        def __init__(self) -> None:
+            self.started = self.said = time.monotonic()
+
+        def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+            now = time.monotonic()
+            if now - self.said >= HEARTBEAT_S:
+                self.said = now
+                print(f"  {heartbeat(trials, now - self.started, total)}", file=sys.stderr)
+
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             r = trial.last_result or {}
             fid = r.get(METRIC, math.nan)
-            print(f"  {shown_name(trial)}: epoch {r.get('epoch', 0)}, FID {fid:.2f} "
-                  f"({sum(t.status == 'TERMINATED' for t in trials)} done)", file=sys.stderr)
+            done = 1 + sum(t.status == "TERMINATED" for t in trials if t is not trial)  # it is not yet
+            print(f"  {shown_name(trial)}: epoch {r.get('epoch', 0)}, FID {fid:.2f} ({done} done)", file=sys.stderr)
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             print(f"  {shown_name(trial)}: error (see its MLflow run)", file=sys.stderr)
 
     return Progress()
+
+
+def heartbeat(trials: list, elapsed_s: float, total: int | None = None) -> str:
+    """`4 min: t03 at epoch 6, t04 at epoch 2 (2 running), 5 done, 33 waiting`."""
+    running = [t for t in trials if t.status == "RUNNING"]
+    where = ", ".join(at_epoch(t) for t in running[:4]) + (", ..." if len(running) > 4 else "")
+    done, failed = (sum(t.status == s for t in trials) for s in ("TERMINATED", "ERROR"))
+    waiting = sum(t.status in ("PENDING", "PAUSED") for t in trials) if total is None \
+        else max(0, total - len(running) - done - failed)
+    clock = f"{elapsed_s / 60:.0f} min" if elapsed_s >= 90 else f"{elapsed_s:.0f} s"
+    return (f"{clock}: {where + ' ' if where else ''}({len(running)} running), {done} done, "
+            f"{f'{failed} failed, ' if failed else ''}{waiting} waiting")
+
+
+def at_epoch(trial: Any) -> str:
+    """`t03 at epoch 6` (its run's number), `trial def7caf8 starting` before its first report."""
+    result = trial.last_result or {}
+    name = str(result[TUNE_NAME_KEY]).split(" ")[0] if result.get(TUNE_NAME_KEY) else f"trial {trial.trial_id}"
+    return f"{name} at epoch {int(result['epoch'])}" if result.get("epoch") else f"{name} starting"
 
 
 def shown_name(trial: Any) -> str:
