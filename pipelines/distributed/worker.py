@@ -52,7 +52,7 @@ class RayTrainCallbacks(ForwardingCallbacks):
         self.epochs, self.printed = epochs, 0
 
     def _progress(self, epoch: int, step: int, scores: dict[str, float] | None = None) -> None:
-        """One line per epoch to the driver's console (Ray forwards a worker's stdout)."""
+        """One line per epoch to the driver's console (Ray forwards what a worker prints)."""
         if self.epochs is None or epoch <= self.printed:
             return
         self.printed = epoch
