@@ -130,12 +130,11 @@ def main() -> None:
 
     import ray
 
-    from pipelines.distributed.connect import loopback_only
+    from pipelines.distributed.connect import init_local
 
     t0 = time.time()
     # CPU: exactly one core per worker; GPU: Ray finds the machine's cores and GPUs
-    with loopback_only():
-        ray.init(num_cpus=None if args.gpu else args.workers, logging_level="WARNING", _node_ip_address="127.0.0.1")
+    init_local(num_cpus=None if args.gpu else args.workers, logging_level="WARNING")
     ray_init_s = round(time.time() - t0, 2)
     with tempfile.TemporaryDirectory() as storage:
         times, t0 = run_ray(one, 1, stop_at, storage)

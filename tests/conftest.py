@@ -82,15 +82,14 @@ def local_ray(tmp_path_factory):
     (pytest_collection_modifyitems), so Ray is up only while they run and every test that
     starts its own Ray (a CLI sweep, a cluster) runs before it."""
     ray = pytest.importorskip("ray")
-    from pipelines.distributed.connect import loopback_only
+    from pipelines.distributed.connect import init_local
 
     folder = tmp_path_factory.mktemp("faults")
     saved = dict(os.environ)
     os.environ.update(fault_env(folder))  # Ray's processes inherit it at start
     os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     try:
-        with loopback_only():
-            ray.init(num_cpus=2, logging_level="WARNING", _node_ip_address="127.0.0.1")
+        init_local(num_cpus=2, logging_level="WARNING")
     finally:
         os.environ.clear()
         os.environ.update(saved)

@@ -231,7 +231,9 @@ DOOR = {
     "a file that is no image": (lambda t: _folder(t, "junk"), {}, "is not a readable image"),
     "unlabelled images for the classifier": (lambda t: _folder(t, "faces"), {}, "--backbone inception"),
     "bad search space": (["sweep", "--space", "nope.yaml"], {}, "cannot be read"),
-    # a local Ray cannot grow: a trial bigger than this machine would wait forever
+    # a local Ray cannot grow: a run or a trial bigger than this machine would wait forever
+    "a run bigger than the local Ray": (["train", "--workers", "2", "--cpus-per-worker", "4096"], {},
+                                        "needs 8192 CPUs but the local Ray this command starts has"),
     "a trial bigger than the local Ray": (["sweep", "--workers-per-trial", "2", "--cpus-per-trial", "4096"], {},
                                           "needs 8192 CPUs but the local Ray this command starts has"),
     # population-based training (`--scheduler pbt|pb2`): quick has 4 epochs

@@ -43,10 +43,10 @@ def connect(address: str | None, tracking_uri: str) -> bool:
     check_reachable(address)
     before = child_pids()
     try:
-        # A Ray this command starts listens on loopback only, never on the machine's own IP.
-        local: dict[str, Any] = {"_node_ip_address": "127.0.0.1"} if address is None else {}
-        with loopback_only() if address is None else contextlib.nullcontext():
-            ray.init(address=address, logging_level=logging.WARNING, **local)
+        if address is None:
+            init_local(logging_level=logging.WARNING)
+        else:
+            ray.init(address=address, logging_level=logging.WARNING)
     except (ConnectionError, ValueError, RuntimeError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ClusterError(f"ray_address={address!r} is invalid: cannot connect ({first})") from None
@@ -58,6 +58,15 @@ def connect(address: str | None, tracking_uri: str) -> bool:
         disconnect()
         raise
     return True
+
+
+def init_local(**options: Any) -> None:
+    """ray.init of a new local Ray that listens on loopback only, never on the machine's
+    own IP (`options`: ray.init's, e.g. num_cpus)."""
+    import ray
+
+    with loopback_only():
+        ray.init(_node_ip_address="127.0.0.1", **options)
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from gan.config import RunConfig
 from gan.errors import UserError
-from pipelines.distributed.connect import connect, disconnect, ray_address
+from pipelines.distributed.connect import check_local_fit, connect, disconnect, ray_address
 from pipelines.distributed.options import RayOptions, run_params, worker_config
 from pipelines.errors import ClusterError, RunDiverged, TrackingLost
 from pipelines.tracking import names
@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 
 def check_resources(opts: RayOptions, fixed: bool) -> None:
     """A Ray Train run that asks for more than the cluster has waits forever: fail instead
-    on a cluster that cannot grow (one this process started); warn on others."""
+    on a cluster that cannot grow (one this process started); warn on others. (A local
+    Ray's CPUs were judged at the door, before the store: connect.check_local_fit.)"""
     import ray
 
     have = ray.cluster_resources()
@@ -112,6 +113,9 @@ def run_distributed(cfg: RunConfig, opts: RayOptions, experiment: str | None = N
 
     # ---- everything a user can get wrong, before the MLflow run exists
     cfg = worker_config(cfg, opts)
+    address = ray_address(opts.ray_address)
+    check_local_fit(address, opts.workers * opts.cpus_per_worker,
+                    f"--workers {opts.workers} x --cpus-per-worker {opts.cpus_per_worker}")
     uri = absolute_uri(tracking_uri())  # workers open the store from their own folders
     probe_store(uri)  # bounded; before anything exists
     data = prepare(cfg, opts.workers, check_device=False, warm=warm)
@@ -120,7 +124,6 @@ def run_distributed(cfg: RunConfig, opts: RayOptions, experiment: str | None = N
     build_evaluator(cfg, data, torch.device("cpu"))
     client = client_for(uri)
     experiment_id = ensure_experiment(client, experiment)
-    address = ray_address(opts.ray_address)
     started = connect(address, uri)
     try:
         local = started and address is None

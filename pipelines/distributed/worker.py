@@ -39,25 +39,14 @@ PAUSED_KEY = "paused_here"
 class RayTrainCallbacks(ForwardingCallbacks):
     """Per-step and eval numbers to MLflow (rank 0); checkpoints to Ray Train (all ranks).
     `pause_at`: epochs where the workers score, checkpoint and stop (a population member's
-    perturbation epochs: each life of it is one Ray Train run). `epochs`: the run's, when
-    it prints a progress line per epoch it scores, draws or checkpoints (None: silent)."""
+    perturbation epochs: each life of it is one Ray Train run)."""
 
-    def __init__(self, rank: int, tracking: MlflowCallbacks | None = None, pause_at: tuple[int, ...] = (),
-                 epochs: int | None = None) -> None:
+    def __init__(self, rank: int, tracking: MlflowCallbacks | None = None, pause_at: tuple[int, ...] = ()) -> None:
         super().__init__(tracking)  # only rank 0 has one; the others forward to a no-op
         self.rank, self.tracking = rank, tracking
         self.pause_at = set(pause_at)
         self.last_eval: dict[str, float] = {}
         self.checkpointed = -1  # the epoch of the last checkpoint
-        self.epochs, self.printed = epochs, 0
-
-    def _progress(self, epoch: int, step: int, scores: dict[str, float] | None = None) -> None:
-        """One line per epoch to the driver's console (Ray forwards what a worker prints)."""
-        if self.epochs is None or epoch <= self.printed:
-            return
-        self.printed = epoch
-        fid = f", FID {scores['fid']:.2f}" if scores and "fid" in scores else ""
-        print(f"epoch {epoch}/{self.epochs} (step {step}){fid}", file=sys.stderr, flush=True)
 
     def wants_eval(self, epoch: int) -> bool:
         return epoch in self.pause_at or super().wants_eval(epoch)
@@ -68,11 +57,6 @@ class RayTrainCallbacks(ForwardingCallbacks):
     def on_eval(self, epoch: int, step: int, grid: np.ndarray, metrics: dict[str, float]) -> None:
         self.last_eval = {k: float(v) for k, v in metrics.items()}
         super().on_eval(epoch, step, grid, metrics)
-        self._progress(epoch, step, self.last_eval)
-
-    def on_grid(self, epoch: int, step: int, grid: np.ndarray) -> None:
-        super().on_grid(epoch, step, grid)
-        self._progress(epoch, step)
 
     def stop_requested(self) -> str | None:
         """Rank 0 reads whether the run's owner asked the workers to stop (a sweep trial
@@ -88,7 +72,6 @@ class RayTrainCallbacks(ForwardingCallbacks):
         import ray.train
 
         self.checkpointed = epoch
-        self._progress(epoch, step)
         # Every rank must call report (it is a barrier); only rank 0 has a file to give.
         with tempfile.TemporaryDirectory(prefix="gan-ray-ckpt-") as folder:
             checkpoint = None
@@ -102,6 +85,34 @@ class RayTrainCallbacks(ForwardingCallbacks):
             if epoch in self.pause_at:
                 metrics[PAUSED_KEY] = 1
             ray.train.report(metrics, checkpoint=checkpoint)
+
+
+class EpochLines(ForwardingCallbacks):
+    """A line per epoch on the driver's console (Ray forwards what a worker prints), at its
+    eval, grid or checkpoint: `epoch 3/20 (step 234), FID 81.20`. The console's tqdm bar
+    cannot cross Ray's line-by-line forwarding. Rank 0 of `train --workers N`."""
+
+    def __init__(self, inner: Any, epochs: int) -> None:
+        super().__init__(inner)
+        self.epochs, self.printed = epochs, 0
+
+    def _line(self, epoch: int, step: int, fid: float | None = None) -> None:
+        if epoch > self.printed:
+            self.printed = epoch
+            scored = f", FID {fid:.2f}" if fid is not None else ""
+            print(f"epoch {epoch}/{self.epochs} (step {step}){scored}", file=sys.stderr, flush=True)
+
+    def on_eval(self, epoch: int, step: int, grid: np.ndarray, metrics: dict[str, float]) -> None:
+        super().on_eval(epoch, step, grid, metrics)
+        self._line(epoch, step, metrics.get("fid"))
+
+    def on_grid(self, epoch: int, step: int, grid: np.ndarray) -> None:
+        super().on_grid(epoch, step, grid)
+        self._line(epoch, step)
+
+    def on_checkpoint(self, epoch: int, step: int, state: dict[str, Any]) -> None:
+        self._line(epoch, step)  # before the report: Ray Train may end the group in it
+        super().on_checkpoint(epoch, step, state)
 
 
 def checkpoint_file(folder: str | Path) -> Path:
@@ -168,8 +179,9 @@ def train_worker(config: dict[str, Any]) -> None:
         if own is not None:
             run.client.set_tag(run.run_id, names.RAY_RESTORED_FROM_STEP, str(own["step"]))
         log_queued(run.client, run.run_id)  # each group of the run: a restarted one waits again
-        epochs = cfg.epochs if config.get("progress") else None
-        callbacks = ShiftedSteps(RayTrainCallbacks(rank, tracking, pause_at, epochs), shift)
+        callbacks: ForwardingCallbacks = ShiftedSteps(RayTrainCallbacks(rank, tracking, pause_at), shift)
+        if config.get("progress"):
+            callbacks = EpochLines(callbacks, cfg.epochs)
         # rank 0's machine in the run's system metrics (the other ranks' nodes are not sampled)
         with system_metrics(run.run_id, handle.tracking_uri, resumed=True):
             result = train(cfg, data, callbacks, evaluator=evaluator, resume=state, device=device, progress=False,

@@ -169,19 +169,20 @@ def heartbeat(trials: list, elapsed_s: float, total: int | None = None) -> str:
 
 def at_epoch(trial: Any) -> str:
     """`t03 at epoch 6` (its run's number), `trial def7caf8 starting` before its first report."""
-    result = trial.last_result or {}
-    name = str(result[TUNE_NAME_KEY]).split(" ")[0] if result.get(TUNE_NAME_KEY) else f"trial {trial.trial_id}"
-    return f"{name} at epoch {int(result['epoch'])}" if result.get("epoch") else f"{name} starting"
+    epoch = (trial.last_result or {}).get("epoch")
+    return f"{shown_name(trial, short=True)} " + (f"at epoch {int(epoch)}" if epoch else "starting")
 
 
-def shown_name(trial: Any) -> str:
-    """The trial's MLflow run name (`t04 dcgan hinge lr_g=3e-4`) as the trial reported it
-    to Tune (naming.TUNE_NAME_KEY), so a console line finds its run in the runs table.
-    The name comes from the trial itself: only it knows the number its run was given.
-    Tune's id (`trial def7caf8`) for a trial that reported no name (it failed before its
-    first eval, or its Ray Train workers report for it)."""
+def shown_name(trial: Any, short: bool = False) -> str:
+    """The trial's MLflow run name (`t04 dcgan hinge lr_g=3e-4`; `short`: `t04`) as the
+    trial reported it to Tune (naming.TUNE_NAME_KEY), so a console line finds its run in
+    the runs table. The name comes from the trial itself: only it knows the number its run
+    was given. Tune's id (`trial def7caf8`) for a trial that reported no name yet (it
+    failed or is still starting: a distributed one's workers may be waiting for CPUs)."""
     name = (trial.last_result or {}).get(TUNE_NAME_KEY)
-    return str(name) if name else f"trial {trial.trial_id}"
+    if not name:
+        return f"trial {trial.trial_id}"
+    return str(name).split(" ")[0] if short else str(name)
 
 
 def trial_dirname(trial: Any) -> str:
