@@ -15,6 +15,8 @@ import math
 import torch
 from torch import nn
 
+from gan.torch_api import foreach_lerp_
+
 # Half-life <= 1% of the images seen. StyleGAN2-ADA uses 5%, for runs of millions of
 # images; in short runs, where G still improves fast, a 5% half-life lags behind G and
 # scores worse than no EMA at the same step (benchmarks/RESULTS.md, section 5).
@@ -50,7 +52,7 @@ def ema_update(ema: nn.Module, model: nn.Module, beta: float) -> None:
     fit them better (measured: lower FID at every epoch of benchmarks/bench_ema.py's
     runs). Integer buffers (num_batches_tracked, a count) are copied.
     """
-    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - beta)
+    foreach_lerp_(ema.parameters(), model.parameters(), 1.0 - beta)  # torch's private fused lerp
     for b_ema, b in zip(ema.buffers(), model.buffers(), strict=True):
         if b.is_floating_point():
             b_ema.lerp_(b, 1.0 - beta)

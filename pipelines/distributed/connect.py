@@ -8,23 +8,17 @@ of its processes outlives the command, even a killed one; disconnect() ends both
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
 import subprocess
-from collections.abc import Iterator
 from typing import Any
 
+from pipelines.compat.ray_api import local_cpus, loopback_only  # Ray's private switches, wrapped
 from pipelines.distributed.reaper import child_pids, start_watcher, stop_watcher
 from pipelines.errors import ClusterError, TrackingError
 
 _watcher: subprocess.Popen | None = None  # of the local Ray this process started, if any
-
-# Ray turns a node address of 127.0.0.1 into the machine's own IP (so other machines could
-# join) and its servers then listen on every interface, unless it believes multi-node
-# clusters are off, as on macOS: then the node is 127.0.0.1 and every server binds loopback.
-CLUSTERS_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def ray_address(given: str | None) -> str | None:
@@ -69,27 +63,6 @@ def init_local(**options: Any) -> None:
         ray.init(_node_ip_address="127.0.0.1", **options)
 
 
-@contextlib.contextmanager
-def loopback_only() -> Iterator[None]:
-    """While a local Ray starts in this block, its node is 127.0.0.1 and its servers (GCS,
-    raylet, workers, agents) listen on loopback only. Its processes read CLUSTERS_ENV when
-    they start; this one read it when it imported ray, so Ray's copy is set too. Both are
-    restored after: joining a real cluster later must resolve this machine's own IP."""
-    from ray._private import ray_constants
-
-    saved_env, saved_flag = os.environ.get(CLUSTERS_ENV), ray_constants.ENABLE_RAY_CLUSTER
-    os.environ[CLUSTERS_ENV] = "0"
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
-        yield
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
-        if saved_env is None:
-            os.environ.pop(CLUSTERS_ENV, None)
-        else:
-            os.environ[CLUSTERS_ENV] = saved_env
-
-
 def disconnect() -> None:
     """Leave Ray; a local Ray that connect() started stops, and so does its watcher."""
     import ray
@@ -118,11 +91,9 @@ def check_local_fit(address: str | None, cpus: float, what: str) -> None:
     anything is created; a cluster may grow, so it is not judged here."""
     if address is not None:
         return
-    from ray._private.utils import get_num_cpus  # what ray.init gives a local node: cgroup-aware
-
-    have = get_num_cpus()
+    have = local_cpus()  # what ray.init gives a local node: cgroup-aware
     if cpus > have:
-        raise ClusterError(f"{what} needs {cpus:g} CPUs but the local Ray this command starts has {have} "
+        raise ClusterError(f"{what} needs {cpus:g} CPUs but the local Ray this command starts has {have:g} "
                            "(lower them, or join a cluster with --ray-address)")
 
 

@@ -228,9 +228,9 @@ class DistributedTrainingError(RuntimeError):
 
 def _worker_causes(error: BaseException) -> dict[int, BaseException]:
     """The exception each failed rank raised, by rank (empty for a controller error)."""
-    failures = getattr(error, "worker_failures", None) or {}
-    # Train V2 wraps a worker's own exception (in _base_exc) to carry its traceback text.
-    return {rank: getattr(e, "_base_exc", None) or e for rank, e in sorted(failures.items())}
+    from pipelines.compat.ray_api import worker_causes
+
+    return worker_causes(error)  # unwrapped from Train V2's traceback wrapper (a private attribute)
 
 
 def _worker_summary(error: BaseException, causes: dict[int, BaseException]) -> str:

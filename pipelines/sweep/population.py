@@ -26,6 +26,7 @@ import warnings
 from typing import Any
 
 from gan.config import ConfigError, RunConfig
+from pipelines.compat import ray_api
 from pipelines.sweep.options import METRIC, MODE, POPULATION, Sweep
 from pipelines.sweep.space import Param, SearchSpace
 from pipelines.tracking import names
@@ -88,7 +89,8 @@ def initial_population(space: SearchSpace, opts: Sweep) -> list[dict[str, Any]]:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # QMCSampler is experimental; categoricals fall back to independent draws
+        # QMCSampler is experimental (optuna's ExperimentalWarning, not a deprecation)
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         study = optuna.create_study(sampler=optuna.samplers.QMCSampler(seed=opts.seed, scramble=True,
                                                                        warn_independent_sampling=False))
         members = []
@@ -148,11 +150,7 @@ class _ResyncsOnResume:
         epoch = result.get(names.PBT_EPOCH)
         if epoch is None or result.get(METRIC) is None:
             return  # a new member, or one that never reached a perturbation epoch
-        state = self._trial_state[trial]  # type: ignore[attr-defined]
-        state.last_train_time = state.last_perturbation_time = epoch
-        state.last_score = self._metric_op * result[METRIC]  # type: ignore[attr-defined]
-        state.last_result = result
-        self._next_perturbation_sync = max(self._next_perturbation_sync, epoch)  # type: ignore[has-type]
+        ray_api.pbt_resync(self, trial, epoch, result[METRIC], result)  # PBT's own record: no public API
         if trial.status == "PENDING":
             # Tune starts every PENDING trial as resources allow; a PAUSED one only when
             # choose_trial_to_run picks it: the members behind first.
@@ -167,8 +165,7 @@ class _ResyncsOnResume:
         if waiting and not any(t.status == "RUNNING" for t in trials):
             # Every member waits at or past the next perturbation epoch and none trains: the
             # round there was done before the driver died; go on to the next one.
-            ahead = min(self._trial_state[t].last_train_time for t in waiting)  # type: ignore[attr-defined]
-            self._next_perturbation_sync = ahead + self._perturbation_interval  # type: ignore[attr-defined]
+            ray_api.pbt_next_round(self, waiting)
             return super().choose_trial_to_run(tune_controller)  # type: ignore[misc]
         return None
 

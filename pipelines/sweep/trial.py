@@ -35,6 +35,7 @@ import torch
 
 from gan.config import make_config
 from gan.data import ImageData
+from pipelines.compat import ray_api
 from pipelines.sweep.naming import trial_name
 from pipelines.sweep.report import child_runs
 from pipelines.sweep.tune_report import TuneCallbacks, pruned_reason, train_to_tune
@@ -129,9 +130,7 @@ REUSE_WAIT_ENV, REUSE_WAIT_S = "TUNE_FUNCTION_THREAD_TIMEOUT_S", 300
 # console: a population sweep (members checkpoint and restart at each perturbation epoch)
 # would print two lines per member per perturbation. Set where trials run: this module is
 # imported by the trial process before Tune restores its checkpoint.
-for _chatty in ("ray.tune.trainable.trainable", "ray.train._internal.storage",
-                "ray.train.v2._internal.execution.storage"):
-    logging.getLogger(_chatty).setLevel(logging.WARNING)
+ray_api.quiet_storage_loggers(logging.WARNING)
 
 # Set while no trial function runs in this process (or the one that ran has closed its run).
 _closed = threading.Event()
@@ -139,7 +138,7 @@ _closed.set()
 
 
 class ClosesItsRun:
-    """Mixin of a sweep's function trainable (Ray's wrap_function inherits `__mixins__`).
+    """Mixin of a sweep's function trainable (compat.ray_api.with_mixins).
 
     Tune stops an actor it will not reuse (the sweep's last trials, a trial with no next
     one to hand its actor to) with cleanup(), which tells the trial's thread to stop but

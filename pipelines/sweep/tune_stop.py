@@ -2,8 +2,9 @@
 to Tune through the trial actor's main thread (TuneReportCallback's queue), so Tune's stop
 never raises in the thread running fit(), as it does in a one-worker trial's report():
 this module watches the trial's session for it and turns it into a cooperative stop.
-Ray offers no public API for it, so Ray's own session object is read here, in one place
-(tests/test_lifecycle.py pins the behaviour)."""
+Ray offers no public API for it: Ray's own session object is read through
+pipelines.compat.ray_api, which fails loudly (InternalsChanged) rather than guess when it
+is not there (tests/test_lifecycle.py pins the behaviour, tests/test_compat.py the API)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from pipelines.compat import ray_api
 from pipelines.tracking import names
 
 
@@ -27,10 +29,8 @@ class TuneStopWatch:
     POLL_S = 0.5
 
     def __init__(self, client: Any, run_id: str, reason: Callable[[], str]) -> None:
-        from ray.train._internal.session import get_session
-
         self.client, self.run_id, self.reason = client, run_id, reason
-        self.session = get_session()
+        self.session = ray_api.trial_session()  # InternalsChanged when Ray has none: never "stopped"
         self.stopped = False
         self.why: str | None = None  # the stop reason, as of the moment Tune stopped it
         self._done = threading.Event()
@@ -44,11 +44,16 @@ class TuneStopWatch:
         self._done.set()
         self._thread.join(timeout=5)
 
+    def tune_stopped(self) -> bool:
+        """Whether Tune has stopped this trial. A distributed trial's workers report to Tune
+        through its actor's main thread, so Tune's stop ends that actor (and the Train run it
+        owns) rather than raising in the thread that runs fit(): fit() then fails, and that
+        failure is a prune, not a crash. Read from the session this trial started with."""
+        return ray_api.session_stopped(self.session)
+
     def _watch(self) -> None:
         while not self._done.wait(self.POLL_S):
-            if self.session is None:
-                return
-            if not self.stopped and self.session.stop_event.is_set():
+            if not self.stopped and self.tune_stopped():
                 self.stopped = True
                 with contextlib.suppress(Exception):  # else the workers run to their end
                     self.why = self.reason()
@@ -57,23 +62,12 @@ class TuneStopWatch:
                 self._drain()
 
     def _drain(self) -> None:
-        queue = getattr(self.session, "_inter_actor_queue", None)  # Ray's own: no public handle
-        if queue is None:
+        queue = ray_api.report_queue(self.session)
+        if queue is None:  # no worker reported yet
             return
         with contextlib.suppress(Exception):  # Empty ends it; a queue actor gone too
             while True:
                 queue.get_nowait()
-
-
-def tune_stopped() -> bool:
-    """Whether Tune has stopped this trial. A distributed trial's workers report to Tune
-    through its actor's main thread, so Tune's stop ends that actor (and the Train run it
-    owns) rather than raising in the thread that runs fit(): fit() then fails, and that
-    failure is a prune, not a crash. (Ray's own session object: no public API says it.)"""
-    from ray.train._internal.session import get_session
-
-    session = get_session()
-    return session is None or session.stop_event.is_set()
 
 
 class TuneStoppableLoop:
@@ -105,7 +99,7 @@ class TuneStoppableLoop:
             try:
                 result = self.inner.fit(run, cfg, restored)
             except Exception:
-                if watch.stopped or tune_stopped():  # Tune ended this trial's actor, and its Train run
+                if watch.stopped or watch.tune_stopped():  # Tune ended this trial's actor, and its Train run
                     raise SystemExit(0) from None
                 raise
         if watch.stopped:  # the workers stopped at an epoch's end, as Tune asked: pruned

@@ -110,6 +110,7 @@ def make_trainable(data: Any, ctx: Any, opts: Sweep, function: Any = None) -> An
     """`function` (default trial.run_trial) with the sweep's data, context and resources."""
     from ray import tune
 
+    from pipelines.compat.ray_api import with_mixins
     from pipelines.sweep.trial import ClosesItsRun, run_trial
 
     # With N workers the trial only drives a TorchTrainer and needs no CPU (N workers on N
@@ -118,8 +119,8 @@ def make_trainable(data: Any, ctx: Any, opts: Sweep, function: Any = None) -> An
     resources: dict[str, float] = ({"cpu": 0, "memory": 1 << 20} if opts.workers_per_trial > 1
                                    else {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
     # with_parameters: the dataset goes into the object store once, not once per trial.
-    trainable = tune.with_parameters(function or run_trial, data=data, ctx=ctx)
-    trainable.__mixins__ = (ClosesItsRun,)  # a stopped trial's actor waits for its run to close
+    # ClosesItsRun: a stopped trial's actor waits for its run to close.
+    trainable = with_mixins(tune.with_parameters(function or run_trial, data=data, ctx=ctx), ClosesItsRun)
     return tune.with_resources(trainable, resources)
 
 

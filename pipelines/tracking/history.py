@@ -4,7 +4,6 @@ Restored."""
 
 from __future__ import annotations
 
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,10 +15,11 @@ from gan.callbacks import SHIFT_KEY
 from gan.checkpoint import load_checkpoint
 from gan.config import RunConfig, make_config
 from gan.step_metrics import STEP_METRICS
+from pipelines.compat.mlflow_api import image_file_pattern
 from pipelines.tracking import names
 
-# log_image names files KEY+step+N+timestamp+T+UUID.png ('%' in older MLflow versions).
-_GRID_FILE = re.compile(rf"^{names.GRID_KEY}[+%]step[+%](\d+)[+%]timestamp[+%]\d+[+%][^+%]+\.png$")
+# The sample grids' files, as log_image names them (its naming: compat.mlflow_api); group 1 the step.
+_GRID_FILE = image_file_pattern(names.GRID_KEY)
 
 
 def logged_config(client: Any, run_id: str) -> Any:

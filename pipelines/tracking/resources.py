@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from pipelines.compat.mlflow_api import monitor_started
 from pipelines.tracking import names
 
 FIRST_SAMPLING_S = 1.0  # a run's first minute: a trial of a few seconds still gets samples
@@ -69,7 +70,7 @@ def _monitor(run_id: str, tracking_uri: str, resumed: bool) -> Any:
             self.fixed = value  # MLflow's __init__: the environment's interval, else None
 
         def finish(self) -> None:
-            if self._process is None:  # never started
+            if not monitor_started(self):  # its thread never started: nothing to flush
                 return
             super().finish()  # the loop stopped and what it published flushed
             self.collect_metrics()
