@@ -184,6 +184,7 @@ def test_pyfunc_and_pytorch_faces_of_a_registered_generator(tmp_path):
     client = client_for(sqlite_store(tmp_path))
     sweep(client, "p", [[4.0]])
     promote(client, sweep="p")
+    mlflow.set_tracking_uri(client.tracking_uri)  # models:/ URIs load through MLflow's global URI
     uri = f"models:/gan-generator@{CHAMPION}"
     model = mlflow.pyfunc.load_model(uri)
     images = model.predict(pd.DataFrame(), params={"num_images": 5, "seed": 1, "format": "array"})
@@ -201,6 +202,7 @@ def test_promotion_against_a_real_tracking_server(mlflow_server, tmp_path, monke
     import mlflow
     import pandas as pd
 
+    mlflow.set_tracking_uri(mlflow_server)  # models:/ URIs load through MLflow's global URI
     images = mlflow.pyfunc.load_model(f"models:/gen@{CHAMPION}").predict(
         pd.DataFrame(), params={"num_images": 2, "format": "array"})
     assert images.shape == (2, 1, 28, 28)

@@ -87,6 +87,28 @@ def test_a_grid_the_run_already_holds_is_not_logged_twice_after_a_resume(store):
     assert [s for s, _ in resumed.frames] == [8]
 
 
+def test_the_untrained_grid_leaves_the_training_rng_where_it_was(store):
+    import torch
+
+    from gan.models import build_models
+    from gan.sampling import fixed_latents, generate, image_grid
+    from pipelines.tracking.pictures import upscale
+
+    client, run_id, _ = store
+    cfg = make_config({**TINY, "seed": 3})
+    callbacks = MlflowCallbacks(client, run_id, cfg=cfg, image_shape=(1, 28, 28))
+    torch.manual_seed(11)
+    torch.rand(5)  # a training stream part way along
+    before = torch.get_rng_state()
+    callbacks.on_metrics([(1, {"d_loss": 1.0})])  # the first rows: the grid of the untrained G at step 0
+    assert torch.equal(torch.get_rng_state(), before)
+    # still train()'s untrained generator: cfg.seed, then build_models; the fixed latents
+    torch.manual_seed(cfg.seed)
+    untrained = build_models(cfg, (1, 28, 28))[0]
+    assert callbacks.frames[0][0] == 0
+    assert np.array_equal(callbacks.frames[0][1], upscale(image_grid(generate(untrained, fixed_latents(16, 3)))))
+
+
 def test_a_run_of_seconds_has_system_metrics_and_a_last_sample(store):
     client, run_id, uri = store
     with system_metrics(run_id, uri):

@@ -200,15 +200,15 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from pipelines.registry.generate import generate_images, serving_hint, write_images
-    from pipelines.tracking.store import client_for, tracking_uri
+    from pipelines.tracking.store import global_tracking_uri, tracking_uri
 
     if not 1 <= args.num_images <= 10_000:
         raise ConfigError(f"-n={args.num_images} is invalid: must be in [1, 10000]")
     if not args.out and not args.out_dir:
         raise ConfigError("nothing to write: give --out FILE and/or --out-dir DIR")
     _store_ready(reads=True)
-    client_for()  # sets the tracking URI that models:/ and runs:/ resolve against
-    images = generate_images(args.model, args.num_images, args.seed)
+    with global_tracking_uri(tracking_uri()):  # MLflow loads a models:/ URI through it alone
+        images = generate_images(args.model, args.num_images, args.seed)
     try:
         written = write_images(images, args.out, args.out_dir)
     except OSError as e:
@@ -223,7 +223,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pipelines.registry.evaluate import EvalRequest, evaluate, log_scores, table
-    from pipelines.tracking.store import client_for
+    from pipelines.tracking.store import client_for, global_tracking_uri
 
     if args.num_samples is not None and args.num_samples < 10:
         raise ConfigError(f"--num-samples={args.num_samples} is invalid: must be >= 10")
@@ -231,7 +231,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     client = client_for()
     req = EvalRequest(args.model, args.run_id, args.dataset, args.backbone, args.num_samples, args.seed,
                       args.data_dir)
-    ev = evaluate(client, req)
+    with global_tracking_uri(client.tracking_uri):  # MLflow loads a models:/ URI through it alone
+        ev = evaluate(client, req)
     print(f"{args.model or 'run ' + args.run_id} vs {ev.dataset} ({ev.backbone}, {ev.num_samples} samples, "
           f"seed {ev.seed})")
     print(table(ev.scores, ev.logged))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -151,8 +150,11 @@ def ray_options(args: argparse.Namespace) -> RayOptions:
 def writable_folder(flag: str, path: str) -> str:
     """A local folder Ray will create and write in, checked before anything is created:
     Ray fails on it only after the store and the runs exist (a PermissionError, exit 1,
-    mlflow.db left behind). The folder itself need not exist, the nearest existing one
-    above it must be a writable folder. A URI (s3://...) is left to Ray."""
+    mlflow.db left behind). The folder need not exist: it is made and written in, then
+    removed again (tracking.folders: tried, not asked, so root on a read-only filesystem
+    is refused too). A URI (s3://...) is left to Ray."""
+    from pipelines.tracking.folders import try_folder
+
     if "://" in path:
         return path
     wanted = Path(path).expanduser().absolute()
@@ -162,8 +164,12 @@ def writable_folder(flag: str, path: str) -> str:
     if not existing.is_dir():
         what = "it is a file" if existing == wanted else f"{existing} is a file, no folder can be made in it"
         raise ConfigError(f"{flag} {path} is invalid: {what}; give a writable folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"{flag} {path} is invalid: {existing} is not writable; give a writable folder")
+    try:
+        try_folder(wanted)
+    except OSError as e:
+        where = e.filename or existing
+        raise ConfigError(f"{flag} {path} is invalid: {where} cannot be made or written in ({e.strerror or e}); "
+                          "give a writable folder") from None
     return path
 
 

@@ -26,6 +26,7 @@ from pipelines.tracking import names
 from pipelines.tracking.exploits import version_lineage
 from pipelines.tracking.models import COMPARABLE
 from pipelines.tracking.names import CHAMPION
+from pipelines.tracking.store import global_tracking_uri
 from pipelines.tracking.sweeps import PARENT_ROLE, find_sweep
 
 DEFAULT_MODEL_NAME = "gan-generator"
@@ -198,9 +199,10 @@ def promote(client: Any, *, sweep: str | None = None, experiment: str | None = N
     best, spread = (confirmed_best(found, metric) if sweep else None) or (found[0], None)
     version = _existing_version(client, model_name, best.model_id)
     if version is None:
-        mlflow.set_tracking_uri(client.tracking_uri)
-        # register_model prints its own progress lines; promote's answer is one line.
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        # register_model prints its own progress lines; promote's answer is one line. It and
+        # the sqlite registry (a version's models:/ source) read MLflow's global URI.
+        with global_tracking_uri(client.tracking_uri), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
             version = mlflow.register_model(f"models:/{best.model_id}", model_name, await_registration_for=60)
     tags = {names.VERSION_METRIC: metric, names.VERSION_METRIC_VALUE: repr(best.value),
             names.VERSION_SWEEP: sweep_name, names.VERSION_SOURCE_RUN: best.run_id,

@@ -241,7 +241,6 @@ def sweep_services(opts: Sweep, uri: str, space: SearchSpace, experiment_id: str
     finally:
         if server:
             server.stop()
-            client_for(uri)  # MLflow's global URI (and $MLFLOW_TRACKING_URI) back off the stopped server
         if started_ray:
             disconnect()
 

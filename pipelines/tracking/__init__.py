@@ -1,6 +1,8 @@
 """MLflow tracking: everything that reads or writes the tracking store.
 
-Owns: the store (which one, probed and named for every process: store.py), the private
+Owns: the store (which one, probed and named for every process: store.py; a new sqlite
+store set up once when two processes open it together: sqlite_setup.py; whether a folder
+can be made and written, tried: folders.py), the private
 `mlflow server` a sweep runs in front of sqlite (server.py), which run a command trains
 into (opening.py), a run's lifecycle, the same object in every mode (lease, record,
 restore, the loop, settle, close exactly one way: runs.py; a Ray Train rank 0's side:

@@ -223,13 +223,16 @@ class MlflowCallbacks(Delivery, Callbacks):
     def _log_untrained(self) -> None:
         """The grid of the generator before its first step (train() seeds cfg.seed, then
         builds the models: the same weights; a warm start's loaded ones), so the slider
-        starts at step 0."""
+        starts at step 0. Drawn mid-run (at the first metrics): the weights come from a
+        fork of the global RNG, so the training stream (checkpointed, and what a resumed
+        run continues) is not moved by logging; the latents have their own generator."""
         if self.cfg is None or self.image_shape is None:
             return
         import torch
 
-        torch.manual_seed(self.cfg.seed)  # train() reseeds before it builds its own
-        generator = self._empty_generator()
+        with torch.random.fork_rng(devices=[]):  # the generator is built on the CPU
+            torch.manual_seed(self.cfg.seed)  # as train() seeds before it builds its own
+            generator = self._empty_generator()
         if self.warm is not None:  # what train() samples from at step 0: the EMA copy when it has one
             ema = self.cfg.ema > 0 and self.warm.get("G_ema")
             generator.load_state_dict(self.warm["G_ema"] if ema else self.warm["G"])
@@ -268,7 +271,7 @@ def prune_checkpoints(client: Any, run_id: str, keep: int, also_keep: str | None
     doomed = [p for p in found[:-keep] if Path(p).name != also_keep]
     if not doomed:
         return []
-    repo = get_artifact_repository(client.get_run(run_id).info.artifact_uri)
+    repo = get_artifact_repository(client.get_run(run_id).info.artifact_uri, tracking_uri=client.tracking_uri)
     try:
         for p in doomed:
             repo.delete_artifacts(p)

@@ -16,7 +16,7 @@ import logging
 import os
 import socket
 import subprocess
-import tempfile
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,8 @@ from urllib.parse import quote, urlencode, urlparse
 from gan.config import RunConfig
 from pipelines.errors import TrackingError
 from pipelines.tracking import names
+from pipelines.tracking.folders import try_folder
+from pipelines.tracking.sqlite_setup import open_client
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
@@ -60,10 +62,8 @@ def check_writable(uri: str) -> None:
         folder = Path(urlparse(uri).path or uri).expanduser().resolve()
     else:
         return  # a server: it owns its storage
-    try:  # the real test: the folder can be made and a file written in it (root ignores modes)
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-probe"):
-            pass
+    try:  # tried, not asked (root ignores modes), and nothing left: opening makes the folder
+        try_folder(folder)
     except OSError as e:
         raise TrackingError(
             f"tracking store {uri!r} is not writable ({folder}: {e.strerror or e}): "
@@ -125,14 +125,33 @@ def probe_store(uri: str, timeout_s: float = PROBE_TIMEOUT_S, *, must_exist: boo
 
 
 def client_for(uri: str | None = None) -> Any:
-    """An MlflowClient on `uri` (default: tracking_uri()), quiet about its migrations."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
+    """An MlflowClient on `uri` (default: tracking_uri()), quiet about its migrations; a
+    new sqlite store is set up once even when another process opens it at the same moment
+    (sqlite_setup). Nothing else changes: MLflow's global tracking URI and the environment
+    stay as they are (code that needs MLflow's global URI sets it for a block: global_tracking_uri)."""
     uri = uri or tracking_uri()
-    mlflow.set_tracking_uri(uri)
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    return MlflowClient(uri)
+    return open_client(uri, sqlite_path(uri))
+
+
+@contextlib.contextmanager
+def global_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's process-global tracking URI set to `uri` for the block only, for the MLflow
+    code that reads it whichever client called it (loading a models:/ URI, the sqlite
+    registry resolving a version's models:/ source, the fluent API). After the block it
+    resolves as before and the environment (where MLflow writes it too) is as it was."""
+    import mlflow
+
+    before, env = mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        # None (which set_tracking_uri handles, its type says str): unset, follow the environment
+        mlflow.set_tracking_uri(None if before == env else before)  # type: ignore[arg-type]
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+        if env is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = env
 
 
 def ensure_experiment(client: Any, name: str) -> str:
