@@ -210,6 +210,13 @@ def mlflow_server(tmp_path_factory):
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
 
+def missing_outside_ci(missing: bool) -> bool:
+    """A skip condition for a system part .ci/run installs (Chromium, PostgreSQL): skipped
+    on a contributor's machine without it, never in CI (CI=true), where the test runs and
+    fails loudly instead of landing a guarantee nobody checked."""
+    return missing and not os.environ.get("CI")
+
+
 @pytest.fixture
 def browser(tmp_path):
     from selenium import webdriver

@@ -21,13 +21,15 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cluster_parts import RayCluster, mlflow_server, pg_bindir, pids_mentioning, postgres  # noqa: E402
+from conftest import missing_outside_ci  # noqa: E402
 
 from pipelines.tracking import names  # noqa: E402
 
 # Slow (`pytest -m slow`): PostgreSQL, an authenticated `mlflow server` and a two-node Ray
 # cluster take minutes to start and each test minutes to run.
 pytestmark = [pytest.mark.integration, pytest.mark.slow,
-              pytest.mark.skipif(pg_bindir() is None, reason="needs Debian's postgresql (.ci/run installs it)")]
+              pytest.mark.skipif(missing_outside_ci(pg_bindir() is None),
+                                 reason="needs Debian's postgresql (.ci/run installs it)")]
 
 # Tiny trials: the point is where they run and where their numbers go, not the GAN.
 TINY = {"dataset": "mnist-5k", "arch": "mlp", "mlp_width": 16, "latent_dim": 16, "batch_size": 128,

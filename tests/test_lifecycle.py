@@ -7,7 +7,8 @@ Guarantees proven elsewhere, by mode (same process kinds, real signals):
   kill -9 + resume exact   local: test_faults.py (an eval a kill interrupted redone once);
                            Ray Train: test_ray_train.py (a worker killed, the group restarts);
                            trial: test_sweep_faults.py (driver killed, sweep --resume)
-  server lost mid-run      local: test_server_loss.py
+  server lost mid-run      every mode: test_server_loss.py (a real server killed -9 and back;
+                           each mode its own process, as a user runs it)
   one best model           local: test_logged_models.py / test_lease.py (extension exists
                            only for local runs: `--resume` refuses --workers > 1, sweeps
                            cannot be extended)

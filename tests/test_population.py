@@ -21,7 +21,7 @@ import psutil
 import pytest
 import torch
 import yaml
-from conftest import CHROMEDRIVER, CHROMIUM, sqlite_store, wait_for
+from conftest import CHROMEDRIVER, CHROMIUM, missing_outside_ci, sqlite_store, wait_for
 from test_ui_browser import SHOTS_ENV, _shot, _text, _wait_for
 
 from pipelines.tracking import names
@@ -270,7 +270,7 @@ def test_the_promoted_member_reevaluates_to_its_logged_score(pbt_sweep):
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+@pytest.mark.skipif(missing_outside_ci(not (CHROMIUM.exists() and CHROMEDRIVER.exists())),
                     reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")
 def test_the_mlflow_ui_shows_a_members_exploits_and_the_family_tree(pbt_sweep, browser, tmp_path):
     members = pbt_sweep["members"]

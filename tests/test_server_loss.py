@@ -1,10 +1,13 @@
 """The tracking server lost mid-run, with real processes: a real `mlflow server` killed
-with SIGKILL while `gan-pipeline train` runs, and started again on the same store.
+with SIGKILL while a run trains, and started again on the same store.
 
-Training goes on meanwhile, its writes kept on local disk; whether the server is back
-before the run ends (the kept writes are sent, exit 0) or not (exit 1 with one line, and
-`--resume` sends them later), the run ends with every step and every eval logged exactly
-once, its checkpoints and its models."""
+Training goes on meanwhile, its writes (and its reads: a Ray Train rank 0 asks the run
+each epoch whether its owner wants it stopped) kept off the server; whether the server is
+back before the run ends (the kept writes are sent, exit 0) or not (exit 1 with one line,
+and `--resume` sends them later), the run ends with every step and every eval logged
+exactly once, its checkpoints and its models. The "back mid-run" guarantee is one cell
+per mode a run trains in: a local `train`, `train --workers 2` (Ray Train), a sweep trial
+and a sweep trial on 2 workers (each its own process and its own local Ray)."""
 
 from __future__ import annotations
 
@@ -18,14 +21,16 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import MlflowServer, cache_for, wait_for
 
 pytestmark = pytest.mark.integration
 
 FAST = ["--arch", "mlp", "--mlp-width", "8", "--latent-dim", "16", "--device", "cpu", "--batch-size", "256",
         "--eval-samples", "100", "--eval-budget", "0"]  # every epoch scored: the tests count evals
-STEPS = 5000 // 256  # per epoch
+STEPS = 5000 // 256  # per epoch (a global batch: the same on 2 workers)
 EPOCHS = 40
+MODES = ["local", "ray-train", "trial", "dist-trial"]
 
 
 @pytest.fixture(autouse=True)
@@ -52,11 +57,12 @@ class Train:
 
     started: list[subprocess.Popen] = []  # killed after each test (a failed one leaves its child)
 
-    def __init__(self, cwd: Path, url: str, *args: str, wait_s: str = "120") -> None:
+    def __init__(self, cwd: Path, url: str, *args: str, wait_s: str = "120", command: str = "train") -> None:
         env = {**os.environ, "MLFLOW_TRACKING_URI": url, "GAN_PIPELINES_LEASE_TIMEOUT_S": "3",
                "GAN_PIPELINES_OFFLINE_WAIT_S": wait_s, "GAN_PIPELINES_CACHE": str(cwd / "cache")}
-        env.pop("GAN_PIPELINES_DEBUG", None)
-        self.proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "train", *args], cwd=cwd, env=env,
+        for key in ("GAN_PIPELINES_DEBUG", "RAY_ADDRESS"):  # each its own local Ray
+            env.pop(key, None)
+        self.proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", command, *args], cwd=cwd, env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         Train.started.append(self.proc)
         self.err: list[str] = []
@@ -82,15 +88,37 @@ def _client(url: str):
     return MlflowClient(url)
 
 
+def in_mode(mode: str, cwd: Path, url: str, experiment: str, *extra: str) -> Train:
+    """One run of EPOCHS epochs in `mode`: `train` (local or --workers 2), or a one-trial
+    sweep (on one worker or --workers-per-trial 2) of exactly that run."""
+    flags = ["--epochs", str(EPOCHS), "--experiment", experiment, *FAST, *extra]
+    if mode in ("local", "ray-train"):
+        workers = ["--workers", "2", "--ray-storage", str(cwd / "ray")] if mode == "ray-train" else []
+        return Train(cwd, url, *flags, *workers)
+    params: dict = {}
+    for name, value in zip(flags[::2], flags[1::2], strict=True):
+        key = name.removeprefix("--").replace("-", "_")
+        if key != "experiment":
+            params[key] = yaml.safe_load(value)
+    params["seed"] = {"type": "categorical", "choices": [0]}  # one trial: exactly the run above
+    space = cwd / "space.yaml"
+    space.write_text(yaml.safe_dump({"params": params}))
+    workers = ["--workers-per-trial", "2", "--cpus-per-trial", "1"] if mode == "dist-trial" else []
+    return Train(cwd, url, "--space", str(space), "--trials", "1", "--concurrency", "1", "--scheduler", "none",
+                 "--experiment", experiment, "--ray-storage", str(cwd / "ray"), *workers, command="sweep")
+
+
 def _wait_for_first_eval(url: str, experiment: str, train: Train) -> str:
-    """The run's id once its first eval is logged (the process starts, imports and builds
-    its evaluator first: a minute or more on a busy machine)."""
+    """The training run's id once its first eval is logged (the process starts, imports and
+    builds its evaluator first: a minute or more on a busy machine); a sweep's parent run
+    is not it."""
     c = _client(url)
 
     def first_eval() -> str | None:
         assert train.proc.poll() is None, "".join(train.err)[-2000:]
         exp = c.get_experiment_by_name(experiment)
-        runs = c.search_runs([exp.experiment_id]) if exp else []
+        runs = [r for r in (c.search_runs([exp.experiment_id]) if exp else [])
+                if r.data.tags.get("sweep.role") != "parent"]
         return runs[0].info.run_id if runs and c.get_metric_history(runs[0].info.run_id, "fid") else None
 
     return wait_for(first_eval, timeout=600)
@@ -125,8 +153,9 @@ def _assert_whole(url: str, run_id: str) -> None:
 
 
 @pytest.mark.slow  # tests/test_outbox_replay.py replays an outbox in-process against a real store
-def test_a_server_back_mid_run_gets_everything_kept_meanwhile(server, tmp_path):
-    t = Train(tmp_path, server.url, "--epochs", str(EPOCHS), "--experiment", "lost", *FAST)
+@pytest.mark.parametrize("mode", MODES)
+def test_a_server_back_mid_run_gets_everything_kept_meanwhile(mode, server, tmp_path):
+    t = in_mode(mode, tmp_path, server.url, "lost")
     run_id = _wait_for_first_eval(server.url, "lost", t)
     server.kill()
     t.wait_for("does not answer")  # training goes on, writing to the outbox

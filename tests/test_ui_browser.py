@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CHROMEDRIVER, CHROMIUM
+from conftest import CHROMEDRIVER, CHROMIUM, missing_outside_ci
 
 SHOTS_ENV = "GAN_PIPELINES_SCREENSHOTS"
 REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+    pytest.mark.skipif(missing_outside_ci(not (CHROMIUM.exists() and CHROMEDRIVER.exists())),
                        reason="needs Debian's chromium and chromium-driver (.ci/run installs them)"),
 ]
 

@@ -65,7 +65,7 @@ class RayTrainCallbacks(ForwardingCallbacks):
             return f"paused at epoch {self.checkpointed}"  # every rank asks: one agreement
         if self.tracking is None:
             return None
-        reason = self.tracking.client.get_run(self.tracking.run_id).data.tags.get(names.STOP_REQUESTED)
+        reason = self.tracking.read_tag(names.STOP_REQUESTED)  # None while the server is away
         return reason or self.inner.stop_requested()
 
     def on_checkpoint(self, epoch: int, step: int, state: dict[str, Any]) -> None:
@@ -139,9 +139,9 @@ def quiet_reports() -> None:
     logger named by its file's path (logging.getLogger(__file__)), which Ray Train's own
     log level (make_trainer) does not reach: one line per worker per epoch drowned the
     run's progress lines."""
-    from ray.train.v2._internal.execution import context
+    from pipelines.compat.ray_api import report_logger_name
 
-    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+    logging.getLogger(report_logger_name()).setLevel(logging.WARNING)
 
 
 def train_worker(config: dict[str, Any]) -> None:

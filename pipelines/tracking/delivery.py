@@ -196,6 +196,23 @@ class Delivery:
         print(f"warning: tracking server {self.outage.where} does not answer at step {self.step}: training goes "
               f"on; what the run logs is kept in {self.outbox.dir} until it is back", file=sys.stderr)
 
+    def read_tag(self, key: str) -> str | None:
+        """A tag of the run as the server holds it now; None while the server is away
+        (the read starts the outage, as a failed write does, and training goes on: a
+        read on the training path never fails a run because the server went away)."""
+        self._check_lease()
+        if self.outage.active and not self.send_kept():
+            return None
+        try:
+            return self.client.get_run(self.run_id).data.tags.get(key)
+        except TrackingError:
+            raise
+        except Exception as e:
+            if not self.outage.server_gone():
+                raise
+            self._went_away(e)
+            return None
+
     def _keep(self, event: dict[str, Any]) -> None:
         self.outbox.keep(event)
         if event["kind"] == "checkpoint" and self.cfg is not None:
