@@ -304,3 +304,20 @@ def test_the_outbox_keeps_each_kind_in_order_resends_none_twice_and_keeps_few_ch
     # keep_checkpoints 1: the newest, and the best eval's (epoch 1), which the replay learns from the log
     assert sorted(kept) == ["epoch_00001.pt", "epoch_00003.pt"]
     assert not box.exists()
+
+
+def test_a_read_on_the_training_path_while_the_server_is_away_is_none_and_starts_the_outage(monkeypatch, capsys):
+    # A Ray Train rank 0 asks its run once an epoch whether its owner wants it stopped
+    # (distributed/worker.py); with the server gone that read said MlflowException and
+    # failed the whole run. It must read as "nothing asked" and keep what follows offline.
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with socket.socket() as s:  # a port nobody listens on: the server is gone
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    cb = MlflowCallbacks(MlflowClient(url), "0" * 32, owner="here:1:1.00:cafe0000")
+    assert cb.read_tag(names.STOP_REQUESTED) is None
+    assert cb.outage.active and "does not answer" in capsys.readouterr().err
+    assert cb.read_tag(names.STOP_REQUESTED) is None  # still away: no call made, no error
+    cb.sender.shutdown(wait=False)

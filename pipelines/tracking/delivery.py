@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -175,19 +176,33 @@ class Delivery:
         return event
 
     def _deliver(self, event: dict[str, Any]) -> None:
+        if not self._exchange(lambda: self._send(event)):
+            self._keep(event)
+
+    def read_tag(self, key: str) -> str | None:
+        """A tag of the run as the server holds it now; None while the server is away
+        (the read starts the outage, as a failed write does, and training goes on: a
+        read on the training path never fails a run because the server went away)."""
+        found: list[str | None] = []
+        self._exchange(lambda: found.append(self.client.get_run(self.run_id).data.tags.get(key)))
+        return found[0] if found else None
+
+    def _exchange(self, call: Callable[[], None]) -> bool:
+        """One call to the server, made only while it answers: False while it is away and
+        when this call finds it gone (the outage starts here); any other failure propagates."""
         self._check_lease()
         if self.outage.active and not self.send_kept():
-            self._keep(event)
-            return
+            return False
         try:
-            self._send(event)
+            call()
         except TrackingError:
             raise
         except Exception as e:
             if not self.outage.server_gone():
                 raise
             self._went_away(e)
-            self._keep(event)
+            return False
+        return True
 
     def _went_away(self, error: Exception) -> None:
         if not self.outage.begin(self.step):
@@ -195,23 +210,6 @@ class Delivery:
         self.outbox.open(self.cfg.to_dict() if self.cfg else None, self.image_shape, f"{type(error).__name__}")
         print(f"warning: tracking server {self.outage.where} does not answer at step {self.step}: training goes "
               f"on; what the run logs is kept in {self.outbox.dir} until it is back", file=sys.stderr)
-
-    def read_tag(self, key: str) -> str | None:
-        """A tag of the run as the server holds it now; None while the server is away
-        (the read starts the outage, as a failed write does, and training goes on: a
-        read on the training path never fails a run because the server went away)."""
-        self._check_lease()
-        if self.outage.active and not self.send_kept():
-            return None
-        try:
-            return self.client.get_run(self.run_id).data.tags.get(key)
-        except TrackingError:
-            raise
-        except Exception as e:
-            if not self.outage.server_gone():
-                raise
-            self._went_away(e)
-            return None
 
     def _keep(self, event: dict[str, Any]) -> None:
         self.outbox.keep(event)
