@@ -39,7 +39,7 @@ from pipelines.compat import ray_api
 from pipelines.sweep.naming import trial_name
 from pipelines.sweep.report import child_runs
 from pipelines.sweep.tune_report import TuneCallbacks, pruned_reason, train_to_tune
-from pipelines.sweep.tune_stop import TuneStoppableLoop
+from pipelines.sweep.tune_stop import TuneStoppableLoop, forget_handed, handed_to_tune
 from pipelines.tracking import names
 from pipelines.tracking.resources import log_resources
 from pipelines.tracking.runs import Loop, TrackedRun
@@ -138,7 +138,8 @@ _closed.set()
 
 
 class ClosesItsRun:
-    """Mixin of a sweep's function trainable (compat.ray_api.with_mixins).
+    """Mixin of a sweep's function trainable (compat.ray_api.with_mixins): its actor's stop
+    waits for the run's close, and each result handed to Tune is noted (train()).
 
     Tune stops an actor it will not reuse (the sweep's last trials, a trial with no next
     one to hand its actor to) with cleanup(), which tells the trial's thread to stop but
@@ -153,6 +154,13 @@ class ClosesItsRun:
         super().cleanup()  # type: ignore[misc]
         _closed.wait(REUSE_WAIT_S)
 
+    def train(self) -> dict[str, Any]:
+        """Each result Tune gets, noted: a distributed trial Tune stops names the epoch Tune
+        judged it at (tune_stop.handed_to_tune), not a later one its workers reached."""
+        result = super().train()  # type: ignore[misc]
+        handed_to_tune(result)
+        return result
+
 
 def run_trial(config: dict[str, Any], data: ImageData, ctx: TrialContext,
               tags: dict[str, str] | None = None, run_name: str | None = None) -> None:
@@ -161,6 +169,7 @@ def run_trial(config: dict[str, Any], data: ImageData, ctx: TrialContext,
     trains), then the run's whole lifecycle in one call (TrackedRun.train_and_close), as
     every mode does. `tags` and `run_name`: a new child run's own (sweep.confirm's runs)."""
     _closed.clear()
+    forget_handed()
     try:
         _run_trial(config, data, ctx, tags, run_name)
     finally:

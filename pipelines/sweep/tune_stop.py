@@ -17,6 +17,23 @@ from typing import Any
 from pipelines.compat import ray_api
 from pipelines.tracking import names
 
+# The epoch of the last result this process's trainable handed to Tune (trial.ClosesItsRun
+# .train): the one Tune judged when it stops the trial, as Tune asks a trial for no further
+# result once it decided to stop it. Its workers may have logged a later epoch by the time
+# the stop reaches this process (they train on while the report travels to the driver).
+_handed: dict[str, int] = {}
+
+
+def handed_to_tune(result: dict[str, Any]) -> None:
+    """Called with every result the trainable returns to Tune."""
+    if names.EPOCH in result:
+        _handed[names.EPOCH] = int(result[names.EPOCH])
+
+
+def forget_handed() -> None:
+    """A new trial in this (reused) actor: nothing of it was judged yet."""
+    _handed.clear()
+
 
 class TuneStopWatch:
     """A distributed trial's ear for Tune's stop. Its workers report through this actor's
@@ -91,8 +108,11 @@ class TuneStoppableLoop:
         return self.inner.prepare(dataclasses.replace(cfg, checkpoint_every=cfg.eval_every, eval_budget=0.0))
 
     def fit(self, run: Any, cfg: Any, restored: Any) -> Any:
-        def judged_at() -> str:  # the last epoch rank 0 logged: the one Tune judged it at
-            return self.reason(int(run.client.get_run(run.run_id).data.metrics.get(names.EPOCH, 0)))
+        def judged_at() -> str:  # the epoch of the last result Tune got: the one it judged
+            epoch = _handed.get(names.EPOCH)
+            if epoch is None:  # stopped before any result of this life reached Tune
+                epoch = int(run.client.get_run(run.run_id).data.metrics.get(names.EPOCH, 0))
+            return self.reason(epoch)
 
         with TuneStopWatch(run.client, run.run_id, judged_at) as watch:
             run.pruned_reason = lambda: watch.why or judged_at()
