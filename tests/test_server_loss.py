@@ -30,6 +30,9 @@ FAST = ["--arch", "mlp", "--mlp-width", "8", "--latent-dim", "16", "--device", "
         "--eval-samples", "100", "--eval-budget", "0"]  # every epoch scored: the tests count evals
 STEPS = 5000 // 256  # per epoch (a global batch: the same on 2 workers)
 EPOCHS = 40
+# The matrix's runs: long enough that the server is killed after the first eval and an
+# eval is kept offline before the end (a run that ends first waits for the server).
+MATRIX_EPOCHS = 16
 MODES = ["local", "ray-train", "trial", "dist-trial"]
 
 
@@ -88,10 +91,10 @@ def _client(url: str):
     return MlflowClient(url)
 
 
-def in_mode(mode: str, cwd: Path, url: str, experiment: str, *extra: str) -> Train:
-    """One run of EPOCHS epochs in `mode`: `train` (local or --workers 2), or a one-trial
+def in_mode(mode: str, cwd: Path, url: str, experiment: str, epochs: int) -> Train:
+    """One run of `epochs` epochs in `mode`: `train` (local or --workers 2), or a one-trial
     sweep (on one worker or --workers-per-trial 2) of exactly that run."""
-    flags = ["--epochs", str(EPOCHS), "--experiment", experiment, *FAST, *extra]
+    flags = ["--epochs", str(epochs), "--experiment", experiment, *FAST]
     if mode in ("local", "ray-train"):
         workers = ["--workers", "2", "--ray-storage", str(cwd / "ray")] if mode == "ray-train" else []
         return Train(cwd, url, *flags, *workers)
@@ -135,19 +138,19 @@ def _kept_kinds(events: Path) -> list[str]:
     return kinds
 
 
-def _assert_whole(url: str, run_id: str) -> None:
+def _assert_whole(url: str, run_id: str, epochs: int = EPOCHS) -> None:
     """Every step and eval exactly once, the checkpoints kept, a best and a final model."""
     c = _client(url)
     run = c.get_run(run_id)
     assert run.info.status == "FINISHED", run.data.tags
     losses = [m.step for m in c.get_metric_history(run_id, "d_loss")]
-    assert losses == list(range(1, EPOCHS * STEPS + 1))
+    assert losses == list(range(1, epochs * STEPS + 1))
     evals = [m.step for m in c.get_metric_history(run_id, "fid")]
-    assert evals == [STEPS * e for e in range(1, EPOCHS + 1)]
+    assert evals == [STEPS * e for e in range(1, epochs + 1)]
     checkpoints = [a.path for a in c.list_artifacts(run_id, "checkpoints")]
-    assert f"checkpoints/epoch_{EPOCHS:05d}.pt" in checkpoints and len(checkpoints) <= 3
+    assert f"checkpoints/epoch_{epochs:05d}.pt" in checkpoints and len(checkpoints) <= 3
     grids = {a.path for a in c.list_artifacts(run_id, "grids")}
-    assert f"grids/epoch_{EPOCHS:03d}.png" in grids
+    assert f"grids/epoch_{epochs:03d}.png" in grids
     roles = {m.tags.get("gan.role") for m in c.search_logged_models(experiment_ids=[run.info.experiment_id])}
     assert "final" in ",".join(r or "" for r in roles) and "best" in ",".join(r or "" for r in roles)
 
@@ -155,7 +158,7 @@ def _assert_whole(url: str, run_id: str) -> None:
 @pytest.mark.slow  # tests/test_outbox_replay.py replays an outbox in-process against a real store
 @pytest.mark.parametrize("mode", MODES)
 def test_a_server_back_mid_run_gets_everything_kept_meanwhile(mode, server, tmp_path):
-    t = in_mode(mode, tmp_path, server.url, "lost")
+    t = in_mode(mode, tmp_path, server.url, "lost", MATRIX_EPOCHS)
     run_id = _wait_for_first_eval(server.url, "lost", t)
     server.kill()
     t.wait_for("does not answer")  # training goes on, writing to the outbox
@@ -167,7 +170,7 @@ def test_a_server_back_mid_run_gets_everything_kept_meanwhile(mode, server, tmp_
     rc, err = t.finish()
     assert rc == 0, err
     assert "writes of run" in err and "sent the" in err
-    _assert_whole(server.url, run_id)
+    _assert_whole(server.url, run_id, MATRIX_EPOCHS)
     assert not (tmp_path / "cache" / "offline" / run_id).exists()  # nothing left behind
 
 
