@@ -10,13 +10,11 @@ MNIST / Fashion-MNIST / CIFAR-10 / SVHN (downloaded into data_dir when missing),
 from __future__ import annotations
 
 import gzip
-import hashlib
 import importlib.util
 import pickle
 import struct
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gan.errors import UserError
+from gan.images import DataError, ImageData
 from gan.safe_files import ArraysOnlyUnpickler, md5_of
 
 if TYPE_CHECKING:
@@ -32,36 +30,8 @@ if TYPE_CHECKING:
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 FOLDER_DEFAULT_SIZE = 32
-
-
-class DataError(UserError):
-    """A dataset cannot be loaded; the message is one line for the user."""
-
-
-@dataclass(frozen=True)
-class ImageData:
-    """A whole dataset in memory: uint8 images [N, C, H, W] and optional int64 labels."""
-
-    name: str
-    images: torch.Tensor
-    labels: torch.Tensor | None
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        """(channels, height, width) of one image."""
-        _, c, h, w = self.images.shape
-        return c, h, w
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def fingerprint(self) -> str:
-        """A short content hash: keys caches of per-dataset statistics and classifiers."""
-        h = hashlib.sha1()
-        h.update(str(tuple(self.images.shape)).encode())
-        h.update(self.images.contiguous().numpy().tobytes()[: 1 << 24])
-        h.update(self.images[-256:].contiguous().numpy().tobytes())
-        return h.hexdigest()[:16]
+__all__ = ["DataError", "ImageData", "epoch_permutation", "load_dataset", "rank_batch_indices", "resize_uint8",
+           "to_uint8", "to_unit_range"]
 
 
 def to_unit_range(images: torch.Tensor) -> torch.Tensor:
