@@ -18,6 +18,10 @@ def prepare(cfg: RunConfig, world_size: int = 1, check_device: bool = True,
     """Load the data and dry-build the models: every user error surfaces here. A Ray
     driver passes check_device=False: its workers, not it, hold the GPUs. `warm`: the
     checkpoint a fine-tune starts from (train --from --warm) must fit those models."""
+    if cfg.backbone == "classifier" and cfg.dataset.startswith("folder:"):
+        # refused before the folder is prepared (seconds to minutes) rather than after
+        raise ConfigError(f"backbone 'classifier' needs a labelled dataset and {cfg.dataset!r} has no labels "
+                          "(an image folder has none): use --backbone inception")
     data = load_dataset(cfg.dataset, cfg.data_dir, cfg.image_size)
     check_batch(cfg, len(data), world_size)
     G, D = build_models(cfg, data.shape)  # noqa: N806
