@@ -138,8 +138,9 @@ def _decide_mode(root: Path, files: list[Path], skip_bad: bool,
         good.append(f)
     if True in first and False in first:
         (gray, gray_mode), (colour, colour_mode) = first[True], first[False]
-        raise DataError(f"dataset folder {str(root)!r} mixes gray and colour images ({gray.name} is {gray_mode}, "
-                        f"{colour.name} is {colour_mode}): convert them to one mode, all gray or all RGB")
+        raise DataError(f"dataset folder {str(root)!r} mixes gray and colour images ({gray.relative_to(root)} is "
+                        f"{gray_mode}, {colour.relative_to(root)} is {colour_mode}): convert them to one mode, "
+                        "all gray or all RGB")
     if not good:
         raise DataError(f"dataset folder {str(root)!r}: none of its {len(files)} images can be read")
     return ("L" if True in first else "RGB"), good
@@ -149,7 +150,7 @@ def _decide_mode(root: Path, files: list[Path], skip_bad: bool,
 def opened(file: Path) -> Iterator[Image.Image]:
     """Image.open with the decompression-bomb refusal; any failure, in opening or in
     decoding within the block, is a BadImage naming the file."""
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     try:
         with warnings.catch_warnings():  # PIL only warns below 2x its limit: refuse those too
@@ -159,6 +160,8 @@ def opened(file: Path) -> Iterator[Image.Image]:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise BadImage(file, f"is too large to decode safely (over {Image.MAX_IMAGE_PIXELS} pixels): "
                        "resize it") from None
+    except UnidentifiedImageError:  # no format PIL knows (its message only repeats the name)
+        raise BadImage(file, "is not a readable image") from None
     except Exception as e:  # noqa: BLE001 - PIL signals a corrupt file with many types (OSError, SyntaxError, ...)
         detail = (str(e).splitlines() or [""])[0][:80] or type(e).__name__
         raise BadImage(file, f"is not a readable image ({detail})") from None

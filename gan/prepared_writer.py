@@ -71,6 +71,8 @@ def find_reusable(final: Path, key: str) -> Manifest | None:
     (or an empty folder) is there; a DataError where something else is."""
     if not final.exists() or (final.is_dir() and not any(final.iterdir())):
         return None
+    if not final.is_dir():
+        raise DataError(f"{final} is a file: a prepared dataset is a folder; give another --out or --data-dir")
     manifest = open_prepared(final)
     if manifest.key != key:
         raise DataError(f"{final} holds another prepared dataset ({manifest.source} at {manifest.image_size}px): "

@@ -286,9 +286,13 @@ def test_cli_data_prepare_reports_and_reuses(photos, tmp_path, monkeypatch, caps
     assert main(["data", "prepare", f"folder:{photos}", "--image-size", "16"]) == 0
     assert "(reused: prepared before)" in capsys.readouterr().out
     (photos / "bad.png").write_bytes(b"x")
+    (tmp_path / "mine").mkdir()  # --out: a new or an empty folder
     assert main(["data", "prepare", f"folder:{photos}", "--out", "mine", "--skip-bad"]) == 0
     out = capsys.readouterr().out
     assert f"prepared dataset: {tmp_path / 'mine'} (made now)" in out and "skipped 1 bad file (" in out
+    assert open_prepared(tmp_path / "mine").skipped == ({"file": "bad.png", "reason": "is not a readable image"},)
+    assert main(["data", "prepare", f"folder:{photos}", "--out", "mine"]) == 0  # the same copy: reused
+    assert "(reused: prepared before)" in capsys.readouterr().out
 
 
 CLI_BAD = [
@@ -301,7 +305,7 @@ CLI_BAD = [
     (["mnist-5k", "--image-size", "3"], "--image-size 3 is invalid: must be 0"),
     (["mnist-5k", "--data-dir", ""], "--data-dir '' is invalid"),
     (["mnist-5k", "--data-dir", "a-file/sub"], "a prepared dataset cannot be written in"),
-    (["mnist-5k", "--out", "a-file"], "does not exist or is not a folder"),
+    (["mnist-5k", "--out", "a-file"], "a-file is a file: a prepared dataset is a folder"),
     (["mnist-5k", "--out", "photos"], "is not a prepared dataset"),
     (["folder:photos", "--out", "a-file/sub", "--skip-bad"], "a prepared dataset cannot be written in"),
 ]
