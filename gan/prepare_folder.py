@@ -108,6 +108,13 @@ def prepare_folder(path: str | Path, image_size: int = 0, data_dir: str | Path =
         return writer.finish(f"folder:{root}", root.name, key, size, skipped)
 
 
+def scan_folder(path: str | Path) -> None:
+    """What preparing would refuse without decoding a pixel (a missing or empty folder, a
+    file that does not open, mixed gray and colour): checks to run before another refusal."""
+    root = Path(path).expanduser().resolve()
+    _decide_mode(root, list_images(root), False, [])
+
+
 def load_folder(spec: str, image_size: int, data_dir: str | Path) -> ImageData:
     """`folder:PATH` for training: its prepared copy in memory, made first if missing
     (saying so in one line on stderr)."""
