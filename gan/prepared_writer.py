@@ -110,8 +110,12 @@ class ShardWriter:
             missing.append(parent)
         try:
             for folder in reversed(missing):
-                folder.mkdir()
-                self._made.append(folder)
+                try:
+                    folder.mkdir()
+                    self._made.append(folder)
+                except FileExistsError:  # another preparer made it just now: fine, and not ours to remove
+                    if not folder.is_dir():
+                        raise
             _remove_stale_partials(self.final)
             self.partial.mkdir()
         except OSError as e:
@@ -136,10 +140,6 @@ class ShardWriter:
     def add_batch(self, images: np.ndarray, labels: np.ndarray | None = None) -> None:
         for i in range(len(images)):
             self.add(images[i], None if labels is None else int(labels[i]))
-
-    @property
-    def count(self) -> int:
-        return sum(s.count for s in self._shards) + self._filled
 
     def _flush(self) -> None:
         if self._filled == 0:
