@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -254,6 +255,20 @@ def test_a_killed_or_losing_writer_never_leaves_a_whole_looking_copy(tmp_path):
     assert not won.reused and lost.reused and lost.path == won.path == final.resolve()
     assert np.array_equal(load_prepared(final).images.numpy(), images)
     assert sorted(p.name for p in final.parent.iterdir()) == [final.name]  # no partial folder left
+
+
+def test_two_processes_preparing_one_folder_at_once_end_with_one_copy(photos, tmp_path):
+    for i in range(3, 12):  # long enough to prepare that both are at it together
+        photo(photos / f"p{i}.jpg", 1200, 900, seed=i)
+    code = ("import sys; from gan.prepare_folder import prepare_folder; "
+            "p = prepare_folder(sys.argv[1], 32, sys.argv[2]); print(p.path, p.manifest.digest)")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(photos), str(tmp_path / "data")], env=env,
+                              stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [proc.communicate(timeout=120)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0] and outs[0] == outs[1], outs
+    (copy,) = (tmp_path / "data" / "prepared").iterdir()  # one copy, no partial folder left
+    assert str(copy) in outs[0] and load_prepared(copy).digest in outs[0]
 
 
 def _finished_pid() -> int:
