@@ -103,10 +103,6 @@ def sha256_of(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array).data).hexdigest()
 
 
-def is_prepared(path: Path) -> bool:
-    return (path / MANIFEST).is_file()
-
-
 def open_prepared(path: str | Path) -> Manifest:
     """Read and check a prepared dataset's manifest (not its shards: load_prepared hashes
     those); every fault is one DataError line naming the file and what is wrong."""
@@ -123,7 +119,7 @@ def open_prepared(path: str | Path) -> Manifest:
         raw = json.loads(file.read_text())
     except OSError as e:
         raise DataError(f"{file} cannot be read ({e.strerror or e})") from None
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: nested past any manifest
         raise DataError(f"{file} is not valid JSON ({str(e)[:80]}): prepare the dataset again") from None
     return _manifest(folder.resolve(), file, raw)
 
@@ -141,7 +137,7 @@ def _manifest(folder: Path, file: Path, raw: Any) -> Manifest:
     def field(name: str, kind: type | tuple[type, ...], ok: Any = lambda v: True) -> Any:
         value = raw.get(name)
         if not isinstance(value, kind) or isinstance(value, bool) is not (kind is bool) or not ok(value):
-            raise bad(f"{name}={value!r}")
+            raise bad(f"{name}={repr(value)[:80]}")
         return value
 
     count = field("count", int, lambda v: v > 0)
