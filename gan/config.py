@@ -126,9 +126,9 @@ def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str | None]:
 
 
 def _dataset(v: Any) -> str | None:
-    if isinstance(v, str) and (v in BUILTIN_DATASETS or (v.startswith("folder:") and len(v) > 7)):
-        return None
-    return "one of " + ", ".join(BUILTIN_DATASETS) + ", folder:PATH"
+    ok = isinstance(v, str) and (v in BUILTIN_DATASETS or any(
+        v.startswith(kind) and len(v) > len(kind) for kind in ("folder:", "prepared:")))
+    return None if ok else "one of " + ", ".join(BUILTIN_DATASETS) + ", folder:PATH, prepared:PATH"
 
 
 def _image_size(v: Any) -> str | None:

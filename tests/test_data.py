@@ -85,13 +85,16 @@ def test_missing_dataset_offline_says_where_to_put_files(tmp_path, monkeypatch):
     assert "\n" not in msg
 
 
+# A folder is prepared once into the data dir (tests/test_prepared.py: the format, reuse,
+# bad files); here, what training gets from it.
 def test_image_folder_is_resized_to_the_model_size(tmp_path):
     from PIL import Image
 
-    (tmp_path / "sub").mkdir()
-    Image.new("RGB", (40, 20), (255, 0, 0)).save(tmp_path / "a.png")
-    Image.new("RGB", (64, 64), (0, 0, 255)).save(tmp_path / "sub" / "b.jpg")
-    data = load_dataset(f"folder:{tmp_path}", image_size=16)
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    Image.new("RGB", (40, 20), (255, 0, 0)).save(photos / "a.png")
+    Image.new("RGB", (64, 64), (0, 0, 255)).save(photos / "sub" / "b.jpg")
+    data = load_dataset(f"folder:{photos}", tmp_path / "data", image_size=16)
     assert data.images.shape == (2, 3, 16, 16) and data.labels is None
     assert data.images[0, 0].float().mean() > 250 and data.images[0, 2].float().mean() < 5
 
@@ -99,18 +102,22 @@ def test_image_folder_is_resized_to_the_model_size(tmp_path):
 def test_grayscale_folder_stays_one_channel_and_defaults_to_32(tmp_path):
     from PIL import Image
 
-    Image.new("L", (28, 28), 128).save(tmp_path / "g.png")
-    assert load_dataset(f"folder:{tmp_path}").images.shape == (1, 1, 32, 32)
+    (tmp_path / "gray").mkdir()
+    Image.new("L", (28, 28), 128).save(tmp_path / "gray" / "g.png")
+    assert load_dataset(f"folder:{tmp_path / 'gray'}", tmp_path / "data").images.shape == (1, 1, 32, 32)
 
 
 def test_empty_or_non_image_folders_are_clear_errors(tmp_path):
+    photos, data_dir = tmp_path / "photos", tmp_path / "data"
+    photos.mkdir()
     with pytest.raises(DataError, match="holds no images"):
-        load_dataset(f"folder:{tmp_path}")
-    (tmp_path / "notes.png").write_text("not an image")
+        load_dataset(f"folder:{photos}", data_dir)
+    (photos / "notes.png").write_text("not an image")
     with pytest.raises(DataError, match="is not a readable image"):
-        load_dataset(f"folder:{tmp_path}")
+        load_dataset(f"folder:{photos}", data_dir)
     with pytest.raises(DataError, match="does not exist"):
-        load_dataset(f"folder:{tmp_path / 'nope'}")
+        load_dataset(f"folder:{photos / 'nope'}", data_dir)
+    assert not data_dir.exists()
 
 
 def test_normalisation_round_trips():

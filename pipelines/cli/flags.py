@@ -15,8 +15,9 @@ from pipelines.distributed.options import DEFAULT_STORAGE, RayOptions
 from pipelines.sweep.options import DEFAULT_EXPERIMENT, DEFAULT_SPACE, SCHEDULERS, SEARCHERS, SweepOptions
 
 FLAG_HELP = {
-    "dataset": "mnist-5k (embedded, offline), mnist, fashion-mnist, cifar10, svhn, or folder:PATH",
-    "data_dir": "where torchvision datasets are found or downloaded",
+    "dataset": "mnist-5k (embedded, offline), mnist, fashion-mnist, cifar10, svhn, folder:PATH (prepared once "
+    "into --data-dir on first use), or prepared:PATH (gan-pipeline data prepare)",
+    "data_dir": "where torchvision datasets are found or downloaded, and prepared copies kept (DIR/prepared)",
     "image_size": "resize images to this square size (0: the dataset's own; folders: 32)",
     "arch": "model family: " + ", ".join(ARCHS),
     "latent_dim": "size of the latent vector z",

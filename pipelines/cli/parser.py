@@ -8,6 +8,7 @@ from typing import NoReturn
 
 from gan.config import BACKBONES
 from pipelines.cli import commands
+from pipelines.cli.data_command import add_data_parser
 from pipelines.cli.flags import (
     add_config_flags,
     add_ray_flags,
@@ -135,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=None, help="latent seed (default: the run's seed, else 0)")
     ev.add_argument("--log", action="store_true", help="log the scores to the source run as eval_<backbone>_*")
     ev.set_defaults(func=commands.cmd_evaluate)
+    add_data_parser(sub, _Parser)
     return parser
 
 

@@ -59,8 +59,9 @@ def worker_config(cfg: RunConfig, opts: RayOptions) -> RunConfig:
     device = "cuda" if opts.gpu else "cpu"
     check_sync_bn(cfg.sync_bn, device)
     dataset = cfg.dataset
-    if dataset.startswith("folder:"):
-        dataset = "folder:" + str(Path(dataset[len("folder:"):]).expanduser().resolve())
+    for kind in ("folder:", "prepared:"):
+        if dataset.startswith(kind):
+            dataset = kind + str(Path(dataset[len(kind):]).expanduser().resolve())
     data_dir = str(Path(cfg.data_dir).expanduser().resolve())
     return dataclasses.replace(cfg, device=device, dataset=dataset, data_dir=data_dir)
 

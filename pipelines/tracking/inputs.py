@@ -24,8 +24,9 @@ def dataset_source(dataset: str) -> Any:
     from mlflow.data.code_dataset_source import CodeDatasetSource
     from mlflow.data.http_dataset_source import HTTPDatasetSource
 
-    if dataset.startswith("folder:"):  # a local folder: named by its path
-        return CodeDatasetSource({"path": str(Path(dataset[len("folder:"):]).expanduser().resolve())})
+    for kind in ("folder:", "prepared:"):  # a local folder: named by its path
+        if dataset.startswith(kind):
+            return CodeDatasetSource({"path": str(Path(dataset[len(kind):]).expanduser().resolve())})
     return HTTPDatasetSource(SOURCES.get(dataset, f"torchvision:{dataset}"))
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from gan.config import ConfigError, RunConfig
 from gan.data import ImageData, load_dataset
+from gan.prepare_folder import scan_folder
 from gan.models import build_models
 from gan.train import check_batch, resolve_device
 
@@ -18,6 +19,12 @@ def prepare(cfg: RunConfig, world_size: int = 1, check_device: bool = True,
     """Load the data and dry-build the models: every user error surfaces here. A Ray
     driver passes check_device=False: its workers, not it, hold the GPUs. `warm`: the
     checkpoint a fine-tune starts from (train --from --warm) must fit those models."""
+    if cfg.backbone == "classifier" and cfg.dataset.startswith("folder:"):
+        # refused before the folder is prepared (seconds to minutes), not after; what is
+        # wrong with the folder itself is said first
+        scan_folder(cfg.dataset[len("folder:"):])
+        raise ConfigError(f"backbone 'classifier' needs a labelled dataset and {cfg.dataset!r} has no labels "
+                          "(an image folder has none): use --backbone inception")
     data = load_dataset(cfg.dataset, cfg.data_dir, cfg.image_size)
     check_batch(cfg, len(data), world_size)
     G, D = build_models(cfg, data.shape)  # noqa: N806
