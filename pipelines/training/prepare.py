@@ -7,8 +7,8 @@ from typing import Any
 
 from gan.config import ConfigError, RunConfig
 from gan.data import ImageData, load_dataset
-from gan.prepare_folder import scan_folder
 from gan.models import build_models
+from gan.prepare_folder import scan_folder
 from gan.train import check_batch, resolve_device
 
 DEFAULT_EXPERIMENT = "gan-pipelines"
