@@ -22,6 +22,7 @@ ARCHS = ("mlp", "dcgan")
 LOSSES = ("bce", "hinge")
 BACKBONES = ("classifier", "inception")
 NORMS = ("batch", "none")
+DATA_MODES = ("auto", "memory", "stream")
 BUILTIN_DATASETS = ("mnist-5k", "mnist", "fashion-mnist", "cifar10", "svhn")
 
 
@@ -37,6 +38,10 @@ class RunConfig:
     dataset: str = "mnist-5k"
     data_dir: str = "./data"
     image_size: int = 0  # 0: the dataset's native size (folder datasets: 32)
+    # memory: hold the whole dataset; stream: read each batch from its prepared shards
+    # (gan/streamed.py); auto: stream a prepared or folder dataset past data_budget_mb
+    data_mode: str = "auto"
+    data_budget_mb: int = 2048  # decoded size up to which auto holds a dataset in memory
     # architecture
     arch: str = "dcgan"
     latent_dim: int = 100
@@ -158,6 +163,8 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "dataset": _dataset,
     "data_dir": _string,
     "image_size": _image_size,
+    "data_mode": _one_of(DATA_MODES),
+    "data_budget_mb": _non_negative_int,
     "arch": _one_of(ARCHS),
     "latent_dim": _positive_int,
     "dcgan_width": _positive_int,

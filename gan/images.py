@@ -11,6 +11,7 @@ import hashlib
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from gan.errors import UserError
 
@@ -31,6 +32,7 @@ class ImageData:
     images: torch.Tensor
     labels: torch.Tensor | None
     digest: str | None = None
+    origin: str | None = None  # the prepared dataset's folder it was read from, if any
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -41,6 +43,10 @@ class ImageData:
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    def take(self, index: torch.Tensor) -> torch.Tensor:
+        """The images at `index` (as StreamedImages.take: the loop asks either the same way)."""
+        return self.images[index.to(self.images.device)]
+
     def fingerprint(self) -> str:
         """A short content hash: keys caches of per-dataset statistics and classifiers."""
         if self.digest is not None:
@@ -50,3 +56,12 @@ class ImageData:
         h.update(self.images.contiguous().numpy().tobytes()[: 1 << 24])
         h.update(self.images[-256:].contiguous().numpy().tobytes())
         return h.hexdigest()[:16]
+
+
+def resize_uint8(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
+    """Bilinear (antialiased) resize of a uint8 batch, in chunks to bound memory."""
+    out = []
+    for part in images.split(chunk):
+        x = F.interpolate(part.float(), size=(size, size), mode="bilinear", antialias=True)
+        out.append(x.round_().clamp_(0, 255).to(torch.uint8))
+    return torch.cat(out)

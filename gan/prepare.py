@@ -12,9 +12,10 @@ import hashlib
 import json
 from pathlib import Path
 
+from gan.builtin_datasets import load_builtin
 from gan.config import BUILTIN_DATASETS
-from gan.data import load_dataset
-from gan.images import DataError
+from gan.images import DataError, ImageData, resize_uint8
+from gan.prepare_chunks import Runner
 from gan.prepare_folder import prepare_folder
 from gan.prepared import FORMAT_VERSION
 from gan.prepared_writer import Prepared, Progress, ShardWriter, find_reusable, location
@@ -28,12 +29,13 @@ SOURCES = ", ".join(BUILTIN_DATASETS) + ", folder:PATH"
 
 def prepare_dataset(source: str, image_size: int = 0, data_dir: str | Path = "./data",
                     out: str | Path | None = None, skip_bad: bool = False,
-                    progress: Progress | None = None) -> Prepared:
+                    progress: Progress | None = None, runner: Runner | None = None) -> Prepared:
     """Prepare `source` (a built-in dataset's name or folder:PATH) at `image_size` (0: its
     own size; folders: 32) into data_dir/prepared/ (or `out`), or find the copy made
-    before."""
+    before. runner: where a folder's chunks are decoded (gan/prepare_chunks.py; a built-in
+    dataset is loaded whole here anyway)."""
     if source.startswith("folder:") and len(source) > len("folder:"):
-        return prepare_folder(source[len("folder:"):], image_size, data_dir, out, skip_bad, progress)
+        return prepare_folder(source[len("folder:"):], image_size, data_dir, out, skip_bad, progress, runner)
     if source.startswith("prepared:"):
         raise DataError(f"{source} is prepared already: train on it with --dataset {source}")
     if source not in NATIVE:
@@ -47,7 +49,9 @@ def prepare_dataset(source: str, image_size: int = 0, data_dir: str | Path = "./
         return Prepared(found, reused=True)
     # The writer's folder is made first: a place that cannot be written fails before a download.
     with ShardWriter(final, (channels, size, size), True, 0) as writer:
-        data = load_dataset(source, data_dir, image_size)
+        data = load_builtin(source, data_dir)
+        if data.shape[1:] != (size, size):  # resized as training resizes it
+            data = ImageData(data.name, resize_uint8(data.images, size), data.labels)
         images, labels = data.images.numpy(), data.labels.numpy() if data.labels is not None else None
         assert data.shape == (channels, size, size) and labels is not None  # NATIVE is right, all are labelled
         step = 1024

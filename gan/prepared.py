@@ -206,7 +206,7 @@ def load_prepared(path: str | Path, name: str | None = None) -> ImageData:
             into_labels[...] = read_shard(m, shard, labels=True)
             _verify(m, str(shard.labels), into_labels, shard.labels_sha256)
         lo = hi
-    return ImageData(name or m.name, images, labels, digest=m.digest)
+    return ImageData(name or m.name, images, labels, digest=m.digest, origin=str(m.path))
 
 
 def _verify(m: Manifest, file: str, array: np.ndarray, sha256: str) -> None:

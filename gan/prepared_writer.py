@@ -87,11 +87,12 @@ class ShardWriter:
     everything it made.
     """
 
-    def __init__(self, final: Path, shape: tuple[int, int, int], has_labels: bool, total: int) -> None:
+    def __init__(self, final: Path, shape: tuple[int, int, int], has_labels: bool, total: int,
+                 per_shard: int = 0) -> None:
         self.final = final.absolute()
         self.shape = shape
         self.has_labels = has_labels
-        self.per_shard = shard_images(shape)
+        self.per_shard = min(per_shard, shard_images(shape)) if per_shard else shard_images(shape)
         # total: the images expected (0: unknown); a small dataset's buffer is only as big as it
         self._buffer = np.empty((self.per_shard if total <= 0 else min(self.per_shard, total), *shape), np.uint8)
         self._labels = np.empty(len(self._buffer), dtype="<i8")
@@ -141,10 +142,16 @@ class ShardWriter:
         for i in range(len(images)):
             self.add(images[i], None if labels is None else int(labels[i]))
 
+    def add_shard(self, shard: Shard) -> None:
+        """A shard someone else wrote into the partial folder (gan/prepare_chunks.py), next in order."""
+        if self._filled:
+            self._flush()
+        self._shards.append(shard)
+
     def _flush(self) -> None:
         if self._filled == 0:
             return
-        images_file, labels_file = shard_names(len(self._shards))
+        images_file, labels_file = shard_names(int(self._shards[-1].file[7:12]) + 1 if self._shards else 0)
         images = self._buffer[: self._filled]
         self._write(images_file, images)
         if self.has_labels:

@@ -27,7 +27,7 @@ from gan import distributed as dist
 from gan.callbacks import Callbacks, Diverged, StopTraining
 from gan.checkpoint import load_weights, training_state
 from gan.config import ConfigError, RunConfig
-from gan.data import ImageData, rank_batch_indices, to_unit_range
+from gan.data import Dataset, ImageData, rank_batch_indices, to_unit_range
 from gan.ema import ema_beta, ema_update
 from gan.eval_budget import EvalBudget
 from gan.health import HEALTH_PREFIX, HealthGuard
@@ -83,7 +83,7 @@ def steps_per_epoch(cfg: RunConfig, n_images: int) -> int:
 
 def train(
     cfg: RunConfig,
-    data: ImageData,
+    data: Dataset,
     callbacks: Callbacks | None = None,
     *,
     evaluator: Evaluator | None = None,
@@ -128,7 +128,17 @@ def train(
     G, D = dist.wrap_ddp(G, device, cfg.sync_bn), dist.wrap_ddp(D, device, cfg.sync_bn)
     d_params = list(D.parameters())
 
-    images = data.images.to(device)  # uint8 on the device; normalised per batch
+    # In memory: uint8 on the device, indexed there. Streamed: each step reads its rank's
+    # slice of the global batch from the prepared shards (gan/streamed.py); the same
+    # images in the same order either way.
+    images = data.images.to(device) if isinstance(data, ImageData) else None
+    index_device = device if images is not None else torch.device("cpu")
+
+    def batch_of(idx: torch.Tensor) -> torch.Tensor:
+        if images is not None:
+            return to_unit_range(images[idx])
+        return to_unit_range(data.take(idx).to(device, non_blocking=True))
+
     z_fixed = fixed_latents(cfg.latent_dim, cfg.seed).to(device)
     d_loss_fn, g_loss_fn = LOSSES[cfg.loss]
     per_rank = cfg.batch_size // world
@@ -154,11 +164,11 @@ def train(
             G.train()
             D.train()
             epoch_started = time.perf_counter()
-            batches = rank_batch_indices(len(data), cfg.batch_size, cfg.seed, epoch, rank, world, device)
+            batches = rank_batch_indices(len(data), cfg.batch_size, cfg.seed, epoch, rank, world, index_device)
             for _ in range(iters):
                 # ---- D: n_dis steps; the last one's fakes keep their graph for the G step
                 for i in range(cfg.n_dis):
-                    real = to_unit_range(images[next(batches)])
+                    real = batch_of(next(batches))
                     last = i == cfg.n_dis - 1
                     with prec.autocast(), torch.set_grad_enabled(last):
                         fake = G(sample_z())

@@ -50,14 +50,21 @@ def pg_bindir() -> Path | None:
 
 
 def stop_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
-    """SIGTERM the process group this test started (its leader's PID), then SIGKILL."""
-    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=wait_s)
+    """SIGTERM the process group this test started (its leader's PID), then SIGKILL.
+    A killed process takes a moment to exit (its memory is freed first), and one forking
+    as the signal came leaves a child behind: each signal is sent again until the group
+    is gone."""
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 20.0)):
+        deadline = time.time() + wait_s
+        while True:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=0.5)
             if not _group_alive(proc.pid):
                 return
+            if time.time() > deadline:
+                break
     assert not _group_alive(proc.pid), f"process group {proc.pid} survived SIGKILL"
 
 
@@ -260,6 +267,20 @@ class RayCluster:
                 names = [k for k in n.get("resources_total", {}) if k.startswith("node_")]
                 out[n["node_id"]] = names[0] if names else "?"
         return out
+
+    def wait_idle(self, timeout_s: float = 120.0) -> None:
+        """Wait until no placement group of an earlier job holds the nodes' CPUs: Ray
+        removes a finished job's groups asynchronously, and a sweep submitted meanwhile
+        would find one node's CPU taken and run every trial on the other."""
+        deadline = time.time() + timeout_s
+        while True:
+            listed = self.cli("list", "placement-groups", "--filter", "state!=REMOVED", "--format", "json",
+                              "--limit", "1000", "--address", self.dashboard)
+            held = [] if listed.stdout.startswith("No resource") else json.loads(listed.stdout)
+            if not held:
+                return
+            assert time.time() < deadline, f"placement groups still held after {timeout_s:.0f} s: {held}"
+            time.sleep(1)
 
     def kill_node(self, name: str) -> None:
         """The node dies as a lost machine would: SIGKILL to its whole process group."""

@@ -19,6 +19,7 @@ from pipelines.cli.parser import build_parser
 BAD: dict[str, dict[str, list[str]]] = {
     "train": {
         "--config": ["missing.yaml"], "--dataset": ["imagenet"], "--data-dir": [""], "--image-size": ["3"],
+        "--data-mode": ["disk"], "--data-budget-mb": ["-1", "x"],
         "--arch": ["vit"], "--latent-dim": ["0"], "--dcgan-width": ["-1"], "--mlp-width": ["x"],
         "--g-norm": ["layer"], "--epochs": ["0"], "--batch-size": ["-64"], "--lr-g": ["-0.1"], "--lr-d": ["nan"],
         "--beta1": ["1.0"], "--beta2": ["-0.5"], "--label-smoothing": ["0.5"], "--loss": ["wgan"],

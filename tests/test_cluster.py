@@ -63,11 +63,11 @@ def cluster(tmp_path_factory):
     assert not pids_mentioning(marker), "a Ray process of the test cluster survived"
 
 
-def _job_dir(cluster, name: str, epochs: int) -> Path:
+def _job_dir(cluster, name: str, epochs: int, **params) -> Path:
     """The job's --working-dir: just the space file (the code is installed on every node)."""
     folder = cluster.root / name
     folder.mkdir()
-    space = {"description": "cluster test", "params": {**TINY, "epochs": epochs}}
+    space = {"description": "cluster test", "params": {**TINY, "epochs": epochs, **params}}
     (folder / "tiny.yaml").write_text(yaml.safe_dump(space))
     return folder
 
@@ -164,18 +164,22 @@ def test_a_lost_worker_node_s_trial_resumes_from_its_checkpoint_on_the_head(clus
 def test_population_members_of_2_workers_are_ddp_groups_across_both_nodes(cluster):
     """`sweep --scheduler pbt --workers-per-trial 2` as a Ray job: each member's every
     life is a DDP group over both nodes; the weaker member goes on from the stronger
-    one's checkpoint, as one run."""
+    one's checkpoint, as one run. The data is a prepared dataset in a folder both nodes
+    see, streamed: each worker reads its own slice of every batch from the shards."""
     import json
 
+    from gan.prepare import prepare_dataset
     from pipelines.tracking.exploits import exploits
 
-    job = _job_dir(cluster, "job-ddp", epochs=2)
+    shared = prepare_dataset("mnist-5k", out=cluster.root / "shared" / "digits").manifest
+    job = _job_dir(cluster, "job-ddp", epochs=2, dataset=f"prepared:{shared.path}", data_mode="stream")
     done = cluster.ray.cli(*_submit(job, "ddp", "--scheduler", "pbt", "--trials", "2", "--perturb-every", "1",
                                     "--workers-per-trial", "2"), check=False)
     assert done.returncode == 0 and "succeeded" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
     client = _client(cluster)
     runs = _children(client, "ddp")
     assert len(runs) == 2 and all(r.info.status == "FINISHED" and r.data.params["world_size"] == "2" for r in runs)
+    assert {r.inputs.dataset_inputs[0].dataset.digest for r in runs} == {shared.digest[:36]}
     rows = [e for r in runs for e in exploits(client, r.info.run_id)]
     assert [e["epoch"] for e in rows] == [1]  # 2 members: the weaker copies the stronger at the one perturbation
     for r in runs:
@@ -201,16 +205,21 @@ def test_a_population_on_two_nodes_exploits_checkpoints_written_on_the_other_nod
     wrote the checkpoint it copied and the node that continued from it."""
     from pipelines.tracking.exploits import exploits
 
-    job = _job_dir(cluster, "job-pbt", epochs=4)
+    job = _job_dir(cluster, "job-pbt", epochs=5)
+    cluster.ray.wait_idle()  # both nodes' CPUs free: members run on both
     done = cluster.ray.cli(*_submit(job, "pbt-nodes", "--scheduler", "pbt", "--trials", "8"), check=False)
     assert done.returncode == 0 and "succeeded" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
     client = _client(cluster)
     runs = _children(client, "pbt-nodes")
     assert len(runs) == 8 and all(r.info.status == "FINISHED" for r in runs)
     rows = [e for r in runs for e in exploits(client, r.info.run_id)]
-    assert sorted(e["epoch"] for e in rows) == [1, 1, 2, 2, 3, 3]  # a quarter of 8 copies at each perturbation
+    assert sorted(e["epoch"] for e in rows) == [1, 1, 2, 2, 3, 3, 4, 4]  # a quarter of 8 copy at each perturbation
     nodes = cluster.ray.alive_nodes()
     assert {nodes[e["node"]] for e in rows} | {nodes[e["from_node"]] for e in rows} <= {"node_a", "node_b"}
+    used = {nodes.get(r.data.tags.get(names.NODE_ID)) for r in runs} | {nodes[e["node"]] for e in rows}
+    assert used == {"node_a", "node_b"}, f"the members did not run on both nodes: {used}"
+    # Where a member goes on is Tune's choice: each exploit crosses nodes about half the
+    # time, so 8 of them all staying on one node is a 1-in-256 chance.
     crossed = [e for e in rows if e["node"] != e["from_node"]]
     assert crossed, f"every exploit copied a checkpoint of its own node: {rows}"
     for r in runs:

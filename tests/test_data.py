@@ -42,7 +42,7 @@ def test_mnist_family_reads_torchvision_raw_idx_files(tmp_path, name, folder, gz
 
 
 def test_cifar10_reads_the_python_batches(tmp_path, monkeypatch):
-    import gan.data
+    import gan.builtin_datasets
 
     root = tmp_path / "cifar-10-batches-py"
     root.mkdir()
@@ -50,7 +50,7 @@ def test_cifar10_reads_the_python_batches(tmp_path, monkeypatch):
         d = {b"data": np.full((2, 3072), i, np.uint8), b"labels": [i, i + 1]}
         (root / f"data_batch_{i}").write_bytes(pickle.dumps(d))
     # The loader reads a batch only when its MD5 is the official one: stand these files in.
-    monkeypatch.setattr(gan.data, "CIFAR10_MD5", {f.name: md5_of(f) for f in sorted(root.iterdir())})
+    monkeypatch.setattr(gan.builtin_datasets, "CIFAR10_MD5", {f.name: md5_of(f) for f in sorted(root.iterdir())})
     data = load_dataset("cifar10", tmp_path)
     assert data.images.shape == (10, 3, 32, 32)
     assert data.images[0].unique().tolist() == [1] and data.labels[:2].tolist() == [1, 2]

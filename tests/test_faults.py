@@ -146,7 +146,7 @@ def test_a_planted_cifar_pickle_never_runs(tmp_path, monkeypatch):
 
     import numpy as np
 
-    import gan.data as data
+    import gan.builtin_datasets as data
     from gan.data import DataError, load_dataset
 
     marker = tmp_path / "pwned"

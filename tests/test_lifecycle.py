@@ -16,6 +16,7 @@ Guarantees proven elsewhere, by mode (same process kinds, real signals):
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -150,6 +151,36 @@ def test_a_run_that_failed_then_finished_keeps_no_stale_error(mode, faults, stor
     (run,) = training_runs(store)
     assert run.info.status == "FINISHED"
     assert "error" not in run.data.tags and "stopped_reason" not in run.data.tags
+
+
+@pytest.mark.parametrize("mode", modes("ray-train", "dist-trial"))
+def test_a_streamed_run_that_crashed_goes_on_from_its_checkpoint_with_every_step_once(
+        mode, faults, store, tmp_path, capsys):
+    """data_mode=stream: mnist-5k is prepared once into the data dir and every process
+    (each Ray Train worker its own slice) reads its batches from the shards. A crash at
+    the second eval, then the mode's own way on (local: `train --resume`; Ray Train: the
+    group restarts, --max-failures 1; a trial: Tune retries it), redoes the epoch in the
+    same order."""
+    from gan.prepared import open_prepared
+
+    arm_fault(faults, "fail_at_eval", "2")
+    args = command(mode, tmp_path, data_mode="stream", data_dir=str(tmp_path / "data"))
+    rc = main(args + (["--max-failures", "1"] if mode == "ray-train" else []))
+    if mode == "local":
+        assert rc == 1, capsys.readouterr().err
+        (failed,) = training_runs(store)
+        rc = main(["train", "--experiment", "m", "--resume", failed.info.run_id])
+    assert rc == 0, capsys.readouterr().err
+    (run,) = training_runs(store)
+    assert run.info.status == "FINISHED"
+    per_epoch = 5000 // FIXED["batch_size"]
+    assert [m.step for m in store.get_metric_history(run.info.run_id, "d_loss")] == list(range(1, 2 * per_epoch + 1))
+    (copy,) = (tmp_path / "data" / "prepared").iterdir()  # the one prepared copy every process read
+    manifest = open_prepared(copy)
+    (used,) = run.inputs.dataset_inputs  # the run names the data it read: place, digest, count, shape
+    assert used.dataset.digest == manifest.digest[:36]
+    assert json.loads(used.dataset.source)["tags"]["path"] == str(manifest.path)
+    assert json.loads(used.dataset.profile)["features_shape"] == [5000, 1, 28, 28]
 
 
 @pytest.mark.parametrize("mode", modes("ray-train", "trial", "dist-trial"))

@@ -86,3 +86,32 @@ def test_cli_bad_input_is_one_line_exit_2_and_creates_nothing(args, message, tmp
     err = capsys.readouterr().err
     assert err.startswith("gan-pipeline data: error:") and err.count("\n") == 1 and message in err, err
     assert tree(tmp_path) == before  # no data dir, no prepared or partial folder
+
+
+def test_parallel_prepare_on_ray_data_makes_the_same_dataset_and_fails_the_same_way(
+        photos, tmp_path, monkeypatch, capsys, local_ray):
+    """`--parallel`: the folder's chunks are Ray Data tasks (here on the session's local
+    Ray); the copy is the serial one to the byte, and a bad file is the same one line."""
+    import gan.prepared
+
+    monkeypatch.setattr(gan.prepared, "SHARD_IMAGES", 2)  # chunks of 2 files: several tasks (as serial)
+    base = ["data", "prepare", f"folder:{photos}", "--image-size", "16"]
+    assert main([*base, "--out", str(tmp_path / "serial")]) == 0
+    assert main([*base, "--out", str(tmp_path / "parallel"), "--parallel"]) == 0
+    serial, parallel = open_prepared(tmp_path / "serial"), open_prepared(tmp_path / "parallel")
+    assert len(parallel.shards) == 2 and parallel.shards == serial.shards and parallel.digest == serial.digest
+    for shard in parallel.shards:
+        assert (tmp_path / "parallel" / shard.file).read_bytes() == (tmp_path / "serial" / shard.file).read_bytes()
+    capsys.readouterr()
+
+    whole = photo(tmp_path / "whole.jpg", 800, 600, seed=3).read_bytes()
+    (photos / "more" / "cut.jpg").write_bytes(whole[: len(whole) // 2])  # a whole header, cut data
+    assert main([*base, "--out", str(tmp_path / "bad"), "--parallel"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "cut.jpg' is not a readable image" in err and "--skip-bad" in err, err
+    assert not (tmp_path / "bad").exists() and not list(tmp_path.glob(".bad.partial-*"))
+    assert main([*base, "--out", str(tmp_path / "skip"), "--parallel", "--skip-bad"]) == 0
+    skipped = open_prepared(tmp_path / "skip")
+    assert skipped.count == serial.count and [s["file"] for s in skipped.skipped] == ["more/cut.jpg"]
+    assert main([*base, "--ray-address", "127.0.0.1:1"]) == 2  # an address without --parallel
+    assert "--ray-address is for --parallel" in capsys.readouterr().err

@@ -12,19 +12,19 @@ from collections.abc import Callable
 
 import torch
 
-from gan.data import ImageData
+from gan.data import Dataset
 from gan.metrics.base import FeatureExtractor, MetricError
 from gan.metrics.classifier import load_classifier
 from gan.metrics.inception import WEIGHTS_ENV, load_inception
 
-Loader = Callable[[ImageData, torch.device, str | None], FeatureExtractor]
+Loader = Callable[[Dataset, torch.device, str | None], FeatureExtractor]
 
 
-def _classifier(data: ImageData, device: torch.device, cache_dir: str | None) -> FeatureExtractor:
+def _classifier(data: Dataset, device: torch.device, cache_dir: str | None) -> FeatureExtractor:
     return load_classifier(data, device, cache_dir)
 
 
-def _inception(data: ImageData, device: torch.device, cache_dir: str | None) -> FeatureExtractor:
+def _inception(data: Dataset, device: torch.device, cache_dir: str | None) -> FeatureExtractor:
     return load_inception(None, device)
 
 
@@ -35,7 +35,7 @@ _LOCK = threading.Lock()
 
 
 def load_backbone(
-    name: str, data: ImageData, device: torch.device | str = "cpu", cache_dir: str | None = None
+    name: str, data: Dataset, device: torch.device | str = "cpu", cache_dir: str | None = None
 ) -> FeatureExtractor:
     """The named backbone for `data` on `device`, loaded once per process."""
     if name not in BACKBONES:

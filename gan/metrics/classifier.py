@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gan.data import ImageData, to_unit_range
+from gan.data import Dataset, to_unit_range
 from gan.metrics.base import FeatureExtractor, MetricError, atomic_write, cache_root, file_lock
 
 VERSION = "v2"  # bump when the architecture or the training recipe changes
@@ -104,7 +104,7 @@ def accuracy(net: SmallCNN, images: torch.Tensor, labels: torch.Tensor, batch: i
     return correct / max(1, len(labels))
 
 
-def _require_labels(data: ImageData) -> torch.Tensor:
+def _require_labels(data: Dataset) -> torch.Tensor:
     if data.labels is None:
         raise MetricError(
             f"backbone 'classifier' needs a labelled dataset and {data.name!r} has no labels: use --backbone inception"
@@ -113,13 +113,13 @@ def _require_labels(data: ImageData) -> torch.Tensor:
 
 
 def train_classifier(
-    data: ImageData, device: torch.device | str = "cpu", budget: TrainBudget = TrainBudget()
+    data: Dataset, device: torch.device | str = "cpu", budget: TrainBudget = TrainBudget()
 ) -> tuple[SmallCNN, float]:
     """Train a SmallCNN on the dataset's train split; return it and its held-out accuracy."""
     labels = _require_labels(data)
     device = torch.device(device)
     train_idx, held_idx = split_indices(len(data), budget.held_out, budget.seed)
-    x_train = data.images[train_idx].to(device)
+    x_train = data.take(train_idx).to(device)  # streamed: its train split is read in
     y_train = labels[train_idx].to(device)
     num_classes = int(labels.max()) + 1
     # fork_rng: training must not move the caller's global RNG (the GAN's own stream)
@@ -146,11 +146,11 @@ def train_classifier(
     with torch.no_grad():
         feats = torch.cat([net(to_unit_range(x))[0] for x in x_train.split(1000)])
         net.feature_scale.fill_(float(feats.pow(2).mean().rsqrt()))
-    acc = accuracy(net, data.images[held_idx], labels[held_idx])
+    acc = accuracy(net, data.take(held_idx), labels[held_idx])
     return net, acc
 
 
-def _cache_path(data: ImageData, root: Path, budget: TrainBudget) -> Path:
+def _cache_path(data: Dataset, root: Path, budget: TrainBudget) -> Path:
     c, h, w = data.shape
     recipe = hashlib.sha1(repr(budget).encode()).hexdigest()[:8]
     return root / f"classifier-{VERSION}-{data.fingerprint()}-{c}x{h}x{w}-{recipe}.pt"
@@ -165,7 +165,7 @@ def _weights_tag(state: dict[str, torch.Tensor]) -> str:
 
 
 def load_classifier(
-    data: ImageData,
+    data: Dataset,
     device: torch.device | str = "cpu",
     cache_dir: str | None = None,
     budget: TrainBudget = TrainBudget(),

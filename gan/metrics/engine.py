@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from gan.data import ImageData, to_unit_range
+from gan.data import Dataset, to_unit_range
 from gan.metrics.base import FeatureExtractor, atomic_write, cache_root
 
 REAL_SUBSET_SEED = 0  # fixed, so every run and trial shares the same real statistics
@@ -85,11 +85,11 @@ _MEMORY: dict[str, FeatureSet] = {}
 _MEMORY_LOCK = threading.Lock()
 
 
-def real_subset(data: ImageData, num_samples: int) -> torch.Tensor:
+def real_subset(data: Dataset, num_samples: int) -> torch.Tensor:
     """The fixed seeded subset of real images the statistics are taken from."""
     g = torch.Generator().manual_seed(REAL_SUBSET_SEED)
     idx = torch.randperm(len(data), generator=g)[: min(num_samples, len(data))]
-    return data.images[idx]
+    return data.take(idx)  # a streamed dataset reads just these
 
 
 def _save(path: Path, fs: FeatureSet) -> None:
@@ -116,7 +116,7 @@ def _load(path: Path) -> FeatureSet:
 
 
 def real_features(
-    data: ImageData, extractor: FeatureExtractor, num_samples: int, cache_dir: str | None = None,
+    data: Dataset, extractor: FeatureExtractor, num_samples: int, cache_dir: str | None = None,
     progress: bool | None = None,
 ) -> FeatureSet:
     """Real statistics of min(num_samples, N) images: memory, else disk, else computed

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from gan.data import ImageData, to_unit_range
+from gan.data import Dataset, to_unit_range
 from gan.metrics.backbones import load_backbone
 from gan.metrics.base import MetricError
 from gan.metrics.distributed import any_rank, gather_rows, rank_share, world
@@ -29,7 +29,7 @@ class Evaluator:
 
     def __init__(
         self,
-        data: ImageData,
+        data: Dataset,
         backbone: str = "classifier",
         num_samples: int = 1000,
         device: torch.device | str = "cpu",
@@ -142,7 +142,7 @@ class ReplayGenerator(nn.Module):
 
 
 def evaluate_images(
-    real: ImageData,
+    real: Dataset,
     fake: torch.Tensor,
     backbone: str = "classifier",
     num_samples: int | None = None,

@@ -38,6 +38,11 @@ def add_data_parser(subparsers: Any, parser_class: type[argparse.ArgumentParser]
     p.add_argument("--out", default=None, metavar="DIR",
                    help="put the prepared dataset in DIR instead (a new or empty folder, or this same "
                    "dataset prepared there before)")
+    p.add_argument("--parallel", action="store_true",
+                   help="decode a folder on Ray Data tasks: every core of a local Ray, or every node of the "
+                   "cluster at --ray-address (the folder and --data-dir/--out on a filesystem every node sees)")
+    p.add_argument("--ray-address", default=None, metavar="HOST:PORT",
+                   help="with --parallel: the Ray cluster to use (default: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--skip-bad", action="store_true",
                    help="leave out files that are no readable image (listed in the manifest, counted here) "
                    "instead of stopping at the first")
@@ -58,9 +63,20 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     for flag, value in (("--data-dir", args.data_dir), ("--out", args.out)):
         if value is not None and not value.strip():
             raise ConfigError(f"{flag} {value!r} is invalid: must be a folder path")
-    with tqdm_progress(f"preparing {args.source}") as progress:
+    if args.ray_address is not None and not args.parallel:
+        raise ConfigError("--ray-address is for --parallel: add --parallel, or drop --ray-address")
+    runner = None
+    if args.parallel:
+        from pipelines.distributed.connect import check_reachable, ray_address
+        from pipelines.distributed.prepare_on_ray import ray_runner
+
+        address = ray_address(args.ray_address)
+        check_reachable(address)  # an address nothing answers at: one line now, not minutes of retries
+        runner = ray_runner(address)
+    # --parallel: Ray Data's bar counts the chunks (this one would stand still between them)
+    with tqdm_progress(f"preparing {args.source}", show=False if args.parallel else None) as progress:
         prepared = prepare_dataset(args.source, args.image_size, args.data_dir, out=args.out,
-                                   skip_bad=args.skip_bad, progress=progress)
+                                   skip_bad=args.skip_bad, progress=progress, runner=runner)
     m = prepared.manifest
     c, h, w = m.shape
     print(f"prepared dataset: {m.path} ({'reused: prepared before' if prepared.reused else 'made now'})")

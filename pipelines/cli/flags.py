@@ -19,6 +19,9 @@ FLAG_HELP = {
     "into --data-dir on first use), or prepared:PATH (gan-pipeline data prepare)",
     "data_dir": "where torchvision datasets are found or downloaded, and prepared copies kept (DIR/prepared)",
     "image_size": "resize images to this square size (0: the dataset's own; folders: 32)",
+    "data_mode": "memory: hold the whole dataset in each process; stream: read each batch from the prepared "
+    "shards (no process holds the dataset); auto: stream past --data-budget-mb",
+    "data_budget_mb": "decoded dataset size in MB up to which --data-mode auto holds it in memory",
     "arch": "model family: " + ", ".join(ARCHS),
     "latent_dim": "size of the latent vector z",
     "dcgan_width": "DCGAN channels next to the image (doubles per level inward)",

@@ -26,9 +26,10 @@ def ray_address(given: str | None) -> str | None:
     return given or os.environ.get("RAY_ADDRESS") or None
 
 
-def connect(address: str | None, tracking_uri: str) -> bool:
+def connect(address: str | None, tracking_uri: str | None) -> bool:
     """Join `address` (None: start a local Ray); True when this call started or joined Ray
-    (so the caller ends it with disconnect()), False when the process was already connected."""
+    (so the caller ends it with disconnect()), False when the process was already connected.
+    tracking_uri None: the command logs nothing (data prepare), so any store will do."""
     import ray
 
     global _watcher
@@ -46,6 +47,8 @@ def connect(address: str | None, tracking_uri: str) -> bool:
         raise ClusterError(f"ray_address={address!r} is invalid: cannot connect ({first})") from None
     if address is None:  # ours: the processes ray.init just started (none if it joined a `ray start`)
         _watcher = start_watcher(sorted(child_pids() - before))
+    if tracking_uri is None:
+        return True
     try:
         check_store_for_cluster(tracking_uri, sum(1 for n in ray.nodes() if n.get("Alive")))
     except TrackingError:

@@ -131,7 +131,8 @@ def run_distributed(cfg: RunConfig, opts: RayOptions, experiment: str | None = N
         where = environment_tags(cfg.dataset, f"{opts.workers}x{'cuda' if opts.gpu else 'cpu'}")
         run_id, experiment_id = open_run(client, experiment_id, run_name, {**where, **(tags or {})})
         with TrackedRun(client, run_id, fresh=True, warm=warm) as run:
-            result, model_uri = run.train_and_close(cfg, data, RayTrainLoop(opts, uri, data.shape, progress=True))
+            result, model_uri = run.train_and_close(cfg, data, RayTrainLoop(opts, uri, data.shape, progress=True,
+                                                                              data_at=data.origin))
             if model_uri is None:
                 raise RunDiverged(f"run {run_id} is FAILED: {result.stopped}")
             return RunOutcome(run_id, experiment_id, result, model_uri)
@@ -155,6 +156,7 @@ class RayTrainLoop:
     extra: dict[str, Any] = field(default_factory=dict)  # more params (a trial's id)
     pause_at: tuple[int, ...] = ()
     progress: bool = False  # rank 0 prints a line per epoch (train --workers; a sweep prints its own)
+    data_at: str | None = None  # the prepared dataset the driver resolved (Dataset.origin): workers read it
     restores_itself = True  # a restarted worker group resumes from Ray Train's own storage
     last_state: dict[str, Any] | None = None  # the newest checkpoint's, after fit
 
@@ -168,19 +170,21 @@ class RayTrainLoop:
     def fit(self, run: TrackedRun, cfg: RunConfig, restored: Restored) -> TrainResult:
         result, self.last_state = fit_run(run.handle(self.tracking_uri), cfg, self.opts, self.image_shape,
                                           self.callbacks, warm=restored.warm, resume=restored.state,
-                                          pause_at=self.pause_at, progress=self.progress)
+                                          pause_at=self.pause_at, progress=self.progress, data_at=self.data_at)
         return result
 
 
 def fit_run(handle: RunHandle, cfg: RunConfig, opts: RayOptions, image_shape: tuple[int, int, int],
             callbacks: list[Any] | None = None, warm: dict[str, Any] | None = None,
             resume: dict[str, Any] | None = None, pause_at: tuple[int, ...] = (), progress: bool = False,
-            ) -> tuple[TrainResult, dict[str, Any] | None]:
+            data_at: str | None = None) -> tuple[TrainResult, dict[str, Any] | None]:
     """The one loop on opts.workers Ray Train workers, rank 0 writing into the run
     `handle` names (its owner holds the lease and closes it), from `resume` (a training
     state) if given, stopping at the first of `pause_at` it reaches. Returns what a local
     loop returns (the final generator from the last checkpoint, the eval history, whether
-    the health guard stopped it) and that checkpoint's whole state."""
+    the health guard stopped it) and that checkpoint's whole state. `data_at`: the
+    prepared dataset's folder the driver resolved (a folder's copy, a streamed built-in's):
+    every worker reads that one, on a filesystem every node sees, and none prepares."""
     from gan.checkpoint import load_checkpoint
     from gan.models import build_models
     from gan.train import TrainResult
@@ -198,7 +202,7 @@ def fit_run(handle: RunHandle, cfg: RunConfig, opts: RayOptions, image_shape: tu
     # `warm` (a fine-tune's starting checkpoint) travels with the config: Ray puts large
     # arguments in its object store, so every worker, on any node, gets the same weights.
     loop_config = {"cfg": cfg.to_dict(), "handle": handle, "threads": opts.cpus_per_worker, "warm": warm,
-                   "resume": resume, "pause_at": pause_at, "progress": progress}
+                   "resume": resume, "pause_at": pause_at, "progress": progress, "data_at": data_at}
     try:
         fitted = make_trainer(opts, loop_config, name, callbacks=callbacks).fit()
     except Exception as e:  # noqa: BLE001 - Ray's errors wrap the workers'; say which

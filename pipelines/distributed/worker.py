@@ -159,7 +159,11 @@ def train_worker(config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.image_size)
+    # The prepared copy the driver resolved, if any (no worker prepares or lists a folder).
+    # Streamed, this worker reads only its rank's slice of each batch from its shards.
+    at = config.get("data_at")
+    data = load_dataset(f"prepared:{at}" if at else cfg.dataset, cfg.data_dir, cfg.image_size, cfg.data_mode,
+                        cfg.data_budget_mb)
     # A fine-tune (train --from --warm) and a member's life start from the state they were
     # given until the group has a checkpoint of its own: a restarted group resumes from that.
     own = restored_state()

@@ -73,7 +73,7 @@ def evaluate(client: Any, req: EvalRequest) -> Evaluation:
     seed = req.seed if req.seed is not None else int(tags.get("seed") or params.get("seed") or 0)
     if num_samples < 10:
         raise TrackingError(f"--num-samples={num_samples} is invalid: must be >= 10")
-    real = load_dataset(dataset, data_dir, image_size)
+    real = load_dataset(dataset, data_dir, image_size, mode="auto")  # reads only the images it scores
     fake = torch.from_numpy(generate_images(uri, num_samples, seed))
     if tuple(fake.shape[1:]) != real.shape:
         raise TrackingError(

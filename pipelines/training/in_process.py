@@ -15,7 +15,7 @@ import torch
 
 from gan.callbacks import Callbacks
 from gan.config import RunConfig
-from gan.data import ImageData
+from gan.data import Dataset
 from gan.train import TrainResult, resolve_device, train
 from pipelines.tracking.history import Restored
 from pipelines.tracking.resources import system_metrics
@@ -32,7 +32,7 @@ class InProcessLoop:
     of the same setting, and `gpu` (the trial's slot has one) trains an "auto" or "cpu"
     config on CUDA."""
 
-    data: ImageData
+    data: Dataset
     evaluator: Any = None
     device: torch.device | None = None
     wrap: Callable[[Callbacks], Callbacks] | None = None

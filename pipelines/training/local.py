@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gan.config import RunConfig, make_config
-from gan.data import ImageData
+from gan.data import Dataset
 from gan.train import TrainResult, resolve_device
 from pipelines.errors import RunDiverged
 from pipelines.tracking import names
@@ -90,7 +90,7 @@ def _resume(client: Any, experiment: str, resume: str, extend_to: int | None, pr
         return _outcome(run, found.info.experiment_id, cfg, data, loop, restored)
 
 
-def _outcome(run: TrackedRun, experiment_id: str, cfg: RunConfig, data: ImageData, loop: InProcessLoop,
+def _outcome(run: TrackedRun, experiment_id: str, cfg: RunConfig, data: Dataset, loop: InProcessLoop,
              restored: Restored | None = None) -> RunOutcome:
     """The run's one sequence (TrackedRun.train_and_close), then its one way out: FINISHED, or
     FAILED as diverged (an error for the command)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from gan.config import ConfigError, RunConfig
-from gan.data import ImageData, load_dataset
+from gan.data import Dataset, load_dataset
 from gan.models import build_models
 from gan.prepare_folder import scan_folder
 from gan.train import check_batch, resolve_device
@@ -15,7 +15,7 @@ DEFAULT_EXPERIMENT = "gan-pipelines"
 
 
 def prepare(cfg: RunConfig, world_size: int = 1, check_device: bool = True,
-            warm: dict[str, Any] | None = None) -> ImageData:
+            warm: dict[str, Any] | None = None) -> Dataset:
     """Load the data and dry-build the models: every user error surfaces here. A Ray
     driver passes check_device=False: its workers, not it, hold the GPUs. `warm`: the
     checkpoint a fine-tune starts from (train --from --warm) must fit those models."""
@@ -25,7 +25,7 @@ def prepare(cfg: RunConfig, world_size: int = 1, check_device: bool = True,
         scan_folder(cfg.dataset[len("folder:"):])
         raise ConfigError(f"backbone 'classifier' needs a labelled dataset and {cfg.dataset!r} has no labels "
                           "(an image folder has none): use --backbone inception")
-    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.image_size)
+    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.image_size, cfg.data_mode, cfg.data_budget_mb)
     check_batch(cfg, len(data), world_size)
     G, D = build_models(cfg, data.shape)  # noqa: N806
     if warm is not None:
@@ -57,7 +57,7 @@ def check_warm_fits(cfg: RunConfig, warm: dict[str, Any], G: Any, D: Any) -> Non
                           "or train without --warm") from None
 
 
-def build_evaluator(cfg: RunConfig, data: ImageData, device: Any = None, progress: bool | None = None) -> Any:
+def build_evaluator(cfg: RunConfig, data: Dataset, device: Any = None, progress: bool | None = None) -> Any:
     """The FID-style evaluator for `cfg.backbone`: trains/loads the classifier and the real
     statistics (cached on disk), so build it once per process and reuse it. progress=None:
     a bar for the long waits (real statistics, each eval's features with Inception) on a
@@ -72,7 +72,7 @@ def build_evaluator(cfg: RunConfig, data: ImageData, device: Any = None, progres
 _EVALUATORS: dict[tuple, Any] = {}
 
 
-def shared_evaluator(cfg: RunConfig, data: ImageData) -> Any:
+def shared_evaluator(cfg: RunConfig, data: Dataset) -> Any:
     """One evaluator per process and setting, on cfg.device: a process that trains run
     after run (a reused Tune actor) skips loading the backbone and the real statistics
     (part of each trial's start-up)."""

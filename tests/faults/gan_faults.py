@@ -11,8 +11,9 @@ fault is armed by a file in that folder and fires once (its file is removed as i
     die_when_pruned   kill -9 as Tune stops a sweep trial, before it closes its run
     slow_when_pruned  (text: S) the first trial Tune stops takes S seconds longer to close
     fail_once         a Ray Train rank 1 exits after its first checkpoint reached Ray
-    fail_at_eval      (text: N) the N-th eval a process logs raises, once: a crash the
-                      run is marked FAILED for, after a checkpoint
+    fail_at_eval      (text: N) the N-th eval a run logs in a process raises, once: a
+                      crash the run is marked FAILED for, after a checkpoint (counted
+                      per run: a test's own process has logged other runs' evals before)
     hold              the first eval waits while the file exists (not removed as it
                       fires); `held` then holds the run's id: a test acts mid-run
 
@@ -60,12 +61,12 @@ def _patch_callbacks(module: Any) -> None:
         original(self, epoch, step, *args, **kwargs)
 
     original_eval = cls.on_eval
-    evals = {"n": 0}
+    evals: dict[str, int] = {}
 
     def on_eval(self: Any, *args: Any, **kwargs: Any) -> None:
-        evals["n"] += 1
+        evals[self.run_id] = n = evals.get(self.run_id, 0) + 1
         failing = Path(FAULTS or "") / "fail_at_eval"
-        if failing.exists() and failing.read_text().strip() == str(evals["n"]) and fire("fail_at_eval") is not None:
+        if failing.exists() and failing.read_text().strip() == str(n) and fire("fail_at_eval") is not None:
             raise RuntimeError("injected by the test's fail_at_eval fault")
         hold = Path(FAULTS or "") / "hold"
         if hold.exists():
