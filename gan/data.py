@@ -41,6 +41,7 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 # What the loop trains on: the whole dataset in memory, or streamed from its shards.
 Dataset = ImageData | StreamedImages
 
+
 def load_dataset(name: str, data_dir: str | Path = "./data", image_size: int = 0, mode: str = "auto",
                  budget_mb: int = RunConfig.data_budget_mb) -> Dataset:
     """A dataset by config name, resized to `image_size` when it is non-zero.

@@ -8,13 +8,16 @@ import contextlib
 import math
 import warnings
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 if TYPE_CHECKING:
     from PIL import Image
+
+    from gan.image_folder import LocalFolder, UriFolder
+
+    ImageFolder = LocalFolder | UriFolder
 
 GRAY_MODES = ("1", "L", "I", "I;16", "F")  # kept as one channel; every other mode becomes RGB
 # Draft mode decodes to at least this many times the target size, so the bicubic resize
@@ -29,21 +32,22 @@ SKIP_HINT = "remove it, or skip bad files: gan-pipeline data prepare folder:PATH
 class BadImage(Exception):
     """One file that cannot be used; `reason` completes 'dataset folder file F ...'."""
 
-    def __init__(self, file: Path, reason: str) -> None:
-        super().__init__(f"dataset folder file {str(file)!r} {reason}")
+    def __init__(self, file: str, reason: str) -> None:
+        super().__init__(f"dataset folder file {file!r} {reason}")
         self.file, self.reason = file, reason
 
 
 @contextlib.contextmanager
-def opened(file: Path) -> Iterator[Image.Image]:
-    """Image.open with the decompression-bomb refusal; any failure, in opening or in
-    decoding within the block, is a BadImage naming the file."""
+def opened(folder: ImageFolder, name: str) -> Iterator[Image.Image]:
+    """A file of `folder` opened by PIL, with the decompression-bomb refusal; any failure,
+    in reading, opening or decoding within the block, is a BadImage naming the file."""
     from PIL import Image, UnidentifiedImageError
 
+    file = folder.show(name)
     try:
         with warnings.catch_warnings():  # PIL only warns below 2x its limit: refuse those too
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(file) as im:
+            with Image.open(folder.open(name)) as im:
                 yield im
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise BadImage(file, f"is too large to decode safely (over {Image.MAX_IMAGE_PIXELS} pixels): "
@@ -55,10 +59,9 @@ def opened(file: Path) -> Iterator[Image.Image]:
         raise BadImage(file, f"is not a readable image ({detail})") from None
 
 
-def decode(file: Path, mode: str, size: int) -> np.ndarray:
+def decode(folder: ImageFolder, name: str, mode: str, size: int) -> np.ndarray:
     """One file as uint8 [C, size, size]: draft-decoded, converted, centre square, bicubic."""
-
-    with opened(file) as im:
+    with opened(folder, name) as im:
         w, h = im.size
         s = min(w, h)
         left, top = (w - s) // 2, (h - s) // 2  # the centre square, in the file's pixels

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from gan.decode_image import SKIP_HINT, BadImage, decode
+from gan.image_folder import image_folder
 from gan.images import DataError
 from gan.prepared import Shard, sha256_of, shard_names
 
@@ -27,7 +28,7 @@ class ChunkJob:
     """One shard's worth of files (paths relative to `root`), plain values: it travels."""
 
     index: int
-    root: str
+    root: str  # the folder's spec (gan/image_folder.py): a path or a URI
     files: tuple[str, ...]
     mode: str  # L or RGB
     size: int
@@ -48,13 +49,13 @@ Runner = Callable[[list[ChunkJob], Callable[[int], None]], Iterable[ChunkDone]]
 def prepare_chunk(job: ChunkJob, one_done: Callable[[], None] | None = None) -> ChunkDone:
     """Decode the chunk's files into images-INDEX.npy (a DataError naming a bad file,
     unless skip_bad: then it is listed and left out)."""
-    root = Path(job.root)
+    folder = image_folder(job.root)
     channels = 1 if job.mode == "L" else 3
     images = np.empty((len(job.files), channels, job.size, job.size), np.uint8)
     kept, skipped = 0, []
     for name in job.files:
         try:
-            images[kept] = decode(root / name, job.mode, job.size)
+            images[kept] = decode(folder, name, job.mode, job.size)
             kept += 1
         except BadImage as e:
             if not job.skip_bad:

@@ -268,20 +268,6 @@ class RayCluster:
                 out[n["node_id"]] = names[0] if names else "?"
         return out
 
-    def wait_idle(self, timeout_s: float = 120.0) -> None:
-        """Wait until no placement group of an earlier job holds the nodes' CPUs: Ray
-        removes a finished job's groups asynchronously, and a sweep submitted meanwhile
-        would find one node's CPU taken and run every trial on the other."""
-        deadline = time.time() + timeout_s
-        while True:
-            listed = self.cli("list", "placement-groups", "--filter", "state!=REMOVED", "--format", "json",
-                              "--limit", "1000", "--address", self.dashboard)
-            held = [] if listed.stdout.startswith("No resource") else json.loads(listed.stdout)
-            if not held:
-                return
-            assert time.time() < deadline, f"placement groups still held after {timeout_s:.0f} s: {held}"
-            time.sleep(1)
-
     def kill_node(self, name: str) -> None:
         """The node dies as a lost machine would: SIGKILL to its whole process group."""
         proc = self.nodes[name]

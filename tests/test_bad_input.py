@@ -51,7 +51,8 @@ BAD: dict[str, dict[str, list[str]]] = {
     "evaluate": {"--model": ["models:/missing@champion"], "--run-id": ["nope"], "--dataset": ["imagenet"],
                  "--data-dir": ["x"], "--backbone": ["vgg"], "--num-samples": ["5"], "--seed": ["x"]},
     # tests/test_prepared.py checks that these create nothing at all (no data dir either)
-    "data prepare": {"--image-size": ["3", "x"], "--data-dir": ["", "a-file/sub"], "--out": ["", "a-file"]},
+    "data prepare": {"--image-size": ["3", "x"], "--data-dir": ["", "a-file/sub"], "--out": ["", "a-file"],
+                     "--ray-address": ["127.0.0.1:1", "nohost"]},
 }
 # Flags whose every value is valid (switches, names, places): nothing to reject.
 ANY = {
@@ -60,7 +61,7 @@ ANY = {
     "promote": {"--force"},
     "generate": {"--out-dir"},
     "evaluate": {"--log"},
-    "data prepare": {"--skip-bad"},
+    "data prepare": {"--skip-bad", "--parallel"},
 }
 # Some bad values are only bad together with another flag (evaluate needs a model; train
 # uses --ray-storage only with Ray Train workers).
@@ -69,7 +70,8 @@ CONTEXT = {"train": {"--ray-storage": ["--workers", "2"]},
            "evaluate": {"--dataset": ["--run-id", "nope"], "--data-dir": ["--run-id", "nope"],
                         "--backbone": ["--run-id", "nope"], "--num-samples": ["--run-id", "nope"],
                         "--seed": ["--run-id", "nope"]},
-           "data prepare": {f: ["mnist-5k"] for f in ("--image-size", "--data-dir", "--out")}}
+           "data prepare": {**{f: ["mnist-5k"] for f in ("--image-size", "--data-dir", "--out")},
+                            "--ray-address": ["mnist-5k", "--parallel"]}}
 
 
 def _flags(parser: argparse.ArgumentParser | None = None, prefix: str = "") -> dict[str, set[str]]:

@@ -102,6 +102,9 @@ def test_parallel_prepare_on_ray_data_makes_the_same_dataset_and_fails_the_same_
     assert len(parallel.shards) == 2 and parallel.shards == serial.shards and parallel.digest == serial.digest
     for shard in parallel.shards:
         assert (tmp_path / "parallel" / shard.file).read_bytes() == (tmp_path / "serial" / shard.file).read_bytes()
+    uri = ["data", "prepare", f"folder:file://{photos}", "--image-size", "16", "--out", str(tmp_path / "uri")]
+    assert main([*uri, "--parallel"]) == 0  # the tasks read the files through pyarrow
+    assert open_prepared(tmp_path / "uri").digest == serial.digest
     capsys.readouterr()
 
     whole = photo(tmp_path / "whole.jpg", 800, 600, seed=3).read_bytes()
@@ -115,3 +118,22 @@ def test_parallel_prepare_on_ray_data_makes_the_same_dataset_and_fails_the_same_
     assert skipped.count == serial.count and [s["file"] for s in skipped.skipped] == ["more/cut.jpg"]
     assert main([*base, "--ray-address", "127.0.0.1:1"]) == 2  # an address without --parallel
     assert "--ray-address is for --parallel" in capsys.readouterr().err
+
+
+def test_a_folder_uri_prepares_through_pyarrow_like_the_path(photos, tmp_path, capsys):
+    """folder:URI lists and reads through pyarrow's filesystems (s3://, gs://, ...: here
+    file://, the one this machine has): the same images, so the same digest."""
+    by_path = prepare_dataset(f"folder:{photos}", 16, tmp_path / "data").manifest
+    uri = f"file://{photos}"
+    by_uri = prepare_dataset(f"folder:{uri}", 16, tmp_path / "data").manifest
+    assert by_uri.source == f"folder:{uri}" and by_uri.path != by_path.path
+    assert by_uri.digest == by_path.digest and by_uri.count == by_path.count
+    assert prepare_dataset(f"folder:{uri}", 16, tmp_path / "data").reused  # found again from the listing
+    streamed = load_dataset(f"folder:{uri}", tmp_path / "data", 16, mode="stream")
+    assert streamed.manifest.path == by_uri.path
+    for bad, says in ((f"file://{tmp_path}/missing", "does not exist or is not a folder"),
+                      ("nosuchscheme://bucket/photos", "cannot be read")):
+        assert main(["data", "prepare", f"folder:{bad}", "--data-dir", str(tmp_path / "fresh")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and bad in err and says in err, err
+        assert not (tmp_path / "fresh").exists()

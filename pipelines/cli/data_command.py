@@ -8,7 +8,7 @@ from typing import Any
 
 from gan.config import BUILTIN_DATASETS, CHECKS, ConfigError
 
-SOURCES = ", ".join(BUILTIN_DATASETS) + " or folder:PATH"
+SOURCES = ", ".join(BUILTIN_DATASETS) + " or folder:PATH (a local path, or a URI: s3://, gs://, file://...)"
 
 
 def add_data_parser(subparsers: Any, parser_class: type[argparse.ArgumentParser]) -> None:
