@@ -33,7 +33,17 @@ def cli(cwd: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
 
 
 def finish(p: subprocess.Popen, timeout: float = 600) -> tuple[int, str, str]:
-    out, err = p.communicate(timeout=timeout)
+    """The process's exit code and output; one that has not ended in `timeout` seconds is
+    asked for its threads' stacks (faults/sitecustomize.py: SIGUSR1), killed, and failed
+    with them."""
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.send_signal(signal.SIGUSR1)
+        time.sleep(2)
+        p.kill()
+        out, err = p.communicate()
+        raise AssertionError(f"pid {p.pid} did not end in {timeout:.0f} s; its threads:\n{err[-6000:]}") from None
     return p.returncode, out, err
 
 
