@@ -50,21 +50,19 @@ def pg_bindir() -> Path | None:
 
 
 def stop_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
-    """SIGTERM the process group this test started (its leader's PID), then SIGKILL.
-    A killed process takes a moment to exit (its memory is freed first), and one forking
-    as the signal came leaves a child behind: each signal is sent again until the group
-    is gone."""
+    """SIGTERM the process group this test started (its leader's PID), then SIGKILL. A
+    killed process takes a moment to exit (its memory is freed first): the group is
+    polled, not looked at once."""
     for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 20.0)):
-        deadline = time.time() + wait_s
-        while True:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=0.5)
-            if not _group_alive(proc.pid):
-                return
-            if time.time() > deadline:
-                break
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=wait_s)
+        deadline = time.time() + (wait_s if sig == signal.SIGKILL else 0.0)
+        while _group_alive(proc.pid) and time.time() < deadline:
+            time.sleep(0.2)
+        if not _group_alive(proc.pid):
+            return
     assert not _group_alive(proc.pid), f"process group {proc.pid} survived SIGKILL"
 
 

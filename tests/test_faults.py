@@ -28,8 +28,11 @@ def cli(cwd: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
     e = {**os.environ, "MLFLOW_TRACKING_URI": sqlite_store(cwd), "GAN_PIPELINES_LEASE_TIMEOUT_S": LEASE_S,
          **(env or {})}
     e.pop("GAN_PIPELINES_DEBUG", None)
+    # SIGINT as a terminal's foreground process has it: a suite started in the background
+    # (`.ci/run &`) passes SIGINT on ignored, and Python then never raises KeyboardInterrupt
     return subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args], cwd=cwd, env=e,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def finish(p: subprocess.Popen, timeout: float = 600) -> tuple[int, str, str]:

@@ -184,7 +184,7 @@ def test_a_server_gone_past_the_end_exits_1_keeping_all_and_resume_sends_it(serv
     last = err.strip().splitlines()[-1]
     outbox = tmp_path / "cache" / "offline" / run_id
     assert last.startswith("gan-pipeline train: stopped: the tracking server is away since step ")
-    assert str(outbox) in last and f"--resume {run_id}" in last and len(last) <= 300
+    assert str(outbox) in last and f"--resume {run_id}" in last and len(last) - len(str(outbox)) <= 200
     assert (outbox / "events.jsonl").exists()
 
     server.start()
