@@ -211,5 +211,10 @@ def load_prepared(path: str | Path, name: str | None = None) -> ImageData:
 
 def _verify(m: Manifest, file: str, array: np.ndarray, sha256: str) -> None:
     if sha256_of(array) != sha256:
-        raise DataError(f"prepared dataset shard {m.path / file} does not match its sha256 in {MANIFEST} "
-                        f"(corrupted or changed): prepare the dataset again (delete {m.path})")
+        raise changed_shard(m, file)
+
+
+def changed_shard(m: Manifest, file: str) -> DataError:
+    """The one line for a shard whose bytes are not the manifest's (read whole or streamed)."""
+    return DataError(f"prepared dataset shard {m.path / file} does not match its sha256 in {MANIFEST} "
+                     f"(corrupted or changed): prepare the dataset again (delete {m.path})")

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from gan.images import DataError
-from gan.prepared import MANIFEST, Manifest, Shard, read_shard
+from gan.prepared import Manifest, Shard, changed_shard, read_shard, sha256_of
 
 _HASH_CHUNK = 8 << 20  # bytes hashed at a time when a shard is first checked
 MAX_OPEN = 64  # shard files held open at once per process
@@ -89,7 +89,7 @@ class StreamedImages:
             parts = []
             for shard in self.manifest.shards:
                 array = np.array(read_shard(self.manifest, shard, labels=True))
-                if hashlib.sha256(array.data).hexdigest() != shard.labels_sha256:
+                if sha256_of(array) != shard.labels_sha256:
                     raise self._changed(str(shard.labels))
                 parts.append(torch.from_numpy(array))
             self._labels = torch.cat(parts)
@@ -116,10 +116,6 @@ class StreamedImages:
             flat[order[i:j]] = block.reshape(j - i, -1)
             i = j
         return torch.from_numpy(out)
-
-    def head(self, n: int) -> torch.Tensor:
-        """The first n images (for a quick look; training uses take)."""
-        return self.take(torch.arange(min(n, len(self))))
 
     # ---- reading
     def _read(self, shard: int, first: int, count: int) -> np.ndarray:
@@ -165,8 +161,7 @@ class StreamedImages:
         return digest.hexdigest() == shard.sha256
 
     def _changed(self, file: str) -> DataError:
-        return DataError(f"prepared dataset shard {self.manifest.path / file} does not match its sha256 in "
-                         f"{MANIFEST} (corrupted or changed): prepare the dataset again (delete {self.manifest.path})")
+        return changed_shard(self.manifest, file)
 
     def close(self) -> None:
         for opened in self._open.values():
