@@ -5,7 +5,9 @@ with Inception features on a CPU. StyleGAN keeps its periodic FID near 5% of tra
 by spacing it; here an eval that `eval_every` makes due runs only while the evals so far
 plus this one stay within `eval_budget` of the training time so far. Not budgeted: the
 last epoch (the run's final score), and epochs a callback asks for (a sweep's ASHA
-rungs, where a missing score would cost the scheduler its signal).
+rungs, where a missing score would cost the scheduler its signal). A config's `eval_at`
+replaces eval_every and the budget with a fixed list (a confirmation run scores at the
+epochs its trial scored at: a best over more evals is lower, whatever the generator).
 
 The first eval's cost is estimated by scoring a few images (the evaluator's
 `estimate_seconds`), later ones by the last eval's measured cost. Skipping an eval
@@ -22,7 +24,7 @@ import torch
 from torch import nn
 
 from gan.callbacks import Callbacks
-from gan.config import RunConfig
+from gan.config import RunConfig, eval_epochs
 from gan.metrics.distributed import any_rank
 
 
@@ -52,8 +54,12 @@ class EvalBudget:
         timings and callbacks differ by rank and the scoring is collective."""
         if done == cfg.epochs:
             return True
-        due = done % cfg.eval_every == 0
-        wanted = cb.wants_eval(done) or (due and self.allows(estimator(evaluator, sampler, cfg.latent_dim)))
+        fixed = eval_epochs(cfg)
+        if fixed is not None:  # the config names its eval epochs: no budget
+            wanted = done in fixed or cb.wants_eval(done)
+        else:
+            due = done % cfg.eval_every == 0
+            wanted = cb.wants_eval(done) or (due and self.allows(estimator(evaluator, sampler, cfg.latent_dim)))
         return any_rank(wanted, world, device)
 
     def trained(self, seconds: float) -> None:

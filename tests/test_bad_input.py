@@ -24,7 +24,7 @@ BAD: dict[str, dict[str, list[str]]] = {
         "--g-norm": ["layer"], "--epochs": ["0"], "--batch-size": ["-64"], "--lr-g": ["-0.1"], "--lr-d": ["nan"],
         "--beta1": ["1.0"], "--beta2": ["-0.5"], "--label-smoothing": ["0.5"], "--loss": ["wgan"],
         "--n-dis": ["0"], "--ema": ["1.5"], "--seed": ["-1"], "--eval-every": ["0"], "--checkpoint-every": ["0"],
-        "--eval-budget": ["1.5", "-0.1"],
+        "--eval-budget": ["1.5", "-0.1"], "--eval-at": ["3,2", "0", "2,,4"],
         "--keep-checkpoints": ["-1"], "--log-every": ["0"], "--health-d-floor": ["0"],
         "--health-g-ceiling": ["-5"], "--health-window": ["0"], "--health-g-limit": ["inf"],
         "--backbone": ["vgg"], "--eval-samples": ["5"], "--device": ["tpu"], "--experiment": [""],

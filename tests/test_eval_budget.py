@@ -98,6 +98,17 @@ def test_a_wanted_epoch_off_the_eval_every_grid_still_scores(mnist_small):
     assert wanted.epochs == [3, 5]
 
 
+def test_eval_at_scores_exactly_its_epochs_and_the_last_whatever_the_budget(mnist_small):
+    # The budget would score every epoch (0) and eval_every 2 would score 2 and 4: eval_at
+    # replaces both; a callback's wanted epoch (an ASHA rung) still scores.
+    fixed, wanted = Evals(), Evals(wanted=(4,))
+    train(make_config({**TINY, "eval_every": 2, "eval_budget": 0, "eval_at": "1,3"}), mnist_small, fixed,
+          evaluator=Scores(cost=None))
+    train(make_config({**TINY, "eval_at": "1"}), mnist_small, wanted, evaluator=Scores(cost=1e9))
+    assert fixed.epochs == [1, 3, 5] and fixed.grids == [2, 4]
+    assert wanted.epochs == [1, 4, 5]
+
+
 class FakeTrial:
     """What ASHAScheduler reads of a trial: its id."""
 

@@ -270,6 +270,20 @@ def test_the_promoted_member_reevaluates_to_its_logged_score(pbt_sweep):
 
 
 @pytest.mark.integration
+def test_confirm_refuses_a_population_sweep_in_one_line_and_creates_nothing(pbt_sweep):
+    client, parent = pbt_sweep["client"], pbt_sweep["parent"]
+    before = client.search_runs([parent.info.experiment_id], "", max_results=1000)
+    folders = sorted(p.name for p in (pbt_sweep["folder"] / "ray").iterdir())
+    done = subprocess.run([sys.executable, "-m", "pipelines.cli", "confirm", "--sweep", "pbt"], env=pbt_sweep["env"],
+                          cwd=pbt_sweep["folder"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == "", done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "a population sweep (--scheduler pbt) cannot be confirmed" in lines[0]
+    after = client.search_runs([parent.info.experiment_id], "", max_results=1000)
+    assert len(after) == len(before) and sorted(p.name for p in (pbt_sweep["folder"] / "ray").iterdir()) == folders
+
+
+@pytest.mark.integration
 @pytest.mark.skipif(missing_outside_ci(not (CHROMIUM.exists() and CHROMEDRIVER.exists())),
                     reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")
 def test_the_mlflow_ui_shows_a_members_exploits_and_the_family_tree(pbt_sweep, browser, tmp_path):

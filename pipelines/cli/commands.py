@@ -164,12 +164,14 @@ def cmd_confirm(args: argparse.Namespace) -> int:
     check_counts(args.top, args.seeds)
     _store_ready(reads=True)
     out = confirm_sweep(args.sweep, top=args.top, seeds=args.seeds, ray_address=args.ray_address)
-    print(f"confirm {out.sweep}: {len(out.configs)} configs in {out.seconds:.0f} s; best_fid over seeds "
-          "(the trial's own first):")
+    print(f"confirm {out.sweep}: {len(out.configs)} configs in {out.seconds:.0f} s; best_fid over their "
+          "confirmation seeds (the trial's own score, which picked it, is not in the mean):")
     for c in out.configs:
         values = ", ".join(f"{v:.2f}" for v in c.values)
-        print(f"  {c.trial.info.run_name}: {c.mean:.2f} +- {c.std:.2f} (n={len(c.values)}: {values})")
-    single = min(out.configs, key=lambda c: c.trial.data.metrics[names.BEST_FID])
+        spread = f" +- {c.std:.2f}" if math.isfinite(c.std) else ""
+        print(f"  {c.trial.info.run_name}: {c.mean:.2f}{spread} (n={len(c.values)}, seeds "
+              f"{','.join(map(str, c.seeds))}: {values}); the trial scored {c.selection:.2f}")
+    single = min(out.configs, key=lambda c: c.selection)
     if out.configs[0] is single:
         print(f"the sweep's winner {single.trial.info.run_name} holds up across seeds")
     else:

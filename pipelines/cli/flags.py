@@ -45,6 +45,8 @@ FLAG_HELP = {
     "the last epoch is always scored)",
     "eval_budget": "most of the training time periodic evals may take (default 0.05; 0: every --eval-every "
     "epochs, whatever they cost)",
+    "eval_at": "score after exactly these epochs (and the last), e.g. 2,4,5, instead of --eval-every and "
+    "--eval-budget (`confirm` scores its runs where their trial scored)",
     "checkpoint_every": "epochs between full-state checkpoints",
     "keep_checkpoints": "newest checkpoints a run keeps, plus the one of its best eval (0: keep all)",
     "log_every": "steps between batched metric writes",

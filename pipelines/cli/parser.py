@@ -65,9 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     co = sub.add_parser("confirm", help="train a sweep's top trials again with new seeds; mean +- std per config",
                         description="Is the sweep's winner real? Train the configs of its --top finished trials "
                         "(by best_fid) again with --seeds new seeds each, on the sweep's Ray with its resources "
-                        "and budget, nested under its parent run (tags confirm_of, confirm_seed). Logs per config "
-                        "the mean and standard deviation of best_fid over its seeds (the trial included) on the "
-                        "trial and a table and plot on the parent; `promote --sweep` then ranks by that mean.")
+                        "and budget, scored after the epochs their trial was scored after, nested under its parent "
+                        "run (tags confirm_of, confirm_seed). Logs per config the mean and standard deviation of "
+                        "best_fid over its confirmation seeds (never the trial's own score, which picked it; seeds "
+                        "never repeat, and a second confirm adds to the first) on the trial and a table and plot on "
+                        "the parent; `promote --sweep` then ranks by that mean. A population sweep (pbt, pb2) "
+                        "cannot be confirmed.")
     co.add_argument("--sweep", required=True, metavar="NAME_OR_PARENT_RUN_ID", type=plain_name,
                     help="a finished sweep's name or its parent run id")
     co.add_argument("--top", type=int, default=3, metavar="K", help="how many of its best trials (default: 3)")

@@ -14,13 +14,13 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-import statistics
 import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 from pipelines.errors import TrackingError
+from pipelines.registry.champion_rule import ALPHA, HIGHER_IS_BETTER, Spread, decide, pooled
 from pipelines.registry.lookup import champion_version, is_not_found
 from pipelines.tracking import names
 from pipelines.tracking.exploits import version_lineage
@@ -30,7 +30,6 @@ from pipelines.tracking.store import global_tracking_uri
 from pipelines.tracking.sweeps import PARENT_ROLE, find_sweep
 
 DEFAULT_MODEL_NAME = "gan-generator"
-HIGHER_IS_BETTER = ("precision", "recall", "density", "coverage", "inception_score")
 
 
 def better(metric: str, a: float, b: float) -> bool:
@@ -58,34 +57,6 @@ class Candidate:
         return tuple(self.model.tags.get(k, "") for k in COMPARABLE)
 
 
-@dataclass(frozen=True)
-class Spread:
-    """A config's score over its seeds (`confirm`): mean, sample std and count."""
-
-    mean: float
-    std: float
-    n: int
-
-    @property
-    def stderr(self) -> float:
-        return self.std / math.sqrt(self.n) if self.n > 1 else 0.0
-
-    def tags(self) -> dict[str, str]:
-        return {names.VERSION_CONFIRM_MEAN: repr(self.mean), names.VERSION_CONFIRM_STD: repr(self.std),
-                names.VERSION_CONFIRM_N: str(self.n)}
-
-    @classmethod
-    def of(cls, values: list[float]) -> Spread:
-        return cls(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values))
-
-    @classmethod
-    def from_tags(cls, tags: dict[str, str]) -> Spread | None:
-        if names.VERSION_CONFIRM_MEAN not in tags:
-            return None
-        return cls(float(tags[names.VERSION_CONFIRM_MEAN]), float(tags.get(names.VERSION_CONFIRM_STD, 0.0)),
-                   int(tags.get(names.VERSION_CONFIRM_N, 1)))
-
-
 @dataclass
 class Promotion:
     model_name: str
@@ -97,8 +68,10 @@ class Promotion:
 
     def line(self, metric: str) -> str:
         c = self.candidate
-        ranked = (f"ranked by the confirmed mean over {self.spread.n} seeds, {metric} {self.spread.mean:.4g} "
-                  f"+- {self.spread.std:.2g}; ") if self.spread else ""
+        s = self.spread
+        spread = f" +- {s.std:.2g}" if s and math.isfinite(s.std) else ""
+        ranked = (f"ranked by its config's mean over {s.n} confirmation seed{'s' if s.n > 1 else ''}, "
+                  f"{metric} {s.mean:.4g}{spread}; ") if s else ""
         return (f"registered {self.model_name} v{self.version} = model {c.model_id} (run {c.run_id}, "
                 f"{metric} {c.value:.4g}); {ranked}{self.reason}")
 
@@ -223,34 +196,34 @@ def promote(client: Any, *, sweep: str | None = None, experiment: str | None = N
 
 
 def confirmed_best(found: list[Candidate], metric: str) -> tuple[Candidate, Spread] | None:
-    """When the sweep was confirmed (`confirm`: runs tagged confirm_of): the configs trained
-    over several seeds ranked by their mean (each run's best model is its seed's score), and
-    the best model of the best config with that config's spread; None otherwise."""
+    """When the sweep was confirmed (`confirm`: runs tagged confirm_of): its configs ranked
+    by their mean over the confirmation seeds only (each confirming run's best model is its
+    seed's score; the trial's own score is left out: it was picked for being the best, and
+    is biased), and the best model of the best config (its trial's or a confirming run's)
+    with that config's spread and the noise pooled over every confirmed config; None
+    otherwise."""
     by_config: dict[str, dict[str, Candidate]] = {}
+    confirming: dict[str, dict[str, Candidate]] = {}
     for c in found:  # best first: a run's first candidate is its best model
-        config = c.run.data.tags.get(names.CONFIRM_OF, c.run_id)
-        by_config.setdefault(config, {}).setdefault(c.run_id, c)
-    confirmed = {k: runs for k, runs in by_config.items() if len(runs) > 1}
-    if not confirmed:
+        of = c.run.data.tags.get(names.CONFIRM_OF)
+        by_config.setdefault(of or c.run_id, {}).setdefault(c.run_id, c)
+        if of:
+            confirming.setdefault(of, {}).setdefault(c.run_id, c)
+    if not confirming:
         return None
-    spreads = {k: Spread.of([c.value for c in runs.values()]) for k, runs in confirmed.items()}
+    spreads = {k: Spread.of([c.value for c in runs.values()]) for k, runs in confirming.items()}
+    noise = pooled(spreads.values())
     sign = -1 if metric in HIGHER_IS_BETTER else 1
     config = min(spreads, key=lambda k: sign * spreads[k].mean)
-    return next(iter(confirmed[config].values())), spreads[config]
-
-
-def beats(metric: str, challenger: Spread, held: Spread) -> tuple[float, float]:
-    """(how much better the challenger's mean is, the pooled standard error of the two
-    means): a confirmed challenger replaces the champion only when the first is larger."""
-    gain = challenger.mean - held.mean if metric in HIGHER_IS_BETTER else held.mean - challenger.mean
-    return gain, math.hypot(challenger.stderr, held.stderr)
+    best = next(iter(by_config[config].values()))
+    return best, Spread.of([c.value for c in confirming[config].values()], noise)
 
 
 def _decide(client: Any, model_name: str, version: Any, best: Candidate, metric: str,
             force: bool, spread: Spread | None = None) -> tuple[bool, str]:
     """(move champion?, why) against the current champion. A confirmed challenger
-    (`spread`) must beat it by more than the pooled standard error of the two means (a
-    champion promoted from one seed counts as a mean of one)."""
+    (`spread`) must beat it beyond chance (registry.champion_rule: a champion promoted from
+    one run is a mean of one with the noise the confirmations measured)."""
     current = champion_version(client, model_name)
     if force:
         return True, "champion moved (forced)"
@@ -266,13 +239,19 @@ def _decide(client: Any, model_name: str, version: Any, best: Candidate, metric:
                        f"not {'/'.join(now)} (use --force)")
     theirs = float(ct[names.VERSION_METRIC_VALUE])
     if spread is not None:
-        held = Spread.from_tags(ct) or Spread(theirs, 0.0, 1)
-        gain, margin = beats(metric, spread, held)
-        if gain > margin:
-            return True, (f"champion moved from v{current.version}: mean {metric} {spread.mean:.4g} beats its "
-                          f"{held.mean:.4g} by {gain:.3g}, more than the pooled standard error {margin:.3g}")
-        return False, (f"champion stays v{current.version}: mean {metric} {spread.mean:.4g} vs its {held.mean:.4g} "
-                       f"is within the pooled standard error {margin:.3g}")
+        held = Spread.from_tags(ct) or Spread.single(theirs)
+        verdict = decide(metric, spread, held)
+        versus = f"mean {metric} {spread.mean:.4g} vs its {held.mean:.4g} (over {held.n} seed{'s' * (held.n > 1)})"
+        if verdict.moves is None:
+            return False, (f"champion stays v{current.version}: {versus}, and the noise of one seed's score is "
+                           "unknown (no confirmed config has two seeds): confirm with --seeds 2 or more, or --force")
+        if verdict.moves:
+            return True, (f"champion moved from v{current.version}: {versus}, better by {verdict.gain:.3g}, beyond "
+                          f"chance (more than {verdict.margin:.3g}, a one-sided t-test at {ALPHA:.0%}, "
+                          f"{verdict.df} df)")
+        return False, (f"champion stays v{current.version}: {versus}, better by {verdict.gain:.3g}, within "
+                       f"chance (needs more than {verdict.margin:.3g}, a one-sided t-test at {ALPHA:.0%}, "
+                       f"{verdict.df} df)")
     if better(metric, best.value, theirs):
         return True, f"champion moved from v{current.version} ({metric} {theirs:.4g})"
     return False, f"champion stays v{current.version}: its {metric} {theirs:.4g} is as good or better"

@@ -3,12 +3,24 @@ and the same config over three seeds was seen to spread its FID by a third, more
 gap between many trials. This trains the top trials' configs again with new seeds, on the
 sweep's Ray with its resources and budget (no pruning: every seed trains its whole
 budget), nested under the sweep's parent, and logs per config the mean and standard
-deviation of `best_fid` over its seeds, the original trial included:
+deviation of `best_fid` over its confirmation seeds:
 
     on each confirming run   tags confirm_of = its trial's run id, confirm_seed = its seed
     on each confirmed trial  metrics confirm.best_fid_mean / confirm.best_fid_std / confirm.n
     on the parent            confirm/table.json (one row per config), confirm/mean_std.png,
                              tag sweep.confirmed, metrics confirm.best_fid_mean of the best
+
+Three things keep the mean honest:
+- The trial's own score is not in it. The trial was picked for having the sweep's best
+  score, so that score is biased low (the winner's curse); it is shown beside the mean.
+- A confirmation scores where its trial scored (config eval_at = the trial's scored
+  epochs): a trial is scored at every ASHA rung and as its eval budget allowed, and
+  `best_fid` is the best of those, so scoring more or fewer epochs moves it.
+- Seeds never repeat: a second `confirm` trains seeds no earlier one used, and the mean
+  pools every confirmation (n grows only with new information).
+
+A population sweep (PBT, PB2) is refused: a member trained a schedule of values, changed
+at each exploit from another member's weights, and no one config reproduces it.
 
 `promote --sweep NAME` then ranks configs by that mean (registry.promote).
 """
@@ -26,6 +38,7 @@ from typing import Any
 
 from gan.config import ConfigError
 from pipelines.errors import TrackingError
+from pipelines.sweep.options import POPULATION
 from pipelines.tracking import names
 
 CONFIRM_UNIT = "confirm_unit"  # the one Tune param of a confirmation: a (trial, seed) as JSON
@@ -38,17 +51,26 @@ class Confirmed:
     """One config of the sweep: its trial and the runs that trained it again."""
 
     trial: Any
-    runs: list[Any]  # the trial first, then its confirming runs
+    runs: list[Any]  # its confirming runs, of every confirmation so far
+
+    @property
+    def selection(self) -> float:
+        """The trial's own best_fid: what it was picked on (biased low), not in the mean."""
+        return float(self.trial.data.metrics.get(SCORE, math.nan))
 
     @property
     def values(self) -> list[float]:
-        """best_fid of each run that finished with one (a failed seed has none)."""
+        """best_fid of each confirming run that finished with one (a failed seed has none)."""
         out = []
         for r in self.runs:
             v = r.data.metrics.get(SCORE)
             if r.info.status == "FINISHED" and v is not None and math.isfinite(v):
                 out.append(float(v))
         return out
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted(int(r.data.tags[names.CONFIRM_SEED]) for r in self.runs)
 
     @property
     def mean(self) -> float:
@@ -61,8 +83,8 @@ class Confirmed:
 
     def row(self) -> dict[str, Any]:
         return {"trial": self.trial.info.run_name, "run_id": self.trial.info.run_id,
-                "trial_best_fid": self.trial.data.metrics.get(SCORE), f"{SCORE}_mean": self.mean,
-                f"{SCORE}_std": self.std, "n": len(self.values), "values": self.values}
+                "selection_best_fid": self.selection, f"{SCORE}_mean": self.mean, f"{SCORE}_std": self.std,
+                "n": len(self.values), "values": self.values, "seeds": self.seeds}
 
 
 @dataclass
@@ -109,6 +131,11 @@ def confirm_sweep(sweep: str, top: int = 3, seeds: int = 3, ray_address: str | N
     name = parent.data.tags.get(names.SWEEP_NAME, sweep)
     if holder(parent):
         raise TrackingError(f"--sweep {name}: the sweep is running: confirm it once it has finished")
+    scheduler = parent.data.params.get("sweep.scheduler", "")
+    if scheduler in POPULATION:
+        raise ConfigError(f"--sweep {name}: a population sweep (--scheduler {scheduler}) cannot be confirmed: each "
+                          "member trained a schedule of values changed at every exploit from another member's "
+                          "weights, which no single config with a new seed reproduces; confirm an asha or none sweep")
     trials = ranked_trials(client, parent)
     if not trials:
         raise TrackingError(f"--sweep {name}: no finished trial with a {SCORE} to confirm")
@@ -116,7 +143,9 @@ def confirm_sweep(sweep: str, top: int = 3, seeds: int = 3, ray_address: str | N
     folder = parent.data.tags.get(names.SWEEP_STORAGE, "")
     opts, space = saved_settings(parent, ray_address, f"--sweep {name}: its saved settings are gone "
                                  f"({folder}/sweep.json): confirm on the machine and folder the sweep ran in")
-    units = [_unit(client, trial, space, seed) for trial in chosen for seed in _new_seeds(trial, seeds)]
+    earlier = confirmed(client, parent, [t.info.run_id for t in chosen])
+    units = [_unit(client, c.trial, space, seed, scored_epochs(client, c.trial.info.run_id))
+             for c in earlier for seed in new_seeds(c.trial, c.seeds, seeds)]
     check_reachable(resolve_address(opts.ray_address))
     from pipelines.sweep.driver import check_space_for_sweep
 
@@ -131,34 +160,50 @@ def confirm_sweep(sweep: str, top: int = 3, seeds: int = 3, ray_address: str | N
 
 def confirmed(client: Any, parent: Any, trial_ids: list[str]) -> list[Confirmed]:
     """Each trial with every run that confirmed it (this and earlier confirmations), best
-    confirmed mean first."""
+    confirmed mean first (configs with no confirmed value last)."""
     from pipelines.sweep.report import confirm_runs
 
     again = confirm_runs(client, parent.info.experiment_id, parent.info.run_id)
     out = []
     for run_id in trial_ids:
         trial = client.get_run(run_id)
-        out.append(Confirmed(trial, [trial, *(r for r in again if r.data.tags[names.CONFIRM_OF] == run_id)]))
+        out.append(Confirmed(trial, [r for r in again if r.data.tags[names.CONFIRM_OF] == run_id]))
     return sorted(out, key=lambda c: c.mean if math.isfinite(c.mean) else math.inf)
 
 
-def _new_seeds(trial: Any, count: int) -> list[int]:
-    """Seeds the trial did not use: the next `count` after its own."""
-    own = int(trial.data.params.get("seed", 0))
-    return [own + k for k in range(1, count + 1)]
+def new_seeds(trial: Any, used: list[int], count: int) -> list[int]:
+    """`count` seeds neither the trial nor an earlier confirmation of it trained: the
+    lowest ones after the trial's own."""
+    taken = {int(trial.data.params.get("seed", 0)), *used}
+    out: list[int] = []
+    seed = int(trial.data.params.get("seed", 0))
+    while len(out) < count:
+        seed += 1
+        if seed not in taken:
+            out.append(seed)
+    return out
 
 
-def _unit(client: Any, trial: Any, space: Any, seed: int) -> str:
+def scored_epochs(client: Any, run_id: str) -> str:
+    """The epochs the run was scored after, as config eval_at ("1,2,4"): the epoch each of
+    its `fid` values was logged with (an eval logs both at its step)."""
+    epoch_at = {m.step: int(m.value) for m in client.get_metric_history(run_id, names.EPOCH)}
+    scored = {epoch_at[m.step] for m in client.get_metric_history(run_id, names.FID) if m.step in epoch_at}
+    return ",".join(str(e) for e in sorted(scored))
+
+
+def _unit(client: Any, trial: Any, space: Any, seed: int, eval_at: str) -> str:
     """One confirming run as Tune's param: the trial's resolved config (its config.yaml)
-    with a new seed, less the searched parameters the trial did not sample (so it logs the
-    params its trial logged), its run id and the name its run gets."""
+    with a new seed, scored after the epochs the trial was scored after, less the searched
+    parameters the trial did not sample (so it logs the params its trial logged), its run
+    id and the name its run gets."""
     from pipelines.tracking.history import logged_config
 
     config = logged_config(client, trial.info.run_id)
     if not isinstance(config, dict):
         raise TrackingError(f"--sweep: trial {trial.info.run_name} has no {names.CONFIG_FILE} to train again")
     inactive = {p.name for p in space.params} - set(trial.data.params)
-    config = {k: v for k, v in config.items() if k not in inactive} | {"seed": seed}
+    config = {k: v for k, v in config.items() if k not in inactive} | {"seed": seed, "eval_at": eval_at}
     return json.dumps({"trial": trial.info.run_id, "seed": seed, "config": config,
                        "name": f"{trial.info.run_name} seed {seed}"})
 
@@ -227,12 +272,16 @@ def _plot(configs: list[Confirmed]) -> Any:
 
     fig, ax = plt.subplots(figsize=(7, 0.6 * len(configs) + 1.5))
     for y, c in enumerate(reversed(configs)):
-        ax.errorbar(c.mean, y, xerr=0 if math.isnan(c.std) else c.std, fmt="o", capsize=4, color="C0")
-        ax.plot(c.values, [y] * len(c.values), ".", color="C1", alpha=0.7)
+        ax.errorbar(c.mean, y, xerr=0 if math.isnan(c.std) else c.std, fmt="o", capsize=4, color="C0",
+                    label="confirmation mean +- std" if y == 0 else None)
+        ax.plot(c.values, [y] * len(c.values), ".", color="C1", alpha=0.7, label="each new seed" if y == 0 else None)
+        ax.plot([c.selection], [y], "x", color="C3", label="the trial (selection; not in the mean)" if y == 0 else None)
     ax.set_yticks(range(len(configs)), [c.trial.info.run_name for c in reversed(configs)])
-    ax.set_xlabel(f"{SCORE} (mean +- std over seeds; dots: each seed)")
+    ax.set_xlabel(f"{SCORE} over confirmation seeds")
+    ax.legend(loc="best", fontsize="small")
     fig.tight_layout()
     return fig
 
 
-__all__ = ["CONFIRM_UNIT", "ConfirmOutcome", "Confirmed", "confirm_sweep", "confirmed", "run_confirm_trial"]
+__all__ = ["CONFIRM_UNIT", "ConfirmOutcome", "Confirmed", "confirm_sweep", "confirmed", "new_seeds",
+           "run_confirm_trial", "scored_epochs"]

@@ -131,6 +131,9 @@ SWEEP_CONFIRMED = "sweep.confirmed"  # on the parent: "top K x S seeds" of the l
 VERSION_CONFIRM_MEAN = "confirm_mean"  # on a model version promoted by its config's mean over seeds
 VERSION_CONFIRM_STD = "confirm_std"
 VERSION_CONFIRM_N = "confirm_n"
+# ... and the noise of one seed's score pooled over its sweep's confirmed configs (registry.champion_rule)
+VERSION_CONFIRM_POOLED_STD = "confirm_pooled_std"
+VERSION_CONFIRM_POOLED_DF = "confirm_pooled_df"
 
 # population-based training (`sweep --scheduler pbt|pb2`, sweep.population / sweep.member)
 PBT_EPOCH = "pbt_epoch"  # Tune result key PBT times perturbations by: only a perturbation epoch's report has it
