@@ -51,7 +51,7 @@ class Confirmed:
     """One config of the sweep: its trial and the runs that trained it again."""
 
     trial: Any
-    runs: list[Any]  # its confirming runs, of every confirmation so far
+    runs: list[Any]  # its confirming runs, of every confirmation so far, by seed
 
     @property
     def selection(self) -> float:
@@ -70,7 +70,7 @@ class Confirmed:
 
     @property
     def seeds(self) -> list[int]:
-        return sorted(int(r.data.tags[names.CONFIRM_SEED]) for r in self.runs)
+        return [int(r.data.tags[names.CONFIRM_SEED]) for r in self.runs]
 
     @property
     def mean(self) -> float:
@@ -167,7 +167,8 @@ def confirmed(client: Any, parent: Any, trial_ids: list[str]) -> list[Confirmed]
     out = []
     for run_id in trial_ids:
         trial = client.get_run(run_id)
-        out.append(Confirmed(trial, [r for r in again if r.data.tags[names.CONFIRM_OF] == run_id]))
+        mine = [r for r in again if r.data.tags[names.CONFIRM_OF] == run_id]
+        out.append(Confirmed(trial, sorted(mine, key=lambda r: int(r.data.tags[names.CONFIRM_SEED]))))
     return sorted(out, key=lambda c: c.mean if math.isfinite(c.mean) else math.inf)
 
 
