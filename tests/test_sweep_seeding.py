@@ -113,6 +113,57 @@ def test_a_sweeps_scored_trials_seed_the_searchers_study_and_it_samples_on(tmp_p
     assert 5e-5 <= config["lr_g"] <= 5e-3 and config["epochs"] == 1 and len(study.trials) == 5
 
 
+def _as_optuna_has_it(trial: Any) -> tuple:
+    """What a searcher's study holds of a trial (NaN spelled out: NaN != NaN)."""
+    def number(v: float | None) -> float | str | None:
+        return "nan" if v is not None and math.isnan(v) else v
+
+    return (trial.state.name, number(trial.value), trial.params,
+            {step: number(v) for step, v in sorted(trial.intermediate_values.items())})
+
+
+@pytest.mark.parametrize(("end", "reported"), [
+    ("finished", [50.0, 40.0]), ("diverged", [50.0, math.nan]), ("crashed", [50.0]), ("never ran", [])])
+def test_the_record_of_each_end_is_what_rays_optuna_search_left_in_its_study(tmp_path, end, reported):
+    """Ray's real OptunaSearch driven as Tune drives it at each kind of end (a Tune run
+    makes some of these only slowly: a diverged trial, one stopped before it ran), and the
+    seed made from what the driver records, side by side."""
+    import optuna
+    from optuna.trial import TrialState
+    from ray.tune.search.optuna import OptunaSearch
+
+    from pipelines.sweep.options import SweepOptions
+    from pipelines.sweep.searcher_record import told_at_end
+    from pipelines.sweep.seeding import STUDY_NAME, Seed, Seeds, Told, seeded_storage
+    from pipelines.sweep.space_file import load_space
+    from pipelines.sweep.tuning import make_searcher
+
+    space = load_space(space_file(tmp_path, "s"))
+    live = make_searcher(space, SweepOptions(space=str(space.path), trials=2).resolved(space))
+    assert isinstance(live, OptunaSearch)
+    config = live.suggest("t")
+    results = [{"fid": v, "training_iteration": i} for i, v in enumerate(reported, 1)]
+    for r in results:
+        live.on_trial_result("t", r)
+    if end == "crashed":
+        live.on_trial_complete("t", error=True)  # Tune's _process_trial_failure
+    elif end == "never ran":
+        live.on_trial_complete("t")  # Tune's stop_trial of a PENDING trial
+    else:
+        live.on_trial_complete("t", result=results[-1])  # stop_trial of a RUNNING one
+    (trial,) = live._ot_study.trials  # noqa: SLF001 - the study TPE samples from
+
+    state, value = told_at_end("PENDING" if end == "never ran" else "RUNNING", results[-1] if results else None,
+                               errored=end == "crashed")
+    told = Told(state, value, {r["training_iteration"]: r["fid"] for r in results})
+    seed = Seed("t01", "s", "run", {"lr_g": config["lr_g"]}, told)
+    (seeded,) = optuna.load_study(study_name=STUDY_NAME,
+                                  storage=seeded_storage(Seeds("s", "p", (seed,), 0), space)).trials
+    assert _as_optuna_has_it(seeded) == _as_optuna_has_it(trial)
+    assert trial.state == {"finished": TrialState.COMPLETE, "diverged": TrialState.RUNNING,
+                           "crashed": TrialState.FAIL, "never ran": TrialState.PRUNED}[end]
+
+
 def test_a_trial_whose_process_died_seeds_as_failed_not_as_pruned(tmp_path):
     """Tune errored it (closing.py's reason starts with `tune:` too, as a pruned one's does):
     its searcher was told FAIL."""
@@ -279,15 +330,6 @@ def test_a_warm_start_from_trials_outside_the_space_names_one_and_creates_nothin
     assert isinstance(e.value, UserError)  # one line, exit 2 at the CLI
     assert len(swept.client.search_runs([swept.first.experiment_id])) == runs_before
     assert not (swept.storage / "narrow").exists()
-
-
-def _as_optuna_has_it(trial: Any) -> tuple:
-    """What a searcher's study holds of a trial (NaN spelled out: NaN != NaN)."""
-    def number(v: float | None) -> float | str | None:
-        return "nan" if v is not None and math.isnan(v) else v
-
-    return (trial.state.name, number(trial.value), trial.params,
-            {step: number(v) for step, v in sorted(trial.intermediate_values.items())})
 
 
 def _arm_once_runs_closed(client: Any, count: int, faults: Path, fault: str, text: str) -> threading.Thread:
