@@ -1,12 +1,14 @@
-"""A sweep goes on from its scores: `sweep --resume NAME --trials N` extends a finished
-sweep under the same parent, its searcher seeded with every trial scored; `sweep
---warm-start NAME` seeds a new sweep's searcher with an earlier sweep's scored trials.
+"""A sweep goes on from its trials: `sweep --resume NAME --trials N` extends a finished
+sweep under the same parent, its searcher seeded with every trial as its own searcher
+had it; `sweep --warm-start NAME` seeds a new sweep's searcher with an earlier sweep's.
 
-The first test needs no Tune run: a sweep as the store records it (tests/sweep_records.py)
-seeds Ray's real OptunaSearch. The rest run real Ray Tune + Optuna + MLflow on mnist-5k
-with one-epoch trials: one finished 2-trial sweep, extended to 4, serves them all (module
-fixture); the warm start from it is a third sweep run, in the slow suite. The one-line
-refusals without a sweep run are in tests/test_bad_input.py (DOOR).
+The first tests need no Tune run: a sweep as the store records it (tests/sweep_records.py)
+seeds Ray's real OptunaSearch. One sweep run (finished, ASHA-stopped and crashed trials)
+checks the seeds against the study its live OptunaSearch built, trial by trial. The rest
+run real Ray Tune + Optuna + MLflow on mnist-5k with one-epoch trials: one finished
+2-trial sweep, extended to 4, serves them all (module fixture); the warm start from it is
+a third sweep run, in the slow suite. The one-line refusals without a sweep run are in
+tests/test_bad_input.py (DOOR).
 """
 
 from __future__ import annotations
@@ -14,14 +16,17 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
-from conftest import sqlite_store
-from sweep_records import recorded_sweep, space_file
+import yaml
+from conftest import arm_fault, sqlite_store
+from sweep_records import FIXED, recorded_sweep, space_file
 
 from pipelines.sweep.naming import number_of
 from pipelines.tracking import names
@@ -80,27 +85,104 @@ def test_a_sweeps_scored_trials_seed_the_searchers_study_and_it_samples_on(tmp_p
     from optuna.trial import TrialState
 
     from pipelines.sweep.options import SweepOptions
-    from pipelines.sweep.seeding import warm_start_seeds
+    from pipelines.sweep.seeding import Told, warm_start_seeds
     from pipelines.sweep.space_file import load_space
     from pipelines.sweep.tuning import make_searcher
 
-    # finished 40 and 30, failed, pruned after epoch 1 at 55
+    # finished 40 and 30, failed, pruned after epoch 1 at 55: runs without the driver's
+    # record of what the searcher was told (a sweep from before it), read from their ends
     uri = recorded_sweep(tmp_path, "base", [(3e-4, 40.0), (1.5e-3, 30.0), (2e-4, None), (5e-4, 55.0)], pruned=1)
     path = space_file(tmp_path, "new", {"type": "float", "low": 5e-5, "high": 5e-3, "log": True})
     space = load_space(path)
     seeds = warm_start_seeds(MlflowClient(uri), "gan-pipelines", "base", space)
-    assert [(s.params, s.value, s.pruned_at) for s in seeds.trials] == [
-        ({"lr_g": 3e-4}, 40.0, None), ({"lr_g": 1.5e-3}, 30.0, None), ({"lr_g": 5e-4}, 55.0, 1)]
-    assert seeds.unscored == 1  # the failed trial has no score to seed with
+    # ASHA's stop is at the pruned trial's one result, which Tune tells the searcher as its
+    # value only; the failed trial is FAIL, as Tune errored it
+    assert [(s.params, s.told) for s in seeds.trials] == [
+        ({"lr_g": 3e-4}, Told("COMPLETE", 40.0, {1: 40.0})), ({"lr_g": 1.5e-3}, Told("COMPLETE", 30.0, {1: 30.0})),
+        ({"lr_g": 2e-4}, Told("FAIL", None, {})), ({"lr_g": 5e-4}, Told("COMPLETE", 55.0, {}))]
+    assert seeds.left_out == 0 and seeds.scored == 3
 
     searcher = make_searcher(space, SweepOptions(space=str(path), trials=6).resolved(space), seeds)
     study = searcher._ot_study  # noqa: SLF001 - the study TPE samples from
     ended = [(t.state, t.value, t.intermediate_values, t.user_attrs["trial"]) for t in study.trials]
-    assert ended == [(TrialState.COMPLETE, 40.0, {}, "t01 lr_g=0.0003"),
-                     (TrialState.COMPLETE, 30.0, {}, "t02 lr_g=0.0015"),
-                     (TrialState.PRUNED, None, {1: 55.0}, "t04 lr_g=0.0005")]
+    assert ended == [(TrialState.COMPLETE, 40.0, {1: 40.0}, "t01 lr_g=0.0003"),
+                     (TrialState.COMPLETE, 30.0, {1: 30.0}, "t02 lr_g=0.0015"),
+                     (TrialState.FAIL, None, {}, "t03 lr_g=0.0002"),
+                     (TrialState.COMPLETE, 55.0, {}, "t04 lr_g=0.0005")]
     config = searcher.suggest("next")  # the define-by-run space samples on from them
-    assert 5e-5 <= config["lr_g"] <= 5e-3 and config["epochs"] == 1 and len(study.trials) == 4
+    assert 5e-5 <= config["lr_g"] <= 5e-3 and config["epochs"] == 1 and len(study.trials) == 5
+
+
+def _as_optuna_has_it(trial: Any) -> tuple:
+    """What a searcher's study holds of a trial (NaN spelled out: NaN != NaN)."""
+    def number(v: float | None) -> float | str | None:
+        return "nan" if v is not None and math.isnan(v) else v
+
+    return (trial.state.name, number(trial.value), trial.params,
+            {step: number(v) for step, v in sorted(trial.intermediate_values.items())})
+
+
+@pytest.mark.parametrize(("end", "reported"), [
+    ("finished", [50.0, 40.0]), ("diverged", [50.0, math.nan]), ("crashed", [50.0]), ("never ran", [])])
+def test_the_record_of_each_end_is_what_rays_optuna_search_left_in_its_study(tmp_path, end, reported):
+    """Ray's real OptunaSearch driven as Tune drives it at each kind of end (a Tune run
+    makes some of these only slowly: a diverged trial, one stopped before it ran), and the
+    seed made from what the driver records, side by side."""
+    import optuna
+    from optuna.trial import TrialState
+    from ray.tune.search.optuna import OptunaSearch
+
+    from pipelines.sweep.options import SweepOptions
+    from pipelines.sweep.searcher_record import told_at_end
+    from pipelines.sweep.seeding import STUDY_NAME, Seed, Seeds, Told, seeded_storage
+    from pipelines.sweep.space_file import load_space
+    from pipelines.sweep.tuning import make_searcher
+
+    space = load_space(space_file(tmp_path, "s"))
+    live = make_searcher(space, SweepOptions(space=str(space.path), trials=2).resolved(space))
+    assert isinstance(live, OptunaSearch)
+    config = live.suggest("t")
+    results = [{"fid": v, "training_iteration": i} for i, v in enumerate(reported, 1)]
+    for r in results:
+        live.on_trial_result("t", r)
+    if end == "crashed":
+        live.on_trial_complete("t", error=True)  # Tune's _process_trial_failure
+    elif end == "never ran":
+        live.on_trial_complete("t")  # Tune's stop_trial of a PENDING trial
+    else:
+        live.on_trial_complete("t", result=results[-1])  # stop_trial of a RUNNING one
+    (trial,) = live._ot_study.trials  # noqa: SLF001 - the study TPE samples from
+
+    state, value = told_at_end("PENDING" if end == "never ran" else "RUNNING", results[-1] if results else None,
+                               errored=end == "crashed")
+    told = Told(state, value, {r["training_iteration"]: r["fid"] for r in results})
+    seed = Seed("t01", "s", "run", {"lr_g": config["lr_g"]}, told)
+    (seeded,) = optuna.load_study(study_name=STUDY_NAME,
+                                  storage=seeded_storage(Seeds("s", "p", (seed,), 0), space)).trials
+    assert _as_optuna_has_it(seeded) == _as_optuna_has_it(trial)
+    assert trial.state == {"finished": TrialState.COMPLETE, "diverged": TrialState.RUNNING,
+                           "crashed": TrialState.FAIL, "never ran": TrialState.PRUNED}[end]
+
+
+def test_a_trial_whose_process_died_seeds_as_failed_not_as_pruned(tmp_path):
+    """Tune errored it (closing.py's reason starts with `tune:` too, as a pruned one's does):
+    its searcher was told FAIL."""
+    from mlflow import MlflowClient
+
+    from pipelines.sweep.closing import DEAD_REASON
+    from pipelines.sweep.parent import find_parent
+    from pipelines.sweep.seeding import Told, seeds_of
+    from pipelines.sweep.space_file import load_space
+
+    uri = recorded_sweep(tmp_path, "base", [(3e-4, 40.0), (5e-4, 55.0)])
+    client = MlflowClient(uri)
+    parent = find_parent(client, client.get_experiment_by_name("gan-pipelines").experiment_id, "base")
+    dead = next(r for r in client.search_runs([parent.info.experiment_id]) if r.info.run_name.startswith("t02"))
+    client.set_tag(dead.info.run_id, names.STOPPED_REASON, DEAD_REASON)
+    client.set_terminated(dead.info.run_id, "KILLED")
+    space = load_space(Path(parent.data.tags[names.SWEEP_STORAGE]) / "space.yaml")
+    seeds = seeds_of(client, parent, space, space, "--resume")
+    assert [s.told for s in seeds.trials] == [Told("COMPLETE", 40.0, {1: 40.0}), Told("FAIL", None, {1: 55.0})]
 
 
 def test_an_extension_of_a_warm_started_sweep_is_seeded_with_what_its_first_searcher_knew(tmp_path):
@@ -118,7 +200,7 @@ def test_an_extension_of_a_warm_started_sweep_is_seeded_with_what_its_first_sear
                                                           names.SWEEP_SEEDED_FROM_RUN: src})
     warm = find_parent(client, exp, "warm")
     seeds = extension_seeds(client, warm, load_space(Path(warm.data.tags[names.SWEEP_STORAGE]) / "space.yaml"))
-    assert [(s.sweep, s.value) for s in seeds.trials] == [("src", 40.0), ("src", 30.0), ("warm", 35.0)]
+    assert [(s.sweep, s.told.value) for s in seeds.trials] == [("src", 40.0), ("src", 30.0), ("warm", 35.0)]
 
 
 def _study(tune_folder: Path) -> Any:
@@ -248,3 +330,74 @@ def test_a_warm_start_from_trials_outside_the_space_names_one_and_creates_nothin
     assert isinstance(e.value, UserError)  # one line, exit 2 at the CLI
     assert len(swept.client.search_runs([swept.first.experiment_id])) == runs_before
     assert not (swept.storage / "narrow").exists()
+
+
+def _arm_once_runs_closed(client: Any, count: int, faults: Path, fault: str, text: str) -> threading.Thread:
+    """A thread arming `fault` once `count` trial runs of the store have ended (the next
+    trial then meets it)."""
+    def arm() -> None:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            experiments = [e.experiment_id for e in client.search_experiments()]
+            ended = [r for r in client.search_runs(experiments)
+                     if names.TRIAL_ID in r.data.tags and r.info.status != "RUNNING"]
+            if len(ended) >= count:
+                arm_fault(faults, fault, text)
+                return
+            time.sleep(0.5)
+
+    thread = threading.Thread(target=arm, daemon=True)
+    thread.start()
+    return thread
+
+
+# One sweep run of 4 two-epoch trials (~30 s on 2 busy cores).
+def test_the_seeds_of_a_sweep_are_its_live_searchers_trials_state_by_state(local_ray, classifier_cache, tmp_path,
+                                                                           monkeypatch):
+    """Finished, ASHA-stopped and crashed trials seed a study equal to the one Ray's
+    OptunaSearch built as the sweep ran (as Tune saved it with the experiment)."""
+    import optuna
+    from mlflow import MlflowClient
+
+    from pipelines.sweep import driver
+    from pipelines.sweep.driver import run_sweep
+    from pipelines.sweep.seeding import STUDY_NAME, seeded_storage, seeds_of
+    from pipelines.sweep.space_file import load_space
+
+    monkeypatch.chdir(tmp_path)
+    uri = sqlite_store(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    # The crash below ends its trial for good (Tune errors it): its retries would run it again.
+    monkeypatch.setattr(driver, "TRIAL_RETRIES", 0)
+    path = tmp_path / "two-epochs.yaml"
+    # This tiny G at lr_g 1e-3 scores worse than left near its random init (1e-7) by its
+    # first rung: seed 0 samples 1e-7, then 1e-3 twice (ASHA stops the first of those).
+    path.write_text(yaml.safe_dump({"params": {**FIXED, "epochs": 2,
+                                               "lr_g": {"type": "categorical", "choices": [1e-3, 1e-7]}}}))
+    client = MlflowClient(uri)
+    # the fourth trial raises at its first eval, once three have ended
+    _arm_once_runs_closed(client, 3, local_ray, "fail_at_eval", "1")
+    out = run_sweep(_options(tmp_path / "ray_results", space=str(path), trials=4, concurrency=1, scheduler="asha",
+                             grace_period=1, seed=0, name="live"))
+
+    ends = [(r.info.status, r.data.tags.get(names.STOPPED_REASON, "")) for r in out.runs]
+    assert any(status == "FINISHED" for status, _ in ends), ends
+    assert any(status == "KILLED" and why.startswith("tune: stopped by the scheduler") for status, why in ends), ends
+    assert any(status == "FAILED" for status, _ in ends), ends
+
+    live = _study(tmp_path / "ray_results" / "live").trials
+    space = load_space(path)
+    seeds = seeds_of(client, client.get_run(out.parent_run_id), space, space, "--resume")
+    seeded = optuna.load_study(study_name=STUDY_NAME, storage=seeded_storage(seeds, space)).trials
+    assert [_as_optuna_has_it(t) for t in seeded] == [_as_optuna_has_it(t) for t in live]
+    assert {t.state.name for t in live} >= {"COMPLETE", "FAIL"}
+    assert any(t.state.name == "COMPLETE" and not t.intermediate_values for t in live)  # stopped at its first result
+
+    # A sweep recorded before the driver wrote what its searcher was told: read from the
+    # runs' own ends and fids, the same study for trials Tune neither retried nor stopped
+    # at their final rung.
+    for r in out.runs:
+        client.delete_tag(r.info.run_id, names.SEARCHER_TOLD)
+    seeds = seeds_of(client, client.get_run(out.parent_run_id), space, space, "--resume")
+    seeded = optuna.load_study(study_name=STUDY_NAME, storage=seeded_storage(seeds, space)).trials
+    assert [_as_optuna_has_it(t) for t in seeded] == [_as_optuna_has_it(t) for t in live]

@@ -154,8 +154,9 @@ def run_sweep(given: SweepOptions, resume: str | None = None) -> SweepOutcome:
         print(f"sweep {opts.name}: {trials} trials of {space.path}, {opts.how}; parent run {parent_id}",
               file=sys.stderr)
         if seeds is not None:
-            left_out = f" ({seeds.unscored} failed or unscored left out)" if seeds.unscored else ""
-            print(f"  searcher seeded with {len(seeds.trials)} scored trials of sweep {seeds.sweep}{left_out}"
+            left_out = f", {seeds.left_out} lost or unfit left out" if seeds.left_out else ""
+            print(f"  searcher seeded with {len(seeds.trials)} trials of sweep {seeds.sweep} "
+                  f"({seeds.scored} scored{left_out})"
                   + (f"; trials {had} -> {opts.trials}, Tune folder {opts.folder}" if extending else ""),
                   file=sys.stderr)
         with parent_guard(client, parent_id):
@@ -174,11 +175,13 @@ def _tune(space: SearchSpace, opts: Sweep, data: Any, uri: str, experiment_id: s
 
     from pipelines.sweep.closing import tune_outcomes
     from pipelines.sweep.report import warm_report_imports
+    from pipelines.sweep.searcher_record import reach_store, searcher_record
 
     perturb = perturbation_epochs(space, opts) if opts.scheduler in POPULATION else ()
     with sweep_services(opts, uri, space, experiment_id, parent_id, rung_epochs(space, opts), exp_dir,
                         perturb) as (ctx, client):
         trainable = make_trainable(data, ctx, opts)
+        reach_store(parent_id, ctx.tracking_uri)  # a restored sweep's record writes here too
         if restore:
             # Tune warns with a FileNotFoundError about each trial the killed driver had
             # started but not yet written results for: that trial simply runs again.
@@ -192,7 +195,8 @@ def _tune(space: SearchSpace, opts: Sweep, data: Any, uri: str, experiment_id: s
                 **searched,
                 run_config=tune.RunConfig(
                     name=exp_dir.name, storage_path=str(exp_dir.parent), verbose=0,
-                    callbacks=[progress_callback(trials or opts.trials)],
+                    callbacks=[progress_callback(trials or opts.trials),
+                               *searcher_record(opts, ctx.tracking_uri, experiment_id, parent_id)],
                     failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
                 ),
             )

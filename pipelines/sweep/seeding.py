@@ -1,31 +1,41 @@
-"""A sweep's scored trials as seeds for a new searcher, written once for both users:
+"""A sweep's trials as seeds for a new searcher, written once for both users:
 `sweep --resume NAME --trials N` (a finished sweep extended: its TPE continues from every
-trial it scored) and `sweep --warm-start NAME` (a new sweep whose TPE starts from an
-earlier sweep's scores instead of from nothing).
+trial its searcher knew) and `sweep --warm-start NAME` (a new sweep whose TPE starts from an
+earlier sweep's trials instead of from nothing).
 
 How the seeds reach Optuna: Ray's OptunaSearch takes `evaluated_rewards` only with a
 dict space; with our define-by-run (conditional) space its add_evaluated_point raises
 TypeError (ray 2.60, tune/search/optuna/optuna_search.py). It does take an Optuna
 `storage` and `study_name` and loads that study (create_study(load_if_exists=True)), so
-the seeds go into a study in an in-memory storage as finished trials
-(optuna.trial.create_trial) and OptunaSearch samples on from it. Tune pickles the
-searcher with its study, so an interrupted extension resumed by Tuner.restore keeps them.
+the seeds go into a study in an in-memory storage (optuna.trial.create_trial) and
+OptunaSearch samples on from it. Tune pickles the searcher with its study, so an
+interrupted extension resumed by Tuner.restore keeps them.
 
-Which trials seed, and as what (the score is Tune's: options.METRIC, the last `fid`):
-- FINISHED with a finite fid: COMPLETE with that value.
-- Pruned by ASHA (KILLED, stopped_reason `tune: ...`): PRUNED with its last fid as the
-  intermediate value at the epoch it reached. Optuna's TPE ranks pruned trials behind
-  every complete one (deeper ones first), which is what ASHA judged; as COMPLETE, a
-  one-epoch FID would compete with full-budget ones as an equal.
-- Failed (diverged, crashed), lost, or never scored: not seeded. They have no score
-  TPE can rank, and the live searcher was told them as FAIL, which TPE ignores too.
+Each trial is seeded as the sweep's live searcher left it in its study, so a seeded TPE
+starts where the live one was (state, value, intermediate values at Tune's
+training_iteration; searcher_record.py has the Ray source for each):
+- finished: COMPLETE with its last fid;
+- stopped by ASHA: COMPLETE with the fid of the result ASHA stopped it at (OptunaSearch
+  tells every trial Tune stops as COMPLETE with its last result), that result missing from
+  its intermediate values (Tune does not hand the searcher the result its scheduler stops
+  a trial at);
+- crashed (Tune errored it, its retries spent; or it failed before it made a run): FAIL;
+- stopped before it reported anything: PRUNED;
+- diverged (its last fid NaN): RUNNING, as Optuna's tell refused the NaN.
+The driver records this on each trial's run as Tune tells the searcher
+(searcher_record.py). A run without that record (a sweep from before it, a driver killed
+before the trial ended) is read from its own end and metrics, the n-th fid it logged as
+Tune's n-th result (one report per eval): exact for a finished, pruned or crashed trial
+that Tune neither retried nor stopped at its final rung. Lost trials (their driver died
+before Tune recorded them) are not seeded: the restored searcher may or may not have held
+them.
 """
 
 from __future__ import annotations
 
 import math
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,43 +49,88 @@ STUDY_NAME = "seeded"
 # Fields that define what a score means: a trial measured with another dataset, size,
 # backbone or sample count has an FID on another scale, whatever its parameters.
 SCORED_BY = ("dataset", "image_size", "backbone", "eval_samples")
-PRUNED_PREFIX = "tune:"  # trial.pruned_reason: ASHA stopped it
+COMPLETE, PRUNED, FAIL, RUNNING = "COMPLETE", "PRUNED", "FAIL", "RUNNING"  # optuna TrialState names
+
+
+@dataclass(frozen=True)
+class Told:
+    """A trial as the live searcher left it in its study."""
+
+    state: str  # COMPLETE, PRUNED, FAIL or RUNNING
+    value: float | None  # COMPLETE: what Tune minimised (its last fid); else None
+    intermediate: dict[int, float] = field(default_factory=dict)  # Tune's training_iteration -> fid
 
 
 @dataclass(frozen=True)
 class Seed:
-    """One scored trial as the new space samples it."""
+    """One trial of a sweep as the new space samples it."""
 
     trial: str  # its run name (t03 dcgan ...): what messages and the study's attrs say
     sweep: str
     run_id: str
     params: dict[str, Any]  # the new space's active parameters, typed
-    value: float  # its last fid (what Tune minimised)
-    pruned_at: int | None = None  # the epoch ASHA stopped it at; None: ran its whole budget
+    told: Told
+
+    @property
+    def scored(self) -> bool:
+        return self.told.state == COMPLETE
 
 
 @dataclass(frozen=True)
 class Seeds:
-    """The scored trials of one sweep, ready to seed a searcher."""
+    """The trials of one sweep, ready to seed a searcher."""
 
     sweep: str
     parent_run_id: str
     trials: tuple[Seed, ...]
-    unscored: int  # failed, lost or never scored: not seeded
+    left_out: int  # lost, still running, or outside the new space without a score: not seeded
+
+    @property
+    def scored(self) -> int:
+        return sum(s.scored for s in self.trials)
 
 
 # --------------------------------------------------------------------------- reading
 
 
-def score(run: Any) -> tuple[float, int | None] | None:
-    """(value, pruned_at) of a trial run Optuna can rank, else None (see the module doc)."""
-    value = run.data.metrics.get(METRIC)
-    if value is None or not math.isfinite(value):
+def told(client: Any, run: Any) -> Told | None:
+    """How the live searcher left the trial of `run`, None for a trial not to seed (see the
+    module doc): the driver's record (searcher_record.py), else read from the run."""
+    state = run.data.tags.get(names.SEARCHER_TOLD)
+    if state is None:
+        return _told_by_the_run(client, run)
+    value = run.data.metrics.get(names.SEARCHER_VALUE) if state == COMPLETE else None
+    reported: dict[int, float] = {}
+    for m in sorted(client.get_metric_history(run.info.run_id, names.SEARCHER_FID), key=lambda m: m.timestamp):
+        reported.setdefault(m.step, m.value)  # a retried trial reports its steps again: Optuna keeps the first
+    return Told(state, value, reported)
+
+
+def _told_by_the_run(client: Any, run: Any) -> Told | None:
+    """For a run without the driver's record: what the searcher was told, as its own
+    metrics and end say it (one Tune result per logged fid, in order)."""
+    from gan.health import HEALTH_PREFIX
+    from pipelines.sweep.closing import DEAD_REASON, RUNLESS_REASON
+    from pipelines.sweep.tune_report import PRUNED_PREFIX
+
+    status, reason = run.info.status, run.data.tags.get(names.STOPPED_REASON, "")
+    if run.data.tags.get(names.SWEEP_LOST) == "true" or status in ("RUNNING", "SCHEDULED"):
         return None
-    if run.info.status == "FINISHED":
-        return float(value), None
-    if run.info.status == "KILLED" and run.data.tags.get(names.STOPPED_REASON, "").startswith(PRUNED_PREFIX):
-        return float(value), int(run.data.metrics.get(names.EPOCH, 0))
+    fids = [m.value for m in sorted(client.get_metric_history(run.info.run_id, names.FID),
+                                    key=lambda m: (m.step, m.timestamp))]
+    reports = dict(enumerate(fids, 1))
+    last = run.data.metrics.get(METRIC)
+    crashed = status == "FAILED" and not reason.startswith(HEALTH_PREFIX)
+    if crashed or reason.startswith((RUNLESS_REASON, DEAD_REASON)):
+        return Told(FAIL, None, reports)  # Tune errored it
+    if status == "FAILED":  # diverged: its last report's fid was NaN
+        return Told(RUNNING, None, reports)
+    if last is None or not math.isfinite(last):
+        return None
+    if status == "KILLED" and reason.startswith(PRUNED_PREFIX):
+        return Told(COMPLETE, float(last), dict(enumerate(fids[:-1], 1)))  # the last one ASHA stopped it at
+    if status == "FINISHED":
+        return Told(COMPLETE, float(last), reports)
     return None
 
 
@@ -142,27 +197,30 @@ def fit(run: Any, source: SearchSpace, space: SearchSpace) -> tuple[dict[str, An
 
 
 def seeds_of(client: Any, parent: Any, source: SearchSpace, space: SearchSpace, flag: str) -> Seeds:
-    """The scored trials of the sweep whose parent run is `parent`, as points of `space`
-    (ConfigError, one line naming a trial and parameter, when any scored trial is not)."""
+    """The trials of the sweep whose parent run is `parent`, as points of `space`
+    (ConfigError, one line naming a trial and parameter, when any scored trial is not; an
+    unscored one outside it is left out, as it tells TPE nothing about this space)."""
     from pipelines.sweep.report import child_runs
 
     sweep = parent.data.tags.get(names.SWEEP_NAME, parent.info.run_name)
+    # In start order, the order the live searcher asked for them.
     runs = sorted(child_runs(client, parent.info.experiment_id, parent.info.run_id),
                   key=lambda r: (r.info.start_time, r.info.run_id))
     seeds: list[Seed] = []
     misfits: list[str] = []
     for run in runs:
-        scored = score(run)
-        if scored is None:
+        ended = told(client, run)
+        if ended is None:
             continue
         values, problem = fit(run, source, space)
-        if problem:
+        if problem and ended.state == COMPLETE:
             misfits.append(f"trial {run.info.run_name}: {problem}")
-            continue
-        seeds.append(Seed(run.info.run_name, sweep, run.info.run_id, values, *scored))
+        if not problem:
+            seeds.append(Seed(run.info.run_name, sweep, run.info.run_id, values, ended))
     if misfits:
+        scored = len(misfits) + sum(s.scored for s in seeds)
         others = f" ({len(misfits) - 1} more)" if len(misfits) > 1 else ""
-        raise ConfigError(f"{flag} {sweep}: {len(misfits)} of {len(misfits) + len(seeds)} scored trials do not "
+        raise ConfigError(f"{flag} {sweep}: {len(misfits)} of {scored} scored trials do not "
                           f"fit this sweep's space: {misfits[0]}{others}; seed from a sweep of this space, "
                           "or widen it")
     return Seeds(sweep, parent.info.run_id, tuple(seeds), len(runs) - len(seeds))
@@ -196,8 +254,9 @@ def warm_start_seeds(client: Any, experiment: str, name: str, space: SearchSpace
         raise TrackingError(f"--warm-start {name}: no sweep named {name!r} in experiment {experiment!r} "
                             "(gan-pipeline sweep --warm-start takes an earlier sweep's --name)")
     seeds = seeds_of(client, parent, sweep_space(client, parent), space, "--warm-start")
-    if not seeds.trials:
-        raise TrackingError(f"--warm-start {name}: sweep {name} has no scored trials ({seeds.unscored} trials, "
+    if not seeds.scored:
+        total = len(seeds.trials) + seeds.left_out
+        raise TrackingError(f"--warm-start {name}: sweep {name} has no scored trials ({total} trials, "
                             "none finished or pruned with a finite fid): nothing to seed from")
     return seeds
 
@@ -227,9 +286,9 @@ def extension_seeds(client: Any, parent: Any, space: SearchSpace) -> Seeds:
 
 
 def seeded_storage(seeds: Seeds, space: SearchSpace) -> Any:
-    """An in-memory Optuna storage holding study STUDY_NAME with the seeds as finished
-    trials (distributions from `space`: the ones the searcher will suggest from, which
-    Optuna requires to match), for OptunaSearch(storage=..., study_name=STUDY_NAME)."""
+    """An in-memory Optuna storage holding study STUDY_NAME with the seeds as the live
+    searcher left them (distributions from `space`: the ones the searcher will suggest
+    from, which Optuna requires to match), for OptunaSearch(storage=..., study_name=STUDY_NAME)."""
     import optuna
     from optuna.trial import TrialState, create_trial
 
@@ -239,15 +298,23 @@ def seeded_storage(seeds: Seeds, space: SearchSpace) -> Any:
     dists = space.distributions()
     for s in seeds.trials:
         attrs = {"mlflow_run_id": s.run_id, "trial": s.trial, "sweep": s.sweep}
-        ended: dict[str, Any] = ({"value": s.value} if s.pruned_at is None else
-                                 {"state": TrialState.PRUNED, "intermediate_values": {s.pruned_at: s.value}})
-        study.add_trial(create_trial(params=s.params, distributions={k: dists[k] for k in s.params},
-                                     user_attrs=attrs, **ended))
+        study.add_trial(create_trial(state=TrialState[s.told.state], value=_study_value(s.told),
+                                     params=s.params, distributions={k: dists[k] for k in s.params},
+                                     user_attrs=attrs, intermediate_values=dict(s.told.intermediate)))
     return storage
+
+
+def _study_value(t: Told) -> float | None:
+    """The trial's value as the study holds it: for a PRUNED trial Optuna's tell keeps its
+    last intermediate value when that is a number (optuna/study/_tell.py)."""
+    if t.state != PRUNED or not t.intermediate:
+        return t.value
+    last = t.intermediate[max(t.intermediate)]
+    return None if math.isnan(last) else last
 
 
 def record_warm_start(client: Any, parent_run_id: str, seeds: Seeds) -> None:
     """The new sweep's parent says what seeded it (its description says it too: notes.py)."""
     client.set_tag(parent_run_id, names.SWEEP_SEEDED_FROM, seeds.sweep)
     client.set_tag(parent_run_id, names.SWEEP_SEEDED_FROM_RUN, seeds.parent_run_id)
-    client.set_tag(parent_run_id, names.SWEEP_SEEDED_TRIALS, str(len(seeds.trials)))
+    client.set_tag(parent_run_id, names.SWEEP_SEEDED_TRIALS, str(seeds.scored))

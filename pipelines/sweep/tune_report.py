@@ -125,8 +125,11 @@ def train_to_tune(name: str = "") -> Any:
     return ForwardsToTune()
 
 
+PRUNED_PREFIX = "tune: stopped by the scheduler"  # every pruned trial's reason starts so
+
+
 def pruned_reason(epoch: int) -> str:
-    return f"tune: stopped by the scheduler after epoch {epoch} (its FID was not competitive)"
+    return f"{PRUNED_PREFIX} after epoch {epoch} (its FID was not competitive)"
 
 
 def report(metrics: dict[str, float], name: str = "", checkpoint: Any = None) -> None:

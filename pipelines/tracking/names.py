@@ -45,6 +45,12 @@ SWEEP_SEEDED_FROM = "sweep.seeded_from"  # the source sweep's name
 SWEEP_SEEDED_FROM_RUN = "sweep.seeded_from_run"  # the source sweep's parent run id
 SWEEP_SEEDED_TRIALS = "sweep.seeded_trials"  # how many scored trials seeded the searcher
 SWEEP_EXTENDED = "sweep.extended"  # trials after each extension: "2 -> 4 -> 6"
+# What the sweep's live searcher (Ray's OptunaSearch) told Optuna of each trial, written by
+# the driver as Tune tells it (sweep/searcher_record.py), read when the trial seeds a later
+# searcher (sweep/seeding.py): a later study holds the trial as the live one did.
+SEARCHER_FID = "searcher.fid"  # each intermediate value it reported, at step = Tune's training_iteration
+SEARCHER_TOLD = "searcher.told"  # the trial's end as Optuna has it: COMPLETE, PRUNED, FAIL or RUNNING
+SEARCHER_VALUE = "searcher.value"  # the value told with COMPLETE
 TRIAL_ID = "tune_trial_id"  # also logged as a param of each trial
 RESUMED_FROM_STEP = "resumed_from_step"  # a restarted run (a trial Tune restarted, a --resume) continued from this step
 TRIAL_SECONDS_TO_FIRST_STEP = "trial.seconds_to_first_step"
