@@ -268,6 +268,65 @@ def test_a_member_given_back_its_own_checkpoint_after_a_restart_records_no_explo
     assert [(m.step, m.value) for m in client.get_metric_history(me, "pbt/lr_g")] == [(78, 1.2e-4), (89, 1e-4)]
 
 
+def test_a_member_left_open_when_the_sweep_ends_is_closed_with_its_own_reason_not_ashas(tmp_path):
+    """The driver closes the runs Tune ended without an error but their trials left open: a
+    population member's says what happened to it (PBT paused it, never pruned it), an ASHA
+    trial's that the scheduler stopped it."""
+    from mlflow.entities import Metric
+
+    from pipelines.sweep.closing import Ended, close_open_trials
+    from pipelines.tracking.store import client_for
+
+    client = client_for(sqlite_store(tmp_path))
+    exp = client.create_experiment("closing")
+    member, trial = (client.create_run(exp, run_name=n, tags={names.TRIAL_ID: t}).info.run_id
+                     for n, t in (("t01 member", "m1"), ("t02 trial", "a1")))
+    # the member logged epoch 2 and handed it over; Tune's last result of it was epoch 1's
+    client.log_batch(member, metrics=[Metric("pbt/lr_g", 1e-4, 0, 0), Metric(names.EPOCH, 2, 0, 78)])
+    client.log_batch(trial, metrics=[Metric(names.EPOCH, 2, 0, 78)])
+    runs = [client.get_run(member), client.get_run(trial)]
+    close_open_trials(client, runs, {"m1": Ended(False, 1), "a1": Ended(False, 2)})
+    closed, pruned = client.get_run(member), client.get_run(trial)
+    assert closed.info.status == pruned.info.status == "KILLED"
+    reason = closed.data.tags[names.STOPPED_REASON]
+    assert reason.startswith("driver: the sweep ended with this population member unfinished after epoch 2"), reason
+    assert "competitive" not in reason and "scheduler" not in reason
+    assert pruned.data.tags[names.STOPPED_REASON].startswith("tune: stopped by the scheduler after epoch 2")
+
+    from pipelines.sweep.notes import ending
+
+    said = ending("KILLED", reason, "", 2)
+    assert said.startswith("Stopped after epoch 2") and "Pruned" not in said
+
+
+def test_a_member_tune_stops_outside_a_pbt_pause_closes_its_run_with_the_drivers_reason(tmp_path):
+    """A member's SystemExit out of its hand-over report is PBT pausing it (its run stays
+    open for its next life); anywhere else Tune stopped it, which PBT never does: the
+    sweep's driver did, and the member closes its run saying so."""
+    from pipelines.sweep.tune_report import TuneCallbacks, member_stopped_reason
+    from pipelines.tracking.runs import TrackedRun
+    from pipelines.tracking.store import client_for
+
+    client = client_for(sqlite_store(tmp_path))
+    exp = client.create_experiment("members")
+    to_tune = TuneCallbacks(perturb=(2,))
+    statuses = []
+    for handing_over in (True, False):
+        run_id = client.create_run(exp, run_name="t01 m").info.run_id
+        with pytest.raises(SystemExit), TrackedRun(client, run_id, fresh=True, prunable=True, pausable=True) as run:
+            run.pruned_reason = lambda: member_stopped_reason(to_tune.epoch)
+            run.paused_by_tune = lambda: to_tune.handing_over
+            to_tune.epoch, to_tune.handing_over = 1, handing_over
+            raise SystemExit(0)  # as Tune's report() raises it
+        ended = client.get_run(run_id)
+        statuses.append(ended.info.status)
+        if not handing_over:
+            reason = ended.data.tags[names.STOPPED_REASON]
+            assert reason.startswith("driver: the sweep's driver stopped this population member after epoch 1")
+            assert not reason.startswith("tune:")
+    assert statuses == ["RUNNING", "KILLED"]
+
+
 # --------------------------------------------------------------------------- one real PBT sweep
 
 
@@ -554,3 +613,47 @@ def test_after_a_driver_kill_mid_round_each_exploit_names_the_donor_whose_weight
     # checkpoint it cannot get: then that member trains on from its own, as recorded)
     assert 1 <= copiers <= CROWD // 4
 
+
+@pytest.mark.slow  # a PBT driver interrupted mid-epoch: about a minute
+@pytest.mark.integration
+def test_an_interrupted_pbt_driver_closes_its_members_with_its_own_reason_never_ashas(tmp_path):
+    """Ctrl-C on a PBT sweep's driver while its members train (perturbed at epoch 2 of 4,
+    scored every epoch): Tune stops each member, which PBT never does. Each member's run
+    is closed KILLED saying the driver stopped it, by the member itself or by the driver
+    for it; none reads as pruned for its FID."""
+    from pipelines.tracking.store import client_for
+
+    sqlite_store(tmp_path)
+    space = {**SPACE, "sweep": {"trials": 2, "perturb_every": 2}, "params": {**SPACE["params"], "epochs": 4}}
+    (tmp_path / "pbt.yaml").write_text(yaml.safe_dump(space))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    log = open(tmp_path / "driver.log", "wb")  # noqa: SIM115 - closed below
+    driver = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "sweep", "--space", "pbt.yaml", "--scheduler",
+                               "pbt", "--name", "stopped"], cwd=tmp_path, env=env, stdout=log, stderr=log,
+                              start_new_session=True)
+    client = client_for(sqlite_store(tmp_path))
+
+    def scored_once() -> bool:  # a member has logged its epoch-1 eval: both are training on
+        assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+        exp = client.get_experiment_by_name("gan-pipelines")
+        return bool(exp and client.search_runs([exp.experiment_id], f"metrics.{names.EPOCH} >= 1"))
+
+    try:
+        wait_for(scored_once, timeout=300, every=0.5)
+        driver.send_signal(signal.SIGINT)  # what Ctrl-C sends the driver
+        driver.wait(timeout=300)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+        log.close()
+    _, members = _members(client)
+    assert len(members) == 2, (tmp_path / "driver.log").read_text()[-3000:]
+    stopped = [m for m in members if m.info.status != "FINISHED"]
+    assert stopped, "the driver was interrupted after both members finished"
+    for m in stopped:
+        reason = m.data.tags.get(names.STOPPED_REASON, "")
+        assert m.info.status == "KILLED" and reason.startswith("driver: "), (m.info.status, reason)
+        assert f"after epoch {int(m.data.metrics[names.EPOCH])} " in reason  # the last it logged
+        assert "competitive" not in reason and not reason.startswith("tune:")
