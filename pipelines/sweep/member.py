@@ -200,12 +200,14 @@ def _record_training(client: Any, run_id: str, cfg: RunConfig, step: int) -> Non
 
 
 def _unvalued_step(client: Any, run_id: str, step: int) -> int:
-    """`step`, or the one after it when values are already logged there: a superseded
-    exploit after which nothing was trained logged its values at the step the new one
-    starts from, and a step is logged once (the new values hold from the next step on,
-    the first the new life trains)."""
+    """`step`, or the first after it with no values logged: a superseded exploit after
+    which nothing was trained logged its values at the step the new one starts from, and a
+    step is logged once (the new values hold from the next step on, the first the new
+    life trains). Every pbt/<param> is logged at the same steps (_log_values)."""
     taken = {m.step for m in client.get_metric_history(run_id, f"{names.PBT_VALUE_PREFIX}{MUTABLE[0]}")}
-    return step + 1 if step in taken else step
+    while step in taken:
+        step += 1
+    return step
 
 
 def _log_values(client: Any, run_id: str, cfg: RunConfig, step: int) -> None:
