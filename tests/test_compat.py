@@ -206,6 +206,26 @@ def test_pbt_resync_seeds_a_members_record_and_holds_the_next_round():
     assert pbt._next_perturbation_sync == 6
 
 
+def test_an_exploits_checkpoint_goes_into_the_state_tune_saves(tmp_path):
+    """PBT hands a member the donor's checkpoint on its checkpoint manager, which Tune's
+    saved run metadata does not see (its JSON is cached): pbt_exploit_saved makes the next
+    save carry it, so a driver killed mid-round resumes the member from what it copied."""
+    from ray.train import Checkpoint
+    from ray.train._internal.checkpoint_manager import _CheckpointManager
+    from ray.train._internal.session import _TrainingResult
+    from ray.tune.trainable.metadata import _TrainingRunMetadata
+
+    metadata = _TrainingRunMetadata()
+    metadata.checkpoint_manager = _CheckpointManager(checkpoint_config=None)
+    own = metadata.get_json_state()
+    donor = Checkpoint.from_directory(str(tmp_path))
+    metadata.checkpoint_manager._latest_checkpoint_result = _TrainingResult(donor, {"fid": 30.0})  # as _exploit does
+    assert metadata.get_json_state() == own  # Ray would save the member's own checkpoint
+    ray_api.pbt_exploit_saved(SimpleNamespace(run_metadata=metadata))
+    restored = _TrainingRunMetadata.from_json_state(metadata.get_json_state())
+    assert restored.checkpoint_manager.latest_checkpoint_result.checkpoint.path == donor.path
+
+
 @pytest.mark.parametrize("name", ["_trial_state", "_metric_op", "_perturbation_interval", "_next_perturbation_sync"])
 def test_a_pbt_without_what_resume_resyncs_fails_the_check_and_the_resync(monkeypatch, name):
     from ray.tune.schedulers import PopulationBasedTraining

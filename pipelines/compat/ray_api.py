@@ -23,6 +23,8 @@ SESSION = "ray.train._internal.session"  # the Tune trial's session: no public h
 PBT = "ray.tune.schedulers.PopulationBasedTraining"
 PBT_STATE = "ray.tune.schedulers.pbt._PBTTrialState"
 PBT_STATE_FIELDS = ("last_train_time", "last_perturbation_time", "last_score", "last_result")
+TRIAL = "ray.tune.experiment.trial.Trial"
+RUN_METADATA = "ray.tune.trainable.metadata._TrainingRunMetadata"
 CONSTANTS = "ray._private.ray_constants"
 # Ray turns a node address of 127.0.0.1 into the machine's own IP (so other machines could
 # join) and its servers then listen on every interface, unless it believes multi-node
@@ -83,6 +85,16 @@ def pbt_next_round(scheduler: Any, waiting: Iterable[Any]) -> None:
     _next_sync(scheduler)
     scheduler._next_perturbation_sync = ahead + RAY.attr(scheduler, "_perturbation_interval",
                                                          f"{PBT}._perturbation_interval")
+
+
+def pbt_exploit_saved(trial: Any) -> None:
+    """Make Tune save the donor's checkpoint PBT just handed `trial` (PBT._exploit sets it
+    on the trial's checkpoint manager, which does not mark the trial's saved run metadata
+    stale): else, until the member's next result, Tune's experiment state holds the donor's
+    config with the member's own checkpoint, and a driver killed then resumes the member on
+    its own weights with the copied values (and structure) of another."""
+    metadata = RAY.attr(trial, "run_metadata", f"{TRIAL}.run_metadata")
+    RAY.attr(metadata, "invalidate_cache", f"{RUN_METADATA}.invalidate_cache")()
 
 
 def _pbt_state(scheduler: Any, trial: Any) -> Any:
@@ -206,6 +218,12 @@ def check() -> None:
         raise RAY.changed(f"{PBT}._next_perturbation_sync", "no longer starts at perturbation_interval")
     state_class = RAY.attr(RAY.module_of("ray.tune.schedulers.pbt"), "_PBTTrialState", PBT_STATE)
     RAY.uses(state_class, "__init__", PBT_STATE, *PBT_STATE_FIELDS)
+    # population.ResumablePBT overrides _exploit (a hook nothing would call if renamed), which
+    # hands the donor's checkpoint over where the saved run metadata does not see it
+    RAY.uses(PopulationBasedTraining, "_exploit", PBT, "run_metadata", "_latest_checkpoint_result")
+    metadata_class = RAY.attr(RAY.module_of("ray.tune.trainable.metadata"), "_TrainingRunMetadata", RUN_METADATA)
+    RAY.uses(metadata_class, "get_json_state", RUN_METADATA, "_cached_json")
+    RAY.uses(metadata_class, "invalidate_cache", RUN_METADATA, "_cached_json")
 
     def probe(config: Any) -> None:
         """A function trainable (never run)."""

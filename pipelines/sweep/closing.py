@@ -4,7 +4,8 @@ first (its driver killed, its node lost, a reused actor given up on), the run st
 RUNNING, and a resumed sweep's driver is the one that finds it:
 
     pruned  Tune stopped the trial (its saved state says so), its process died before it
-            closed the run: closed as the trial would have (reason, GIF, KILLED)
+            closed the run: closed as the trial would have (reason, GIF, KILLED); a
+            population member (never pruned: paused, or stopped by the driver) says so
     lost    Tune's saved state never knew the trial (the driver died first): the restored
             sweep ran a new trial in its place; tagged sweep.lost, closed with its GIF
     dead    the trial errored and its process died: KILLED, saying so
@@ -19,9 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.sweep.tune_report import pruned_reason
+from pipelines.sweep.tune_report import STOPPED_BY_DRIVER, member_unfinished_reason, pruned_reason
 from pipelines.tracking import names
 from pipelines.tracking.ending import close_early
+from pipelines.tracking.exploits import is_member
 from pipelines.tracking.history import logged_grids
 
 LOST_REASON = "lost: the driver died before Tune recorded this trial; a new trial took its place"
@@ -74,7 +76,11 @@ def record_runless_trials(client: Any, experiment_id: str, parent_id: str, sweep
         client.set_terminated(run.info.run_id, "FAILED")
 
 
-def close_open_trials(client: Any, runs: list[Any], ended: dict[str, Ended]) -> None:
+def close_open_trials(client: Any, runs: list[Any], ended: dict[str, Ended], population: bool = False) -> None:
+    """Close the runs Tune is done with that are still open (module doc). A population
+    member (`population`: the sweep's trials are PBT/PB2 members; else its run says so)
+    is never pruned: one left open was paused, or lost its process, when the sweep
+    ended, and is closed saying that."""
     for r in runs:
         tags = r.data.tags
         outcome = ended.get(tags.get(names.TRIAL_ID, ""))
@@ -94,9 +100,12 @@ def close_open_trials(client: Any, runs: list[Any], ended: dict[str, Ended]) -> 
             # Tune ended it without an error, yet the trial never closed its run: Tune stopped
             # it, and its process died before it could finish (trial.py closes it otherwise).
             reason = tags.get(names.STOPPED_REASON, "")
-            if not reason.startswith("tune:"):  # the trial's own, if it got that far
-                epoch = outcome.epoch if outcome.epoch is not None else int(r.data.metrics.get(names.EPOCH, 0))
-                reason = pruned_reason(epoch)
+            if not reason.startswith(("tune:", STOPPED_BY_DRIVER)):  # the trial's own, if it got that far
+                logged = int(r.data.metrics.get(names.EPOCH, 0))
+                if population or is_member(r):  # the epoch it got to (its hand-over may not have reached Tune)
+                    reason = member_unfinished_reason(max(logged, outcome.epoch or 0))
+                else:  # the epoch ASHA judged it at
+                    reason = pruned_reason(outcome.epoch if outcome.epoch is not None else logged)
             _end_early(client, r.info.run_id, reason)
 
 

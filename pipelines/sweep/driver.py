@@ -274,7 +274,8 @@ def _finish(client: Any, experiment_id: str, parent_id: str, space: SearchSpace,
     from pipelines.sweep.parent import extensions
     from pipelines.sweep.report import best_run, child_runs, log_report
 
-    close_open_trials(client, child_runs(client, experiment_id, parent_id), ended)
+    close_open_trials(client, child_runs(client, experiment_id, parent_id), ended,
+                      population=opts.scheduler in POPULATION)
     record_runless_trials(client, experiment_id, parent_id, opts.name, child_runs(client, experiment_id, parent_id),
                           ended, tuple(p.name for p in space.params))
     runs = child_runs(client, experiment_id, parent_id)

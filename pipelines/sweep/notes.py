@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from pipelines.sweep.tune_report import STOPPED_BY_DRIVER
 from pipelines.tracking import names
 
 TOP = 5
@@ -25,6 +26,9 @@ def ending(status: str, reason: str, error: str, epochs: int) -> str:
     if status == "KILLED" and reason.startswith("tune:"):
         return (f"Pruned after epoch {epochs} (KILLED is how MLflow shows it; not a failure): "
                 f"{reason[len('tune:'):].strip()}. Its metrics, grids and best generator so far are kept.")
+    if status == "KILLED" and reason.startswith(STOPPED_BY_DRIVER):
+        return (f"Stopped after epoch {epochs} (KILLED is how MLflow shows it; not a failure, not pruned): "
+                f"{reason[len(STOPPED_BY_DRIVER):].strip()}. Its metrics, grids and best generator so far are kept.")
     if reason.startswith("health:"):
         return f"Failed: the GAN diverged, {reason[len('health:'):].strip()}. Promote never picks it."
     if status == "FAILED":

@@ -170,6 +170,17 @@ class _ResyncsOnResume:
         return None
 
 
+class _SavesEachExploit:
+    """Mixed into PBT/PB2: an exploit's checkpoint is in Tune's saved state at once (Ray
+    leaves it out until the member's next result: compat.ray_api.pbt_exploit_saved), so a
+    driver killed mid-round resumes each member that copied another from the checkpoint it
+    copied, with the values it was given, as the member's run records it (sweep.member)."""
+
+    def _exploit(self, tune_controller: Any, trial: Any, trial_to_clone: Any) -> None:
+        super()._exploit(tune_controller, trial, trial_to_clone)  # type: ignore[misc]
+        ray_api.pbt_exploit_saved(trial)
+
+
 def make_population_scheduler(space: SearchSpace, opts: Sweep) -> Any:
     """Synchronous PBT or PB2 on the FID-style score, timed by the perturbation epochs
     members report (PBT_EPOCH: only those reports carry it, so a member's other evals and
@@ -227,7 +238,7 @@ def __getattr__(name: str) -> Any:
         from ray.tune.schedulers.pb2 import PB2
 
         base = PopulationBasedTraining if name == "ResumablePBT" else PB2
-        cls = type(name, (_ResyncsOnResume, base), {"__module__": __name__, "__qualname__": name})
+        cls = type(name, (_SavesEachExploit, _ResyncsOnResume, base), {"__module__": __name__, "__qualname__": name})
         globals()[name] = cls
         return cls
     raise AttributeError(name)

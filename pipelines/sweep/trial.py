@@ -9,8 +9,9 @@ a duplicate. How a trial ends is written on its run:
 
     FINISHED  ran its whole budget; has its best and final generator models
     KILLED    stopped early by Tune, tag stopped_reason = "tune: ..." (ASHA pruned it, or
-              the sweep was stopped); metrics, grids and its best model so far kept. If
-              its process dies before it closes the run, the driver does (closing.py)
+              the sweep was stopped), or "driver: ..." for a population member (PBT never
+              stops one: the sweep's driver did); metrics, grids and its best model so far
+              kept. If its process dies before it closes the run, the driver does (closing.py)
     FAILED    diverged (tag stopped_reason = "health: ...", the loop's health guard) or
               crashed (tag error); what it logged is kept, promote never picks it
 
@@ -38,7 +39,7 @@ from gan.data import Dataset
 from pipelines.compat import ray_api
 from pipelines.sweep.naming import trial_name
 from pipelines.sweep.report import child_runs
-from pipelines.sweep.tune_report import TuneCallbacks, pruned_reason, train_to_tune
+from pipelines.sweep.tune_report import TuneCallbacks, member_stopped_reason, pruned_reason, train_to_tune
 from pipelines.sweep.tune_stop import TuneStoppableLoop, forget_handed, handed_to_tune
 from pipelines.tracking import names
 from pipelines.tracking.resources import log_resources
@@ -203,6 +204,9 @@ def _run_trial(config: dict[str, Any], data: Dataset, ctx: TrialContext,
     queued = 0.0 if fresh else opened.data.metrics.get(names.QUEUED_S, 0.0)  # their workers' waits
     loop = trial_loop(data, ctx, trial_id, to_tune)
     cfg = make_config(config)
+    # ASHA stops a trial that trails; PBT never stops a member (it pauses it at a perturbation
+    # epoch, TuneCallbacks.hand_over): a member stopped anywhere else was stopped by the driver
+    stopped_reason = member_stopped_reason if ctx.perturb else pruned_reason
     # The lease keeps `train --resume` off a trial that is training; taken without a check:
     # Tune restarting this trial after its node died must not wait out the dead lease.
     with TrackedRun(client, run_id, fresh=fresh, prunable=True, pausable=bool(ctx.perturb),
@@ -210,7 +214,8 @@ def _run_trial(config: dict[str, Any], data: Dataset, ctx: TrialContext,
                                                          earlier, queued),
                     on_closed=lambda result, uri: to_tune.closed(result, uri, lambda: logged_scores(client, run_id)),
                     ) as run:
-        run.pruned_reason = lambda: pruned_reason(to_tune.epoch)  # Tune stops it in report()
+        run.pruned_reason = lambda: stopped_reason(to_tune.epoch)  # Tune stops it in report()
+        run.paused_by_tune = lambda: to_tune.handing_over
         restored = member_life(run, cfg, data, loop, to_tune, trial_id, inactive) if ctx.perturb else None
         run.train_and_close(cfg, data, loop, omit=inactive, restored=restored)
 
@@ -231,7 +236,7 @@ def trial_loop(data: Dataset, ctx: TrialContext, trial_id: str, to_tune: TuneCal
                       cpus_per_worker=max(1, int(ctx.cpus_per_trial)), storage_path=ctx.storage_path)
     workers = RayTrainLoop(opts, ctx.tracking_uri, data.shape, [train_to_tune(to_tune.name)], where,
                            pause_at=ctx.perturb, data_at=data.origin)
-    stoppable = TuneStoppableLoop(workers, pruned_reason)
+    stoppable = TuneStoppableLoop(workers, member_stopped_reason if ctx.perturb else pruned_reason)
     if not ctx.perturb:
         return stoppable
     from pipelines.sweep.member import PausingLoop

@@ -39,6 +39,9 @@ class TuneCallbacks(ShiftedSteps):
         self.rungs, self.reports_evals = set(rungs) | set(perturb), reports_evals
         self.perturb = set(perturb)
         self.member: dict[str, Any] = {}  # who writes a member's checkpoints (member.write_checkpoint)
+        # Set while a member hands its checkpoint over: a SystemExit then is PBT pausing it;
+        # anywhere else Tune stopped it (PBT never stops a member: the sweep's driver did)
+        self.handing_over = False
         self.epoch, self.final = 0, False
         self.last: dict[str, float] = {}
         self.first_step: float | None = None  # when the first step's losses came
@@ -83,7 +86,9 @@ class TuneCallbacks(ShiftedSteps):
 
         with tempfile.TemporaryDirectory(prefix="gan-member-") as tmp:
             folder = write_checkpoint(Path(tmp), state, {**self.member, "epoch": epoch})
+            self.handing_over = True  # left set when PBT pauses it here (SystemExit out of report)
             report({**self.last, names.PBT_EPOCH: epoch}, self.name, Checkpoint.from_directory(str(folder)))
+            self.handing_over = False  # PBT let it go on
 
     def wants_eval(self, epoch: int) -> bool:
         return epoch in self.rungs or self.inner.wants_eval(epoch)
@@ -129,7 +134,28 @@ PRUNED_PREFIX = "tune: stopped by the scheduler"  # every pruned trial's reason 
 
 
 def pruned_reason(epoch: int) -> str:
+    """ASHA's: a trial Tune stopped at a rung (its own close, or the driver's for it)."""
     return f"{PRUNED_PREFIX} after epoch {epoch} (its FID was not competitive)"
+
+
+# A population member's end before its budget (never "tune:", which reads as pruned by
+# ASHA: the sweep's notes, and a warm start's seeds, take it so). PBT never stops a member,
+# it pauses it at each perturbation epoch: a member Tune stops is one the sweep's driver
+# stopped (interrupted, or Tune ending its run with the member still training).
+STOPPED_BY_DRIVER = "driver:"
+
+
+def member_stopped_reason(epoch: int) -> str:
+    """A member's own close when Tune stopped it outside a PBT pause."""
+    return (f"{STOPPED_BY_DRIVER} the sweep's driver stopped this population member after epoch {epoch} "
+            "(PBT pauses and copies members; it never stops one)")
+
+
+def member_unfinished_reason(epoch: int) -> str:
+    """The driver's close of a member whose run Tune left open without an error: paused by
+    PBT, or its process gone, when the sweep's Tune run ended."""
+    return (f"{STOPPED_BY_DRIVER} the sweep ended with this population member unfinished after epoch {epoch} "
+            "(paused by PBT or its process ended; PBT never stops a member)")
 
 
 def report(metrics: dict[str, float], name: str = "", checkpoint: Any = None) -> None:

@@ -99,8 +99,8 @@ class TrackedRun:
     model_uri)` after `train` closed the run (a trial's last report to Tune, which may
     stop it there).
     `pausable`: a population member, where a SystemExit is Tune pausing it at a
-    perturbation epoch (sweep.member): its writes land and the run stays open for its
-    next life."""
+    perturbation epoch (sweep.member; `paused_by_tune()` tells it from a stop): its writes
+    land and the run stays open for its next life."""
 
     def __init__(self, client: Any, run_id: str, *, fresh: bool, contested: bool = False,
                  prunable: bool = False, pausable: bool = False,
@@ -113,6 +113,9 @@ class TrackedRun:
         self.pausable = pausable
         self.on_closed = on_closed
         self.pruned_reason: Callable[[], str] = lambda: "tune: stopped by the scheduler"
+        # A pausable run's SystemExit is Tune pausing it only where this says so (a member
+        # handing its checkpoint to PBT); any other is a stop, closed as prunable says
+        self.paused_by_tune: Callable[[], bool] = lambda: True
         self.lease = Lease(client, run_id)
         self.closed: str | None = None  # the status it was closed with
         self._tracking: MlflowCallbacks | None = None
@@ -129,7 +132,7 @@ class TrackedRun:
                 return
             if error is None:
                 self._close_failed("the run's block ended without closing it")
-            elif isinstance(error, SystemExit) and self.pausable:
+            elif isinstance(error, SystemExit) and self.pausable and self.paused_by_tune():
                 self.pause()
             elif isinstance(error, SystemExit) and self.prunable:
                 self.prune(self.pruned_reason())
