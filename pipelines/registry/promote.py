@@ -135,7 +135,7 @@ def check_copies(c: Candidate, max_copy: float) -> None:
                             "(scored before the copy check); nothing registered: promote it without --max-copy")
     if share > max_copy:
         raise TrackingError(f"--max-copy {max_copy:g}: model {c.model_id} (run {c.run_id}) copies {share:.0%} of "
-                            f"its samples (copy_share {share:.3g}); nothing registered")
+                            f"its samples (copy_share {share:.3g} > {max_copy:g}); nothing registered")
 
 
 def _finished_runs(client: Any, sweep: str | None, experiment: str | None) -> tuple[list[Any], str, str]:
