@@ -30,6 +30,11 @@ class Callbacks:
         live module: read it, copy what you keep). improved: its fid is the run's best so
         far; final: this is the run's last epoch."""
 
+    def on_copies(self, epoch: int, step: int, panel: np.ndarray) -> None:
+        """Rank 0, between on_scored and on_eval of an eval that improved the run's best:
+        the copy-check panel of that generator (its first scored samples above their
+        nearest training images; gan.metrics.copies)."""
+
     def on_eval(self, epoch: int, step: int, grid: np.ndarray, metrics: dict[str, float]) -> None:
         """After `epoch` epochs: the fixed-latent sample grid and the eval metrics."""
 
@@ -74,6 +79,9 @@ class ForwardingCallbacks(Callbacks):
     def on_scored(self, epoch: int, step: int, generator: nn.Module, improved: bool, final: bool) -> None:
         self.inner.on_scored(epoch, step, generator, improved, final)
 
+    def on_copies(self, epoch: int, step: int, panel: np.ndarray) -> None:
+        self.inner.on_copies(epoch, step, panel)
+
     def on_eval(self, epoch: int, step: int, grid: np.ndarray, metrics: dict[str, float]) -> None:
         self.inner.on_eval(epoch, step, grid, metrics)
 
@@ -115,6 +123,9 @@ class ShiftedSteps(ForwardingCallbacks):
 
     def on_scored(self, epoch: int, step: int, generator: nn.Module, improved: bool, final: bool) -> None:
         self.inner.on_scored(epoch, step + self.shift, generator, improved, final)
+
+    def on_copies(self, epoch: int, step: int, panel: np.ndarray) -> None:
+        self.inner.on_copies(epoch, step + self.shift, panel)
 
     def on_eval(self, epoch: int, step: int, grid: np.ndarray, metrics: dict[str, float]) -> None:
         self.inner.on_eval(epoch, step + self.shift, grid, metrics)

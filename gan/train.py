@@ -16,8 +16,9 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -41,6 +42,13 @@ from gan.step_metrics import StepMetrics
 LOWER_IS_BETTER = ("fid", "kid")
 
 Evaluator = Callable[[nn.Module, int], dict[str, float]]
+
+
+@runtime_checkable
+class DrawsCopies(Protocol):
+    """An evaluator that also draws the copy check (gan.metrics.Evaluator does)."""
+
+    def copy_panel(self, generator: nn.Module, latent_dim: int) -> np.ndarray: ...
 
 
 @dataclass
@@ -228,6 +236,8 @@ def train(
                 history.append((step, scores))
                 cb.on_seconds(budget.state_dict())
                 cb.on_scored(done, step, sampler, improved, done == cfg.epochs)
+                if improved and rank == 0 and isinstance(evaluator, DrawsCopies):  # the new best's copy check
+                    cb.on_copies(done, step, evaluator.copy_panel(sampler, cfg.latent_dim))
                 cb.on_eval(done, step, grid, scores)
             elif done % cfg.eval_every == 0:  # not scored (the budget): the grid still, from z_fixed alone
                 cb.on_grid(done, step, image_grid(generate(sampler, z_fixed)))

@@ -108,20 +108,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def classifier_cache(mnist5k) -> Path:
     """The session's cache ($GAN_PIPELINES_CACHE) once it holds mnist-5k's trained
-    classifier backbone (trained here if it is not there yet: CI starts with it empty)."""
+    classifier backbone (trained here if it is not there yet: CI starts with it empty)
+    and the copy check's reference of its training digits."""
     from gan.metrics.base import cache_root
     from gan.metrics.classifier import load_classifier
+    from gan.metrics.copies import training_reference
 
-    load_classifier(mnist5k)
+    training_reference(mnist5k, load_classifier(mnist5k))
     return cache_root()
 
 
 def cache_for(folder: Path, session_cache: Path) -> str:
     """A GAN_PIPELINES_CACHE of a test's own (its outboxes apart from every other test's)
-    that holds the session's trained classifiers, so the processes using it do not train
-    the backbone again (about a minute each on 2 cores)."""
+    that holds the session's trained classifiers (and copy-check references), so the
+    processes using it do not train the backbone again (about a minute each on 2 cores)."""
     folder.mkdir(parents=True, exist_ok=True)
-    for trained in session_cache.glob("classifier-*.pt"):
+    for trained in [*session_cache.glob("classifier-*.pt"), *session_cache.glob("copyref-*.npz")]:
         if not (folder / trained.name).exists():
             shutil.copyfile(trained, folder / trained.name)
     return str(folder)

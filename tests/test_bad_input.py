@@ -43,7 +43,7 @@ BAD: dict[str, dict[str, list[str]]] = {
     "promote": {
         "--sweep": ["x' or '1'='1"], "--experiment": [""], "--metric": ["nope"], "--min-epochs": ["-1"],
         "--image-size": ["x"], "--backbone": ["vgg"], "--eval-samples": ["x"], "--dataset": ["nope"],
-        "--model-name": [""],
+        "--model-name": [""], "--max-copy": ["1.5", "-0.1", "nan", "x"],
     },
     "confirm": {"--sweep": ["x' or '1'='1", "nope"], "--top": ["0"], "--seeds": ["0", "x"],
                 "--ray-address": ["127.0.0.1:1"]},

@@ -93,6 +93,14 @@ def test_kept_models_carry_their_own_scores_and_reevaluating_them_reproduces_the
     assert again["fid"] == pytest.approx(linked(best), rel=1e-6)
     assert again["kid"] == pytest.approx(linked(best, "kid"), rel=1e-6, abs=1e-9)
 
+    # The copy check goes with the model too: its share, reproduced, and its panel in the run.
+    assert 0 <= linked(best, "copy_share") < 0.5
+    assert again["copy_share"] == linked(best, "copy_share")
+    assert again["copy_ratio"] == pytest.approx(linked(best, "copy_ratio"), rel=1e-6)
+    panel = best.tags["gan.copy_panel"]
+    assert panel == f"copy_check/epoch_{int(best.tags['gan.epoch']):03d}.png"
+    assert panel in {a.path for a in client.list_artifacts(rid, "copy_check")}
+
 
 @pytest.mark.slow  # tests/test_sweep.py reproduces a promoted champion's score in the fast suite
 def test_promote_registers_the_ranked_model_and_its_value_reproduces(tmp_path, monkeypatch):
@@ -133,3 +141,58 @@ def test_an_unreachable_registry_is_an_error_not_an_empty_one(monkeypatch):
         champion_version(dead, "gan-generator")
     assert type(err.value) is MlflowException and err.value.error_code == "INTERNAL_ERROR"
     assert not isinstance(err.value, TrackingError)
+
+
+def log_copier_run(client, experiment: str, data) -> tuple[str, str]:
+    """A finished run whose generator hands back training images verbatim, logged as
+    training logs a best model (MlflowCallbacks: the model, its copy-check panel, its
+    scores): (run id, model id)."""
+    from gan.metrics import Evaluator
+    from gan.metrics.copies import CopyingGenerator
+    from gan.sampling import fixed_latents, generate, image_grid
+    from pipelines.tracking.callbacks import MlflowCallbacks
+
+    cfg = make_config({**SMALL, "epochs": 1})
+    run_id = client.create_run(client.create_experiment(experiment)).info.run_id
+    copier = CopyingGenerator(data.images[1000:2000])
+    evaluator = Evaluator(data, cfg.backbone, cfg.eval_samples, seed=cfg.seed)
+    callbacks = MlflowCallbacks(client, run_id, cfg=cfg, image_shape=data.shape)
+    callbacks.on_scored(1, 1, copier, improved=True, final=True)
+    callbacks.on_copies(1, 1, evaluator.copy_panel(copier, cfg.latent_dim))
+    grid = image_grid(generate(copier, fixed_latents(cfg.latent_dim, cfg.seed)))
+    callbacks.on_eval(1, 1, grid, evaluator(copier, cfg.latent_dim))
+    callbacks.settle()
+    client.set_terminated(run_id, "FINISHED")
+    return run_id, run_models(client, run_id)[0].model_id
+
+
+def test_promote_max_copy_refuses_a_copier_and_registers_a_trained_gan(tmp_path, monkeypatch, mnist5k, capsys):
+    from pipelines.cli import main
+    from pipelines.registry.evaluate import EvalRequest, evaluate
+    from pipelines.tracking.store import global_tracking_uri
+
+    client, _ = train(tmp_path, monkeypatch, "trained", epochs=1)
+    copier_run, copier = log_copier_run(client, "copied", mnist5k)
+    capsys.readouterr()
+
+    # The copier ranks first by fid (its images are real digits): --max-copy refuses it.
+    assert main(["promote", "--experiment", "copied", "--model-name", "g", "--max-copy", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--max-copy 0.5: model {copier} (run {copier_run}) copies 100% " in err, err
+    assert "nothing registered" in err and client.search_registered_models() == []
+
+    # Without a limit it is registered, and the line says what it is and where its panel is.
+    line = promote(client, experiment="copied", model_name="g").line("fid")
+    assert f"copies: 100% of its samples are closer to a training image than training images are to each " \
+           f"other (looks like a copier), panel copy_check/epoch_001.png in run {copier_run}" in line, line
+
+    # A GAN trained for an epoch passes the same limit.
+    assert main(["promote", "--experiment", "trained", "--model-name", "h", "--max-copy", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "registered h v1" in out and "copies: " in out and "looks like a copier" not in out, out
+    assert float(champion_version(client, "h").tags["copy_share"]) <= 0.5
+
+    # The copier's logged model, loaded back from the store, re-evaluates to what it logged.
+    with global_tracking_uri(client.tracking_uri):
+        again = evaluate(client, EvalRequest(f"models:/{copier}", None, None, None, None, None, None))
+    assert again.scores["copy_share"] == again.logged["copy_share"] == 1.0

@@ -27,7 +27,8 @@ from gan.metrics.classifier import ClassifierExtractor
 from gan.metrics.engine import clear_memory_cache
 from gan.models import build_models
 
-KEYS = {"fid", "kid", "kid_std", "precision", "recall", "density", "coverage", "inception_score"}
+KEYS = {"fid", "kid", "kid_std", "precision", "recall", "density", "coverage", "inception_score", "copy_share",
+        "copy_ratio"}
 
 
 @pytest.fixture(scope="session")

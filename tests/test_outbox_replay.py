@@ -321,3 +321,30 @@ def test_a_read_on_the_training_path_while_the_server_is_away_is_none_and_starts
     assert cb.outage.active and "does not answer" in capsys.readouterr().err
     assert cb.read_tag(names.STOP_REQUESTED) is None  # still away: no call made, no error
     cb.sender.shutdown(wait=False)
+
+
+def test_a_copy_check_panel_kept_offline_lands_beside_its_grid_and_is_named_on_its_model(store):
+    from PIL import Image
+
+    from pipelines.tracking.pictures import upscale
+
+    client, run_id = store
+    cfg = make_config({"arch": "mlp", "mlp_width": 8, "latent_dim": 16, "device": "cpu"})
+    callbacks = MlflowCallbacks(client, run_id, cfg=cfg, image_shape=SHAPE)
+    callbacks.outage.begin(0)  # the server went away: every write since is kept
+    callbacks.outage.next_look = time.monotonic() + 3600  # and is not looked for again meanwhile
+    callbacks.outbox.open(cfg.to_dict(), SHAPE, "test")
+    callbacks.outbox.keep(metrics(1, 2, 3))  # the write it went away during
+    panel = np.full((62, 482), 200, dtype=np.uint8)  # two rows of 16: samples above their neighbours
+    callbacks.on_scored(1, 3, build_models(cfg, SHAPE)[0], improved=True, final=True)
+    callbacks.on_copies(1, 3, panel)
+    callbacks.on_eval(1, 3, grid(3), {"fid": 10.0, "copy_share": 0.25})
+    assert client.list_artifacts(run_id, names.COPY_DIR) == []  # kept, not sent
+
+    callbacks.outage.next_look = 0.0  # the server is back: the kept writes go out in order
+    assert callbacks.send_kept() and not callbacks.outbox.exists()
+    (model,) = run_models(client, run_id)
+    assert model.tags[names.MODEL_COPY_PANEL] == "copy_check/epoch_001.png"
+    sent = client.download_artifacts(run_id, "copy_check/epoch_001.png")
+    assert np.array_equal(np.asarray(Image.open(sent)), upscale(panel))  # not the eval's grid at the same step
+    assert [m.value for m in model.metrics if m.key == "copy_share"] == [0.25]

@@ -227,6 +227,9 @@ def test_two_worker_run_logs_one_mlflow_run_whose_checkpoint_resumes_in_process(
     final = model_with_role(client, rid, FINAL)
     again = evaluate(client, EvalRequest(f"models:/{final.model_id}", None, None, None, None, None, None))
     assert again.logged and again.scores["fid"] == pytest.approx(again.logged["fid"], rel=1e-6)
+    # the copy check too: on the gathered features, and its panel drawn by rank 0 alone
+    assert again.scores["copy_share"] == again.logged["copy_share"]
+    assert final.tags["gan.copy_panel"] in {a.path for a in client.list_artifacts(rid, "copy_check")}
 
     # the distributed checkpoint continues in-process (world size 1) where it stopped
     state = latest_checkpoint(client, rid, tmp_path / "dl")

@@ -1,6 +1,7 @@
 """FID-style metrics in pure PyTorch: Frechet distance, KID, precision/recall/density/
 coverage and Inception Score over the features of a backbone (a dataset classifier or
-the FID Inception), with real statistics cached per dataset and backbone.
+the FID Inception), with real statistics cached per dataset and backbone, and the copy
+check (copies.py: how many samples sit on a training image).
 
     evaluator = Evaluator(data, backbone="classifier", num_samples=1000, device=device)
     scores = evaluator(generator, latent_dim)   # {"fid": ..., "kid": ..., ...}

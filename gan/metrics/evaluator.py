@@ -1,7 +1,8 @@
 """`Evaluator`: what the training loop calls each eval; `evaluate_images` for image batches.
 
 Both score generated images against the dataset's cached real statistics with every
-metric in METRICS. Under DDP each rank generates its share and features are gathered
+metric in METRICS, and run the copy check (gan.metrics.copies: copy_share, copy_ratio)
+against the training set's cached features. Under DDP each rank generates its share and features are gathered
 once, so every rank returns the same scores for exactly `num_samples` images.
 """
 
@@ -10,18 +11,21 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 from torch import nn
 
 from gan.data import Dataset, to_unit_range
 from gan.metrics.backbones import load_backbone
 from gan.metrics.base import MetricError
+from gan.metrics.copies import copy_scores, nearest, training_reference
 from gan.metrics.distributed import any_rank, gather_rows, rank_share, world
 from gan.metrics.engine import FeatureSet, embed_all, extract, real_features
 from gan.metrics.registry import compute_metrics
-from gan.sampling import NonFiniteImages, eval_view, generate_uint8, sample_latents
+from gan.sampling import NonFiniteImages, eval_view, generate_uint8, image_grid, sample_latents
 
 MIN_SAMPLES = 10  # k-NN radii (k=5) and KID subsets need a handful of samples per set
+PANEL_SAMPLES = 16  # the copy-check panel: the first samples scored, above their nearest training images
 
 
 class Evaluator:
@@ -52,6 +56,8 @@ class Evaluator:
         self.extractor = load_backbone(backbone, data, self.device, cache_dir)
         self.progress = progress
         self.real = real_features(data, self.extractor, num_samples, cache_dir, progress=progress)
+        self.data = data  # the copy-check panel reads its nearest training images from it
+        self.reference = training_reference(data, self.extractor, cache_dir, progress=progress)
 
     def _check_shape(self, shape: tuple[int, ...]) -> None:
         if tuple(shape) != tuple(self.image_shape):
@@ -66,7 +72,8 @@ class Evaluator:
         G runs in its eval view whatever mode the caller holds it in, so scoring never
         changes it (BatchNorm running statistics included) and the score is that of the
         eval-mode generator a run saves. Returns fid, kid, kid_std, precision, recall,
-        density, coverage and, when the backbone has a softmax head, inception_score.
+        density, coverage, copy_share, copy_ratio and, when the backbone has a softmax
+        head, inception_score.
         """
         if isinstance(generator, nn.parallel.DistributedDataParallel):
             generator = generator.module  # DDP's forward would sync buffers per batch
@@ -93,7 +100,25 @@ class Evaluator:
         if world_size > 1:
             feats = gather_rows(feats)
             probs = None if probs is None else gather_rows(probs)
-        return compute_metrics(self.real, FeatureSet.of(feats, probs))
+        return self._scores(FeatureSet.of(feats, probs))
+
+    def _scores(self, fake: FeatureSet) -> dict[str, float]:
+        return {**compute_metrics(self.real, fake), **copy_scores(self.reference, fake.feats)}
+
+    @torch.no_grad()
+    def copy_panel(self, generator: nn.Module, latent_dim: int, n: int = PANEL_SAMPLES) -> np.ndarray:
+        """The copy check as a picture: the first n samples scored (top row) above their
+        nearest training images (bottom row), a uint8 HxW(x3) grid. On one process: the
+        n latents are the first of the scored ones, so no rank needs another's images."""
+        if isinstance(generator, nn.parallel.DistributedDataParallel):
+            generator = generator.module
+        z = sample_latents(self.num_samples, latent_dim, self.seed)[:n]
+        with eval_view(generator):
+            samples = generate_uint8(generator, z, self.device)
+        feats, _ = embed_all(self.extractor, self._batches(samples), total=len(samples))
+        _, rows = nearest(self.reference.feats, feats)
+        neighbours = self.data.take(self.reference.index[rows]).cpu()
+        return image_grid(torch.cat([samples, neighbours]), nrow=len(samples))
 
     def estimate_seconds(self, generator: nn.Module, latent_dim: int, probe: int = 16) -> float:
         """What one eval of this rank's share will take, from generating and embedding
@@ -124,7 +149,7 @@ class Evaluator:
         self._check_shape(images.shape[1:])
         if len(images) < MIN_SAMPLES:
             raise MetricError(f"{len(images)} images are too few: the metrics need {MIN_SAMPLES}")
-        return compute_metrics(self.real, extract(self.extractor, images))
+        return self._scores(extract(self.extractor, images))
 
 
 class ReplayGenerator(nn.Module):

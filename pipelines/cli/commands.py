@@ -189,13 +189,15 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
     if args.min_epochs < 0:
         raise ConfigError(f"--min-epochs={args.min_epochs} is invalid: must be >= 0")
+    if args.max_copy is not None and not 0 <= args.max_copy <= 1:
+        raise ConfigError(f"--max-copy={args.max_copy} is invalid: must be a share in [0, 1]")
     where = {k: str(v) for k, v in (("dataset", args.dataset), ("image_size", args.image_size),
                                     ("backbone", args.backbone), ("eval_samples", args.eval_samples))
              if v is not None}
     _store_ready(reads=True)
     result = promote(client_for(), sweep=args.sweep, experiment=None if args.sweep else args.experiment,
                      metric=args.metric, model_name=args.model_name, min_epochs=args.min_epochs,
-                     force=args.force, where=where)
+                     force=args.force, where=where, max_copy=args.max_copy)
     print(result.line(args.metric))
     return 0
 

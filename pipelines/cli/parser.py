@@ -96,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--model-name", default="gan-generator", help="registered model name (default: gan-generator)")
     pr.add_argument("--min-epochs", type=int, default=0, metavar="K", help="ignore runs with fewer epochs")
     pr.add_argument("--force", action="store_true", help="move champion even if not better")
+    pr.add_argument("--max-copy", type=float, default=None, metavar="SHARE",
+                    help="refuse (registering nothing) a best model whose copy_share is above SHARE in [0, 1]: "
+                    "the share of its samples closer to a training image than training images are to each "
+                    "other (held-out real images ~0.45, a verbatim copier 1.0; promote's line says "
+                    "'looks like a copier' above 0.75). Default: no refusal")
     f = pr.add_argument_group("filters (scores compare only on the same data, backbone and sample count)")
     f.add_argument("--dataset", default=None, help="only models trained on this dataset")
     f.add_argument("--image-size", type=int, default=None, metavar="PX", help="only models of this image size")

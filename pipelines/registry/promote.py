@@ -7,6 +7,8 @@ parent, a pruned, diverged or failed run), and only comparable ones: a score dep
 the dataset, image size, backbone and sample count, and an experiment that mixes them
 is an error naming the filter to add. The alias `champion` moves only to a strictly
 better comparable model, unless forced; every decision stays visible as version tags.
+The line promote prints carries the model's copy check (gan.metrics.copies), and
+`max_copy` refuses, registering nothing, a model whose copy_share is above it.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ from pipelines.tracking.store import global_tracking_uri
 from pipelines.tracking.sweeps import PARENT_ROLE, find_sweep
 
 DEFAULT_MODEL_NAME = "gan-generator"
+# Held-out real digits score ~0.45 (the share an honest generator's samples land that near
+# by chance), trained DCGANs 0.12-0.13, a verbatim copier 1.0 (benchmarks/RESULTS.md 21):
+# above 3/4 the samples sit on training images far more often than unseen data does.
+COPIER_SHARE = 0.75
 
 
 def better(metric: str, a: float, b: float) -> bool:
@@ -50,6 +56,12 @@ class Candidate:
     @property
     def model_id(self) -> str:
         return str(self.model.model_id)
+
+    @property
+    def copy_share(self) -> float | None:
+        """The model's copy check; None for a model scored before there was one."""
+        values = [m.value for m in (self.model.metrics or []) if m.key == names.COPY_SHARE]
+        return values[-1] if values else None
 
     @property
     def kind(self) -> tuple[str, ...]:
@@ -73,7 +85,30 @@ class Promotion:
         ranked = (f"ranked by its config's mean over {s.n} confirmation seed{'s' if s.n > 1 else ''}, "
                   f"{metric} {s.mean:.4g}{spread}; ") if s else ""
         return (f"registered {self.model_name} v{self.version} = model {c.model_id} (run {c.run_id}, "
-                f"{metric} {c.value:.4g}); {ranked}{self.reason}")
+                f"{metric} {c.value:.4g}); {ranked}{self.reason}; {copies_phrase(c)}")
+
+
+def copies_phrase(c: Candidate) -> str:
+    """What the model's copy check says, in words, with the flag a copier gets."""
+    share = c.copy_share
+    if share is None:
+        return "copies: not checked (scored before the copy check)"
+    flag = " (looks like a copier)" if share > COPIER_SHARE else ""
+    panel = c.model.tags.get(names.MODEL_COPY_PANEL)
+    where = f", panel {panel} in run {c.run_id}" if panel else ""
+    return (f"copies: {share:.0%} of its samples are closer to a training image than training images "
+            f"are to each other{flag}{where}")
+
+
+def check_copies(c: Candidate, max_copy: float) -> None:
+    """TrackingError (nothing registered) when the model copies more than `max_copy` allows."""
+    share = c.copy_share
+    if share is None:
+        raise TrackingError(f"--max-copy {max_copy:g}: model {c.model_id} (run {c.run_id}) has no copy_share "
+                            "(scored before the copy check); nothing registered: promote it without --max-copy")
+    if share > max_copy:
+        raise TrackingError(f"--max-copy {max_copy:g}: model {c.model_id} (run {c.run_id}) copies {share:.0%} of "
+                            f"its samples (copy_share {share:.3g} > {max_copy:g}); nothing registered")
 
 
 def _finished_runs(client: Any, sweep: str | None, experiment: str | None) -> tuple[list[Any], str, str]:
@@ -162,14 +197,17 @@ def _existing_version(client: Any, name: str, model_id: str) -> Any | None:
 
 def promote(client: Any, *, sweep: str | None = None, experiment: str | None = None, metric: str = names.FID,
             model_name: str = DEFAULT_MODEL_NAME, min_epochs: int = 0, force: bool = False,
-            where: dict[str, str] | None = None) -> Promotion:
-    """Register the best model and move `champion` to it if it is strictly better."""
+            where: dict[str, str] | None = None, max_copy: float | None = None) -> Promotion:
+    """Register the best model and move `champion` to it if it is strictly better;
+    with `max_copy`, refuse (registering nothing) a best model that copies more."""
     import mlflow
 
     found, sweep_name = candidates(client, metric, sweep=sweep, experiment=experiment,
                                    min_epochs=min_epochs, where=where)
     # A sweep's confirmation ranks its configs; across an experiment, every run is its own.
     best, spread = (confirmed_best(found, metric) if sweep else None) or (found[0], None)
+    if max_copy is not None:
+        check_copies(best, max_copy)
     version = _existing_version(client, model_name, best.model_id)
     if version is None:
         # register_model prints its own progress lines; promote's answer is one line. It and
@@ -180,7 +218,8 @@ def promote(client: Any, *, sweep: str | None = None, experiment: str | None = N
     tags = {names.VERSION_METRIC: metric, names.VERSION_METRIC_VALUE: repr(best.value),
             names.VERSION_SWEEP: sweep_name, names.VERSION_SOURCE_RUN: best.run_id,
             names.VERSION_MODEL_ID: best.model_id, **dict(zip(COMPARABLE, best.kind, strict=True)),
-            **(spread.tags() if spread else {})}
+            **(spread.tags() if spread else {}),
+            **({names.COPY_SHARE: repr(best.copy_share)} if best.copy_share is not None else {})}
     for k, v in tags.items():
         client.set_model_version_tag(model_name, version.version, k, v)
 

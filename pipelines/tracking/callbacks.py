@@ -8,7 +8,9 @@ so a chart with kimg as its x-axis lines up trials of different batch sizes. Gri
 every eval_every epoch, whether the eval budget let it score or not) are upscaled to
 >= 512 px and kept twice: by step for the run page's image slider, and as
 grids/epoch_NNN.png, a name every run of a sweep shares (an epoch is one pass over the
-same data), so the compare page shows two runs' samples side by side.
+same data), so the compare page shows two runs' samples side by side. Each new best
+generator's copy check (its samples above their nearest training images) is kept as
+copy_check/epoch_NNN.png, named on the model by its gan.copy_panel tag.
 
 The server may go away mid-run: every write is an event that is sent, or, while the
 server does not answer, kept in the run's outbox on local disk (tracking.outbox) while
@@ -113,6 +115,12 @@ class MlflowCallbacks(Delivery, Callbacks):
             self._deliver({"kind": "scored", "epoch": epoch, "step": step, "generator": generator,
                            "improved": improved, "final": final})
 
+    def on_copies(self, epoch: int, step: int, panel: np.ndarray) -> None:
+        if self.rank != 0 or step <= self.eval_floor:
+            return
+        self._check_lease()
+        self._deliver({"kind": "copies", "epoch": epoch, "step": step, "grid": upscale(panel)})
+
     def on_eval(self, epoch: int, step: int, grid: np.ndarray, metrics: dict[str, float]) -> None:
         if self.rank != 0 or step <= self.eval_floor:
             return
@@ -157,6 +165,8 @@ class MlflowCallbacks(Delivery, Callbacks):
             self._send_metrics(event["rows"], event.get("ts") or _now_ms())
         elif kind == "scored":
             self._send_scored(event["epoch"], event["step"], event["generator"], event["improved"], event["final"])
+        elif kind == "copies":
+            self._send_copies(event["epoch"], event["step"], event["grid"])
         elif kind == "grid":
             self._send_grid(event["epoch"], event["step"], event["grid"], image=not event.get("image_there"))
         elif kind == "eval":
@@ -208,6 +218,18 @@ class MlflowCallbacks(Delivery, Callbacks):
             path = Path(tmp) / f"epoch_{epoch:03d}.png"
             Image.fromarray(big).save(path)
             self.client.log_artifact(self.run_id, str(path), names.GRIDS_DIR)
+
+    def _send_copies(self, epoch: int, step: int, panel: np.ndarray) -> None:
+        """The panel under a fixed name (a replay overwrites it), named on the model it is of."""
+        from PIL import Image
+
+        with tempfile.TemporaryDirectory(prefix="gan-copies-") as tmp:
+            path = Path(tmp) / f"epoch_{epoch:03d}.png"
+            Image.fromarray(panel).save(path)
+            self.client.log_artifact(self.run_id, str(path), names.COPY_DIR)
+        if self.model_at and self.model_at[0] == step:
+            panel_path = f"{names.COPY_DIR}/{path.name}"
+            self.client.set_logged_model_tags(self.model_at[1], {names.MODEL_COPY_PANEL: panel_path})
 
     def _send_checkpoint(self, path: Path) -> None:
         self.client.log_artifact(self.run_id, str(path), names.CHECKPOINT_DIR)

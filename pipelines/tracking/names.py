@@ -95,6 +95,7 @@ GENERATOR_DIR = "generator"
 CONFIG_FILE = "config.yaml"
 PROGRESS_GIF = "progress.gif"
 GRIDS_DIR = "grids"  # grids/epoch_002.png: one fixed name per eval, the same in every run
+COPY_DIR = "copy_check"  # copy_check/epoch_002.png: a best generator's samples above their nearest training images
 
 # registered model versions
 CHAMPION = "champion"  # the alias promote moves
@@ -113,6 +114,8 @@ BEST_MODEL = "generator-best"
 MODEL_ROLE = "gan.role"  # "best" | "final" | "best,final"
 MODEL_STEP = "gan.step"
 MODEL_EPOCH = "gan.epoch"
+MODEL_COPY_PANEL = "gan.copy_panel"  # the run artifact holding the model's copy-check panel
+COPY_SHARE = "copy_share"  # the copy check's metric (gan.metrics.copies)
 VERSION_MODEL_ID = "model_id"
 
 # the lease: one owner per run (tracking.lease)

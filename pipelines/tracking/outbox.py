@@ -1,6 +1,6 @@
 """What a run could not send while its tracking server was away, kept on local disk
-until it can be sent: per-step metric rows, evals (grid + scores), the generators that
-earned a best/final role, and checkpoints, in the order they happened.
+until it can be sent: per-step metric rows, evals (grid + scores), copy-check panels, the
+generators that earned a best/final role, and checkpoints, in the order they happened.
 
 One folder per run, <cache>/offline/<run_id>/: `meta.json` (who writes it, the run's
 config and image shape, since when the server is gone), `events.jsonl` (one JSON line an
@@ -91,7 +91,8 @@ class Outbox:
         if "grid" in event:
             from PIL import Image
 
-            name = f"grid_{step:09d}.png"
+            # by kind: an improved eval keeps two pictures at its step (its copy check, its grid)
+            name = f"{'copies' if event['kind'] == 'copies' else 'grid'}_{step:09d}.png"
             Image.fromarray(event["grid"]).save(self.dir / name)
             line["grid"] = name
         if "generator" in event:
