@@ -16,8 +16,6 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -332,25 +330,6 @@ def test_a_warm_start_from_trials_outside_the_space_names_one_and_creates_nothin
     assert not (swept.storage / "narrow").exists()
 
 
-def _arm_once_runs_closed(client: Any, count: int, faults: Path, fault: str, text: str) -> threading.Thread:
-    """A thread arming `fault` once `count` trial runs of the store have ended (the next
-    trial then meets it)."""
-    def arm() -> None:
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            experiments = [e.experiment_id for e in client.search_experiments()]
-            ended = [r for r in client.search_runs(experiments)
-                     if names.TRIAL_ID in r.data.tags and r.info.status != "RUNNING"]
-            if len(ended) >= count:
-                arm_fault(faults, fault, text)
-                return
-            time.sleep(0.5)
-
-    thread = threading.Thread(target=arm, daemon=True)
-    thread.start()
-    return thread
-
-
 # One sweep run of 4 two-epoch trials (~30 s on 2 busy cores).
 def test_the_seeds_of_a_sweep_are_its_live_searchers_trials_state_by_state(local_ray, classifier_cache, tmp_path,
                                                                            monkeypatch):
@@ -375,8 +354,7 @@ def test_the_seeds_of_a_sweep_are_its_live_searchers_trials_state_by_state(local
     path.write_text(yaml.safe_dump({"params": {**FIXED, "epochs": 2,
                                                "lr_g": {"type": "categorical", "choices": [1e-3, 1e-7]}}}))
     client = MlflowClient(uri)
-    # the fourth trial raises at its first eval, once three have ended
-    _arm_once_runs_closed(client, 3, local_ray, "fail_at_eval", "1")
+    arm_fault(local_ray, "fail_in_run", "t04")  # the fourth trial raises at its first eval
     out = run_sweep(_options(tmp_path / "ray_results", space=str(path), trials=4, concurrency=1, scheduler="asha",
                              grace_period=1, seed=0, name="live"))
 

@@ -14,6 +14,9 @@ fault is armed by a file in that folder and fires once (its file is removed as i
     fail_at_eval      (text: N) the N-th eval a run logs in a process raises, once: a
                       crash the run is marked FAILED for, after a checkpoint (counted
                       per run: a test's own process has logged other runs' evals before)
+    fail_in_run       (text: a run-name prefix, such as t04) the first eval of the run whose
+                      name starts with it raises, once: armed before a sweep, it crashes
+                      exactly that trial, however fast the trials before it end
     hold              the first eval waits while the file exists (not removed as it
                       fires); `held` then holds the run's id: a test acts mid-run
 
@@ -68,6 +71,10 @@ def _patch_callbacks(module: Any) -> None:
         failing = Path(FAULTS or "") / "fail_at_eval"
         if failing.exists() and failing.read_text().strip() == str(n) and fire("fail_at_eval") is not None:
             raise RuntimeError("injected by the test's fail_at_eval fault")
+        named = Path(FAULTS or "") / "fail_in_run"
+        if named.exists() and self.client.get_run(self.run_id).info.run_name.startswith(named.read_text().strip()) \
+                and fire("fail_in_run") is not None:
+            raise RuntimeError("injected by the test's fail_in_run fault")
         hold = Path(FAULTS or "") / "hold"
         if hold.exists():
             (Path(FAULTS or "") / "held").write_text(self.run_id)
