@@ -29,7 +29,8 @@ from PIL import Image
 from gan.config import make_config
 from gan.data import load_dataset
 from gan.metrics import Evaluator
-from gan.metrics.copies import CopyingGenerator, TrainingReference, clear_memory_cache, copy_scores, training_reference
+from gan.metrics.copies import CopyingGenerator, TrainingReference, copy_scores, training_reference
+from gan.metrics.engine import clear_memory_cache
 from gan.models import build_models
 from gan.train import train
 

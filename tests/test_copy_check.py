@@ -17,12 +17,11 @@ from gan.metrics.copies import (
     REFERENCE_CAP,
     CopyingGenerator,
     TrainingReference,
-    clear_memory_cache,
     copy_scores,
     reference_subset,
     training_reference,
 )
-from gan.metrics.engine import real_subset
+from gan.metrics.engine import clear_memory_cache, real_subset
 from gan.models import build_models
 from gan.train import train
 

@@ -14,7 +14,6 @@ weights) and kept in memory and on disk like the real statistics (gan.metrics.en
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +22,8 @@ import torch
 from torch import nn
 
 from gan.data import Dataset, to_unit_range
-from gan.metrics.base import FeatureExtractor, atomic_write, cache_root
-from gan.metrics.engine import REAL_SUBSET_SEED, embed_all, progress_bar
+from gan.metrics.base import FeatureExtractor, atomic_write
+from gan.metrics.engine import REAL_SUBSET_SEED, cached, embed_all, progress_bar
 from gan.metrics.prdc import CHUNK, knn_radii
 
 REFERENCE_CAP = 50_000  # training images a sample is compared with (FID's usual 50k)
@@ -77,35 +76,14 @@ def reference_subset(n: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)[:REFERENCE_CAP].sort().values
 
 
-_MEMORY: dict[str, TrainingReference] = {}
-_MEMORY_LOCK = threading.Lock()
-
-
 def training_reference(
     data: Dataset, extractor: FeatureExtractor, cache_dir: str | None = None, progress: bool | None = None
 ) -> TrainingReference:
     """The copy check's reference for `data`: memory, else disk, else computed (every
     training image through the backbone once: a bar on a terminal when it takes > 2 s)."""
     index = reference_subset(len(data))
-    key = f"copyref-{data.fingerprint()}-{extractor.tag}-n{len(index)}"
-    with _MEMORY_LOCK:
-        if key in _MEMORY:
-            return _MEMORY[key]
-    path = cache_root(cache_dir) / f"{key}.npz"
-    if path.exists():
-        ref = _load(path)
-    else:
-        ref = TrainingReference.of(_features(data, extractor, index, progress), index)
-        _save(path, ref)
-    with _MEMORY_LOCK:
-        _MEMORY[key] = ref
-    return ref
-
-
-def clear_memory_cache() -> None:
-    """Forget in-memory references (the disk cache stays)."""
-    with _MEMORY_LOCK:
-        _MEMORY.clear()
+    return cached(f"copyref-{data.fingerprint()}-{extractor.tag}-n{len(index)}", cache_dir, _save, _load,
+                  lambda: TrainingReference.of(_features(data, extractor, index, progress), index))
 
 
 def _features(data: Dataset, extractor: FeatureExtractor, index: torch.Tensor,

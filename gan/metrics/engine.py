@@ -5,10 +5,10 @@ in memory and on disk (npz)."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -81,7 +81,7 @@ def extract(
     return FeatureSet.of(*embed_all(extractor, batches, total=len(images), progress=progress, desc=desc))
 
 
-_MEMORY: dict[str, FeatureSet] = {}
+_MEMORY: dict[str, Any] = {}  # by key: real statistics, copy-check references (copies.py)
 _MEMORY_LOCK = threading.Lock()
 
 
@@ -122,22 +122,33 @@ def real_features(
     """Real statistics of min(num_samples, N) images: memory, else disk, else computed
     (minutes with the Inception on a CPU: a bar on a terminal, see embed_all)."""
     n = min(num_samples, len(data))
-    key = f"stats-{data.fingerprint()}-{extractor.tag}-n{n}"
+    return cached(f"stats-{data.fingerprint()}-{extractor.tag}-n{n}", cache_dir, _save, _load,
+                  lambda: extract(extractor, real_subset(data, n), progress,
+                                  desc=f"real statistics ({extractor.name})"))
+
+
+T = TypeVar("T")
+
+
+def cached(key: str, cache_dir: str | None, save: Callable[[Path, T], None], load: Callable[[Path], T],
+           compute: Callable[[], T]) -> T:
+    """What `key` names: from memory, else from the disk cache (`key`.npz), else computed
+    and kept in both."""
     with _MEMORY_LOCK:
         if key in _MEMORY:
             return _MEMORY[key]
     path = cache_root(cache_dir) / f"{key}.npz"
     if path.exists():
-        fs = _load(path)
+        value = load(path)
     else:
-        fs = extract(extractor, real_subset(data, n), progress, desc=f"real statistics ({extractor.name})")
-        _save(path, fs)
+        value = compute()
+        save(path, value)
     with _MEMORY_LOCK:
-        _MEMORY[key] = fs
-    return fs
+        _MEMORY[key] = value
+    return value
 
 
 def clear_memory_cache() -> None:
-    """Forget in-memory real statistics (the disk cache stays)."""
+    """Forget in-memory real statistics and copy-check references (the disk cache stays)."""
     with _MEMORY_LOCK:
         _MEMORY.clear()
