@@ -3,7 +3,7 @@
 submitted with `ray job submit`, then promote and generate from another process against
 the same server. No mock; the fixtures stop every process by PID (tests/cluster_parts.py).
 
-The README's "Run on a cluster" guide runs these same commands."""
+The "Run on a cluster" guide (docs/cluster.md) runs these same commands."""
 
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def _job_dir(cluster, name: str, epochs: int, **params) -> Path:
 
 
 def _submit(job: Path, name: str, *extra: str) -> list[str]:
-    """`ray job submit` of a sweep (the README's command): the space file travels in the
+    """`ray job submit` of a sweep (docs/cluster.md's command): the space file travels in the
     working dir; the job's driver finds the cluster in $RAY_ADDRESS and the server in
     $MLFLOW_TRACKING_URI, both set on every node."""
     return ["job", "submit", "--working-dir", str(job), "--submission-id", f"{name}-{secrets.token_hex(3)}",

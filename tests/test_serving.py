@@ -1,4 +1,4 @@
-"""The champion serves anywhere, as the README tells a user to serve it: a registered
+"""The champion serves anywhere, as docs/registry-and-serving.md tells a user to serve it: a registered
 champion is downloaded with `mlflow artifacts download`, copied into a folder of a fresh
 virtual environment that holds only the model's own requirements.txt (mlflow, numpy,
 pandas, pillow, torch and what they require: no gan-pipelines), and served there by
@@ -74,7 +74,7 @@ def serving_venv(requirements):
 @pytest.fixture(scope="module")
 def champion(tmp_path_factory):
     """(serving box folder holding champion/, the training-side generator): a run logs a
-    generator as training does, promote makes it the champion, and the README's
+    generator as training does, promote makes it the champion, and the guide's
     `mlflow artifacts download` exports it."""
     root = tmp_path_factory.mktemp("store")
     uri = f"sqlite:///{root}/mlflow.db"

@@ -116,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "MODEL --env-manager local -h 127.0.0.1 -p 5001` answers POST /invocations with "
                        '{"dataframe_records": [{"seed": 0, "num_images": 4}]} by base64 PNGs (params '
                        '{"format": "array"}: uint8 [N, C, H, W]); in Python, mlflow.pyfunc.load_model(MODEL)'
-                       ".predict(pandas.DataFrame(), params={...}). README: Serving the champion.")
+                       ".predict(pandas.DataFrame(), params={...})."
+                       " See docs/registry-and-serving.md.")
     g.add_argument("--model", default="models:/gan-generator@champion",
                    help="model URI: models:/NAME@champion, models:/NAME/3, runs:/RUN_ID/generator "
                    "(default: models:/gan-generator@champion)")

@@ -52,8 +52,8 @@ SERVE_PORT = 5001  # beside the MLflow UI's 5000
 
 
 def serving_hint(model_uri: str, tracking_uri: str) -> str:
-    """The commands that serve the model over REST and call it (README: Serving the
-    champion). The store's URI is shown without its password: the user exports their own."""
+    """The commands that serve the model over REST and call it (docs/registry-and-serving.md:
+    Serving the champion). The store's URI is shown without its password: the user exports their own."""
     import shlex
 
     from pipelines.tracking.store import redact

@@ -65,7 +65,7 @@ KID = "kid"
 EPOCH = "epoch"  # logged at every eval's step: the eval steps of a run
 TRIALS_FINISHED = "sweep.trials_finished"
 SWEEP_SECONDS = "sweep.seconds"
-KIMG = "kimg"  # thousands of real images shown to D: the clock trials share (see README)
+KIMG = "kimg"  # thousands of real images shown to D: the clock trials share (see docs/training.md)
 SWEEP_PREFIX = "sweep."  # the parent's own metrics (sweep.best_fid, ...): apart from the trials'
 # A run's resource use sits with MLflow's own system/ metrics (CPU, memory, GPU): the UI
 # shows "system/x" on the run's System metrics tab and last on the compare page, while any
