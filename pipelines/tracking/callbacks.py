@@ -20,7 +20,6 @@ events are sent in order, each once. `settle` at the end waits a bounded time fo
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -40,6 +39,7 @@ from pipelines.tracking.history import Restored
 from pipelines.tracking.models import BEST, FINAL, drop_role, log_model, model_with_role
 from pipelines.tracking.outbox import Outbox
 from pipelines.tracking.pictures import upscale
+from pipelines.tracking.retention import prune_checkpoints
 
 # MLflow caps a log_batch at 1000 metrics.
 _BATCH = 900
@@ -282,25 +282,6 @@ def send_offline_writes(client: Any, run_id: str) -> None:
     if not MlflowCallbacks(client, run_id, cfg=cfg, image_shape=shape).send_kept():
         raise TrackingLost(f"run {run_id}: the tracking server went away again while sending what {outbox.dir} "
                            "keeps; it stays there for the next --resume")
-
-
-def prune_checkpoints(client: Any, run_id: str, keep: int, also_keep: str | None = None) -> list[str]:
-    """Delete a run's checkpoints but the newest `keep` (and `also_keep`, the best eval's);
-    returns what was deleted. Stores that cannot delete keep everything (with a warning)."""
-    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
-    found = sorted(a.path for a in client.list_artifacts(run_id, names.CHECKPOINT_DIR) if a.path.endswith(".pt"))
-    doomed = [p for p in found[:-keep] if Path(p).name != also_keep]
-    if not doomed:
-        return []
-    repo = get_artifact_repository(client.get_run(run_id).info.artifact_uri, tracking_uri=client.tracking_uri)
-    try:
-        for p in doomed:
-            repo.delete_artifacts(p)
-    except (NotImplementedError, OSError) as e:
-        print(f"warning: old checkpoints kept: this artifact store cannot delete ({e})", file=sys.stderr)
-        return []
-    return doomed
 
 
 def _now_ms() -> int:
